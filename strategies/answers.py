@@ -1,0 +1,106 @@
+r"""Final-answer extraction and equivalence, shared by the voting strategies and the graders.
+
+Extraction tries, in order: the last ``\boxed{...}`` (balanced braces), "the answer is X", the last number.
+Equivalence goes through math-verify (``parse`` + ``verify``), with a cheap exact-string check first.
+math-verify's own timeouts use signals, which fail off the main thread, so they are switched off here
+(``parsing_timeout=None``, ``timeout_seconds=None``); the inputs are short extracted answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last ``\boxed{...}`` in ``text``, braces balanced.
+
+    >>> last_boxed(r"so \boxed{\frac{1}{2}} and \boxed{3}")
+    '3'
+    >>> last_boxed(r"\boxed{\frac{1}{2}}")
+    '\\frac{1}{2}'
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a solution states, or None when it states none.
+
+    >>> extract_answer("3 + 4 = 7\\n\\nThe answer is 7.")
+    '7'
+    >>> extract_answer("I get 1,200 apples")
+    '1200'
+    """
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    said = _ANSWER_IS.findall(text)
+    if said:
+        return said[-1].strip().rstrip(".")
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", "")
+    return None
+
+
+def _normalise(answer: str) -> str:
+    return answer.strip().strip("$").replace(" ", "").replace(",", "").rstrip(".")
+
+
+@lru_cache(maxsize=4096)
+def _parsed(answer: str) -> tuple:
+    from math_verify import parse
+
+    return tuple(parse(f"${answer}$", parsing_timeout=None))
+
+
+@lru_cache(maxsize=16384)
+def equivalent(a: str, b: str) -> bool:
+    """Whether two extracted answers are the same mathematical object.
+
+    >>> equivalent("0.5", "\\\\frac{1}{2}")
+    True
+    >>> equivalent("7", "8")
+    False
+    """
+    if _normalise(a) == _normalise(b):
+        return True
+    from math_verify import verify
+
+    pa, pb = _parsed(a), _parsed(b)
+    if not pa or not pb:
+        return False
+    try:
+        return bool(verify(list(pa), list(pb), timeout_seconds=None))
+    except Exception:  # math-verify raises on exotic sympy objects; they are simply not equal
+        return False
+
+
+def cluster(answers: Sequence[str | None]) -> list[list[int]]:
+    """Group indices of equivalent answers (None answers are left out), largest group first, ties by first seen."""
+    groups: list[tuple[str, list[int]]] = []
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        for representative, members in groups:
+            if equivalent(representative, answer):
+                members.append(i)
+                break
+        else:
+            groups.append((answer, [i]))
+    return [members for _, members in sorted(groups, key=lambda g: -len(g[1]))]

@@ -1,0 +1,143 @@
+"""The ports every strategy talks through, and the values that cross them.
+
+A strategy is an async function ``(task, config, engine, scorer) -> StrategyResult``. It sees the policy only
+through :class:`Engine` and the reward model only through :class:`Scorer`; it imports neither FastAPI, pydantic
+nor vLLM. The server wraps both ports in :class:`server.accounting.Ledger` proxies, so engine calls, reward-model
+calls and generated tokens are counted in one place and no strategy has to count them itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample: one engine call draws ``n`` samples for each of its prompts."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()  # strings that end a sample; kept in the text (step delimiters)
+    seed: int | None = None
+    logprobs: int | None = None  # top-k logprobs per token; None: none
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation of one prompt."""
+
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason  # "stop": EOS or a stop string; "length": hit max_tokens
+    stop_reason: str | None = None  # the stop string that ended it, None for EOS or length
+    cumulative_logprob: float | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The policy. Implemented by the in-process vLLM engine and by a remote OpenAI-compatible server."""
+
+    async def generate(self, prompts: Sequence[str], spec: SamplingSpec, request_id: str) -> list[list[Sample]]:
+        """Sample ``spec.n`` continuations of every prompt, all submitted at once; result[i] belongs to prompts[i]."""
+        ...
+
+    def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
+        """Sample one continuation, yielding the text generated since the last yield (``num_tokens`` is cumulative)."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop every engine request whose id starts with ``request_id``."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A reward model: per-step scores in [0, 1] for each (question, steps) pair (an ORM returns one score)."""
+
+    kind: Literal["prm", "orm"]
+
+    async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
+        """Score every item in one batched call; result[i] has one score per step of items[i] (ORM: one)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the client asked for, already rendered for the policy."""
+
+    prompt: str  # the chat template applied to the request's messages, ready for the assistant's reply
+    question: str  # the last user message: what the reward model judges the steps against
+    max_tokens: int  # per sample
+    temperature: float | None  # the request's temperature, None when the client left it out
+    top_p: float
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    request_id: str = "req"
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Parameters every strategy shares; a strategy's own config subclasses this."""
+
+    temperature: float | None = None  # None: the request's temperature, else the strategy's default
+    max_total_tokens: int | None = None  # hard budget on all tokens generated for the request; None: server cap
+    return_trace: bool = False  # return every candidate with its scores in the response's `ponder` object
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise ValueError("temperature must be between 0 and 2")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise ValueError("max_total_tokens must be at least 1")
+
+
+@dataclass
+class Candidate:
+    """One finished solution a strategy considered, with what it knows about it."""
+
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason
+    step_scores: list[float] = field(default_factory=list)
+    score: float | None = None  # aggregated reward, or vote share for self-consistency
+    answer: str | None = None  # extracted final answer, when the strategy extracts one
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "completion_tokens": self.num_tokens,
+            "finish_reason": self.finish_reason,
+            "step_scores": self.step_scores,
+            "score": self.score,
+            "answer": self.answer,
+            "chosen": self.chosen,
+        }
+
+
+@dataclass
+class StrategyResult:
+    """What a strategy returns: the chosen completions (usually one) and the candidates behind them."""
+
+    choices: list[Candidate]
+    candidates: list[Candidate] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific trace data (e.g. vote counts)
+
+
+def sampling_temperature(config: StrategyConfig, task: Task, default: float) -> float:
+    """The temperature a strategy samples at: its param, else the request's, else the strategy's default."""
+    if config.temperature is not None:
+        return config.temperature
+    return task.temperature if task.temperature is not None else default
+
+
+def per_sample_budget(config: StrategyConfig, task: Task, num_samples: int) -> int:
+    """Tokens one of ``num_samples`` parallel samples may use so that all fit in ``max_total_tokens``."""
+    if config.max_total_tokens is None:
+        return task.max_tokens
+    return max(1, min(task.max_tokens, config.max_total_tokens // num_samples))
