@@ -1,0 +1,1 @@
+"""Ponder's OpenAI-compatible HTTP server: protocol, serving logic, routes, engine adapters and CLI."""
