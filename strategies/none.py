@@ -1,0 +1,47 @@
+"""``none``: plain generation, what vLLM's own server does with the same request.
+
+Cost: one engine call drawing ``num_samples`` samples (the OpenAI ``n``); no reward-model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strategies import register
+from strategies.base import (
+    Candidate,
+    Engine,
+    SamplingSpec,
+    Scorer,
+    StrategyConfig,
+    StrategyResult,
+    Task,
+    per_sample_budget,
+    sampling_temperature,
+)
+
+
+@dataclass(frozen=True)
+class NoneConfig(StrategyConfig):
+    num_samples: int = 1  # returned as separate choices, like OpenAI's `n`
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+
+
+@register("none", config=NoneConfig)
+async def none(task: Task, config: NoneConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
+    """Plain sampling: every sample is returned as its own choice."""
+    spec = SamplingSpec(
+        n=config.num_samples,
+        temperature=sampling_temperature(config, task, default=1.0),
+        top_p=task.top_p,
+        max_tokens=per_sample_budget(config, task, config.num_samples),
+        stop=task.stop,
+        seed=task.seed,
+    )
+    (samples,) = await engine.generate([task.prompt], spec, task.request_id)
+    choices = [Candidate(s.text, s.num_tokens, s.finish_reason, chosen=True) for s in samples]
+    return StrategyResult(choices=choices, candidates=choices)
