@@ -35,17 +35,16 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if loader is not None:
-            loaded_engine, loaded_scorer = await loader()
-            app.state.service = ChatService(loaded_engine, loaded_scorer, config, metrics)
+        loading = asyncio.create_task(_load(app, loader, config, metrics)) if loader is not None else None
         try:
-            yield
+            yield  # the server accepts connections at once; /health is 503 until loading is done
         finally:
+            if loading is not None and not loading.done():
+                loading.cancel()
             service = app.state.service
-            if service is not None and hasattr(service.engine, "shutdown"):
-                await service.engine.shutdown()
-            if service is not None and service.scorer is not None and hasattr(service.scorer, "shutdown"):
-                await service.scorer.shutdown()
+            for part in (service.engine, service.scorer) if service is not None else ():
+                if hasattr(part, "shutdown"):
+                    await part.shutdown()
 
     app = FastAPI(title="Ponder", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible test-time-scaling server.")
@@ -106,6 +105,11 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
             service.record(job, status, started)
 
     return app
+
+
+async def _load(app: FastAPI, loader: Loader, config: ServerConfig, metrics: Metrics) -> None:
+    engine, scorer = await loader()
+    app.state.service = ChatService(engine, scorer, config, metrics)
 
 
 async def _tracked(metrics: Metrics, frames: AsyncIterator[str]) -> AsyncIterator[str]:
