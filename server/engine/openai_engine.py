@@ -100,7 +100,7 @@ class OpenAIEngine:
                 if choice.get("finish_reason"):  # hold it back: the usage chunk that follows has the total
                     last = choice
                 elif delta:
-                    yield Sample(delta, num_tokens, None)  # type: ignore[arg-type]  # not finished yet
+                    yield Sample(delta, num_tokens, None)  # not finished yet
             await asyncio.wait({task})
             if task.cancelled():
                 yield Sample("", num_tokens, "abort")
