@@ -8,6 +8,7 @@ engine, and the request is cancelled through one id prefix.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -90,8 +91,6 @@ class CountingScorer:
         self.kind = scorer.kind
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
-        import time
-
         self.ledger.scorer_calls += 1
         self.ledger.scored_items += len(items)
         start = time.perf_counter()

@@ -99,6 +99,7 @@ class PonderInfo(BaseModel):
     engine_calls: int = Field(description="Engine submissions (one per batched round).")
     engine_requests: int = Field(description="Prompts submitted to the engine across all calls.")
     scorer_calls: int = Field(description="Batched reward-model calls.")
+    scorer_seconds: float = Field(description="Wall time spent waiting for the reward model.")
     chosen_completion_tokens: int = Field(description="Tokens of the returned answer(s) alone.")
     candidates: list[dict[str, Any]] | None = Field(default=None, description="With return_trace: every candidate.")
     trace: dict[str, Any] | None = Field(default=None, description="With return_trace: strategy-specific details.")

@@ -162,7 +162,7 @@ class ChatService:
         trace = job.config.return_trace
         return PonderInfo(
             strategy=job.spec.name, engine_calls=job.ledger.engine_calls, engine_requests=job.ledger.engine_requests,
-            scorer_calls=job.ledger.scorer_calls,
+            scorer_calls=job.ledger.scorer_calls, scorer_seconds=round(job.ledger.scorer_seconds, 6),
             chosen_completion_tokens=sum(c.num_tokens for c in result.choices),
             candidates=[c.to_dict() for c in result.candidates] if trace else None,
             trace=result.extra if trace and result.extra else None,

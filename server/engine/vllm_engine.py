@@ -1,0 +1,182 @@
+"""The policy engine: :class:`strategies.base.Engine` on vLLM's in-process ``AsyncLLM``.
+
+One engine call fans out into one vLLM request per prompt, ids ``f"{request_id}-{i}"``, all submitted at once;
+vLLM's parallel sampling draws the ``n`` samples of each (sharing the prompt's prefill through the prefix cache).
+Prompts are tokenized here and sent as token ids. Cancelling a call (the server cancels the task when a client
+disconnects) aborts its requests; :meth:`VLLMEngine.abort` aborts every live request under an id prefix.
+The vLLM engine core runs in a child process started by spawn: scripts that build one need the
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from vllm import SamplingParams, TokensPrompt
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.outputs import CompletionOutput
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+from server.engine.errors import EngineError, EngineUnavailableError
+from strategies.base import FinishReason, Sample, SamplingSpec
+
+log = logging.getLogger("ponder.engine")
+
+GIB = 1 << 30
+
+
+def engine_args(model: str, *, kv_cache_gib: float | None, memory_fraction: float, max_model_len: int | None,
+                seed: int, tensor_parallel_size: int, dtype: str, **extra: Any) -> AsyncEngineArgs:
+    """vLLM engine arguments shared by the policy and the reward models (``extra``: e.g. ``runner="pooling"``)."""
+    return AsyncEngineArgs(
+        model=model,
+        tokenizer=model,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size,
+        # On the CPU backend this is the fraction of RAM reserved for the KV cache (shared/PLATFORM.md).
+        gpu_memory_utilization=memory_fraction,
+        kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * GIB),
+        disable_log_stats=True,
+        **extra,
+    )
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt; BOS is added only when the text (a rendered chat template) lacks it."""
+    bos = tokenizer.bos_token
+    return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
+@contextmanager
+def translate_errors(what: str, error: type[Exception] = EngineError):
+    """Re-raise vLLM's engine failures as the server's typed errors (a dead engine is always 503)."""
+    try:
+        yield
+    except EngineDeadError as exc:
+        raise EngineUnavailableError(f"the {what} engine died: {exc}") from exc
+    except EngineGenerateError as exc:
+        raise error(f"the {what} engine failed on a request: {exc.__cause__ or exc}") from exc
+
+
+class VLLMEngine:
+    """The policy model served by an in-process vLLM ``AsyncLLM``."""
+
+    def __init__(self, llm: AsyncLLM, model_name: str) -> None:
+        self._llm = llm
+        self.model_name = model_name
+        self.tokenizer = llm.get_tokenizer()  # the HF tokenizer: chat templates and token counts
+        self.max_model_len: int = llm.model_config.max_model_len
+        self._live: set[str] = set()  # ids of our vLLM requests that have not finished
+
+    @classmethod
+    def create(cls, model: str, *, kv_cache_gib: float | None = None, memory_fraction: float = 0.25,
+               max_model_len: int | None = None, seed: int = 0, tensor_parallel_size: int = 1,
+               dtype: str = "auto") -> VLLMEngine:
+        """Start the engine (blocks while vLLM loads the model: ~25 s for a tiny model on 2 CPU cores)."""
+        args = engine_args(model, kv_cache_gib=kv_cache_gib, memory_fraction=memory_fraction,
+                           max_model_len=max_model_len, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                           dtype=dtype, enable_prefix_caching=True)
+        return cls(AsyncLLM.from_engine_args(args), model_name=model)
+
+    # ---- Engine protocol ---------------------------------------------------------------------------------------
+    async def generate(self, prompts: Sequence[str], spec: SamplingSpec, request_id: str) -> list[list[Sample]]:
+        """``spec.n`` samples of every prompt; all prompts are submitted at once."""
+        encoded = [encode_prompt(self.tokenizer, prompt) for prompt in prompts]
+        params = [self._params(spec, len(ids), RequestOutputKind.FINAL_ONLY) for ids in encoded]
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels (and so aborts) the others
+                tasks = [group.create_task(self._generate_one(ids, p, f"{request_id}-{i}"))
+                         for i, (ids, p) in enumerate(zip(encoded, params, strict=True))]
+        except BaseExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
+        """One sample, yielded as text deltas; ``num_tokens`` is cumulative, the last delta has the finish."""
+        if spec.n != 1:
+            raise ValueError(f"streaming draws one sample, got n={spec.n}")
+        ids = encode_prompt(self.tokenizer, prompt)
+        params = self._params(spec, len(ids), RequestOutputKind.DELTA)
+        num_tokens = 0
+        with translate_errors("policy"):
+            async for output in self._run(ids, params, f"{request_id}-0"):
+                completion = output.outputs[0]
+                num_tokens += len(completion.token_ids)
+                finish = _finish_reason(completion) if output.finished else None
+                yield Sample(completion.text, num_tokens, finish, _stop_string(completion),
+                             completion.cumulative_logprob)
+
+    async def abort(self, request_id: str) -> None:
+        """Abort every live request whose id starts with ``request_id``."""
+        doomed = [rid for rid in self._live if rid.startswith(request_id)]
+        if doomed:
+            await self._llm.abort(doomed)
+
+    # ---- server-facing ----------------------------------------------------------------------------------------
+    def num_running(self) -> int:
+        """Our vLLM requests (one per prompt of each call) not yet finished."""
+        return len(self._live)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as a prompt (as :meth:`generate` tokenizes it)."""
+        return len(encode_prompt(self.tokenizer, text))
+
+    def healthy(self) -> bool:
+        """False once the vLLM engine core has died or its output loop has stopped."""
+        return not self._llm.errored
+
+    async def shutdown(self) -> None:
+        """Abort what is running and stop the engine core process."""
+        if self._live:
+            await self._llm.abort(list(self._live))
+        self._llm.shutdown()
+
+    # ---- internals --------------------------------------------------------------------------------------------
+    def _params(self, spec: SamplingSpec, prompt_len: int, kind: RequestOutputKind) -> SamplingParams:
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
+        return SamplingParams(
+            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=min(spec.max_tokens, room),
+            stop=list(spec.stop), include_stop_str_in_output=True, seed=spec.seed, logprobs=spec.logprobs,
+            output_kind=kind,
+        )
+
+    async def _generate_one(self, ids: list[int], params: SamplingParams, request_id: str) -> list[Sample]:
+        final = None
+        with translate_errors("policy"):
+            async for output in self._run(ids, params, request_id):
+                final = output
+        completions = sorted(final.outputs, key=lambda c: c.index) if final else []
+        return [Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob)
+                for c in completions]
+
+    async def _run(self, ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Any]:
+        """vLLM's output stream for one request, tracked in ``_live`` and aborted if we are cancelled."""
+        self._live.add(request_id)
+        try:
+            async for output in self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            # vLLM aborts on cancellation once the request is queued; this also covers cancellation mid-submit.
+            await asyncio.shield(self._llm.abort(request_id))
+            raise
+        finally:
+            self._live.discard(request_id)
+
+
+def _finish_reason(completion: CompletionOutput) -> FinishReason:
+    reason = completion.finish_reason
+    return reason if reason in ("stop", "length") else "abort"
+
+
+def _stop_string(completion: CompletionOutput) -> str | None:
+    return completion.stop_reason if isinstance(completion.stop_reason, str) else None
