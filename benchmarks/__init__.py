@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints its numbers and saves them (JSON + Markdown) under an output folder."""

@@ -1,0 +1,102 @@
+"""Ponder's serving overhead: ``best_of_n`` (and ``none``) with N samples through Ponder against the same N samples
+from vLLM's own OpenAI server (``n=N``), same model, prompt and sampling, requests one at a time.
+
+Prints and saves (``OUTPUT/overhead.json``, ``OUTPUT/overhead.md``) the median latency of each, the ratio, the
+reward-model time inside Ponder's latency, and how many engine requests one Ponder request made.
+
+    python -m benchmarks.overhead --output results/overhead            # the embedded default models
+    python -m benchmarks.overhead --model ~/.cache/ponder/smollm2-135m-instruct --output results/overhead-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from benchmarks.servers import ponder_cmd, running, vllm_cmd
+
+PROMPT = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                                      "many clips in May. How many clips did Natalia sell altogether?"}]
+
+
+def measure(url: str, body: dict, requests: int, warmup: int, label: str) -> list[dict]:
+    rows = []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for i in tqdm(range(warmup + requests), desc=label, file=sys.stderr):
+            start = time.perf_counter()
+            r = client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - start
+            r.raise_for_status()
+            data = r.json()
+            if i >= warmup:
+                ponder = data.get("ponder") or {}
+                rows.append({"latency_s": elapsed, "completion_tokens": data["usage"]["completion_tokens"],
+                             "scorer_seconds": ponder.get("scorer_seconds", 0.0),
+                             "engine_requests": ponder.get("engine_requests")})
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    return {"median_latency_s": statistics.median(r["latency_s"] for r in rows),
+            "median_scorer_s": statistics.median(r["scorer_seconds"] for r in rows),
+            "mean_completion_tokens": statistics.fmean(r["completion_tokens"] for r in rows),
+            "engine_requests": sorted({r["engine_requests"] for r in rows if r["engine_requests"] is not None}),
+            "requests": len(rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="policy folder (default: the embedded default policy)")
+    p.add_argument("--prm", help="reward model folder (default: the embedded default PRM)")
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--requests", type=int, default=24)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--memory-fraction", type=float, default=0.2)
+    p.add_argument("--output", type=Path, default=Path("results/overhead"))
+    args = p.parse_args()
+    if args.model is None or args.prm is None:
+        from server.default_models import ensure_default_models
+
+        defaults = ensure_default_models()
+        args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm)
+    args.output.mkdir(parents=True, exist_ok=True)
+    n = args.num_samples
+    sampling = {"messages": PROMPT, "max_tokens": args.max_tokens, "temperature": args.temperature}
+
+    with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as url:
+        vllm_rows = measure(url, sampling | {"model": "model", "n": n}, args.requests, args.warmup, f"vllm n={n}")
+    with running(ponder_cmd(args.model, args.prm, args.memory_fraction), args.output / "ponder.log") as url:
+        bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
+        bon_rows = measure(url, bon, args.requests, args.warmup, f"ponder best_of_n N={n}")
+        none_rows = measure(url, sampling | {"n": n}, args.requests, args.warmup, f"ponder none n={n}")
+
+    result = {"model": args.model, "prm": args.prm, "num_samples": n, "max_tokens": args.max_tokens,
+              "vllm": summary(vllm_rows), "ponder_best_of_n": summary(bon_rows), "ponder_none": summary(none_rows)}
+    base = result["vllm"]["median_latency_s"]
+    result["ratio_best_of_n"] = result["ponder_best_of_n"]["median_latency_s"] / base
+    result["ratio_none"] = result["ponder_none"]["median_latency_s"] / base
+    (args.output / "overhead.json").write_text(json.dumps(result | {"rows": {
+        "vllm": vllm_rows, "ponder_best_of_n": bon_rows, "ponder_none": none_rows}}, indent=2))
+    table = ["| run | median latency (s) | of which reward model (s) | mean generated tokens | ratio to vLLM |",
+             "|---|---|---|---|---|"]
+    for key, label in (("vllm", f"vLLM server, n={n}"), ("ponder_none", f"Ponder none, n={n}"),
+                       ("ponder_best_of_n", f"Ponder best_of_n, N={n}")):
+        s = result[key]
+        table.append(f"| {label} | {s['median_latency_s']:.3f} | {s['median_scorer_s']:.3f} | "
+                     f"{s['mean_completion_tokens']:.0f} | {s['median_latency_s'] / base:.2f} |")
+    table.append(f"\nEngine requests per Ponder best_of_n request: {result['ponder_best_of_n']['engine_requests']}")
+    (args.output / "overhead.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""End to end: `ponder serve` as a subprocess on the real vLLM CPU engine with tiny models built here, called with
+the official `openai` client (sync, async, streaming, strategies through `extra_body`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from training.tiny_models import save_tiny_policy, save_tiny_prm
+
+pytestmark = pytest.mark.e2e
+QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
+STARTUP_SECONDS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("models")
+    policy, prm = save_tiny_policy(root / "policy", seed=1), save_tiny_prm(root / "prm", seed=2)
+    port = free_port()
+    log = (root / "server.log").open("w")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--model", str(policy), "--prm", str(prm), "--port", str(port),
+         "--served-model-name", "tiny", "--max-num-samples", "32", "--default-max-tokens", "24"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    saw_loading = False
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+        try:
+            status = httpx.get(f"{base}/health", timeout=2).status_code
+        except httpx.TransportError:
+            status = None
+        saw_loading |= status == 503
+        if status == 200:
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("ponder serve did not become healthy:\n" + (root / "server.log").read_text()[-3000:])
+    yield {"base": base, "proc": proc, "saw_loading": saw_loading, "log": root / "server.log"}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server['base']}/v1", api_key="unused", max_retries=0)
+
+
+def test_health_was_503_while_loading(server):
+    assert server["saw_loading"]
+
+
+def test_models_lists_model_and_strategies(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    names = {s["name"] for s in models.model_extra["strategies"]}
+    assert {"none", "best_of_n", "weighted_best_of_n", "self_consistency"} <= names
+
+
+def test_plain_chat_completion(client):
+    reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0)
+    assert reply.object == "chat.completion" and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens == reply.model_extra["ponder"]["chosen_completion_tokens"] > 0
+    again = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0)
+    assert again.choices[0].message.content == reply.choices[0].message.content  # greedy is deterministic
+
+
+def test_best_of_n_is_one_engine_request_and_counts_every_token(client):
+    reply = client.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=12,
+        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 16, "return_trace": True}})
+    ponder = reply.model_extra["ponder"]
+    assert ponder["engine_calls"] == 1 and ponder["engine_requests"] == 1 and ponder["scorer_calls"] == 1
+    candidates = ponder["candidates"]
+    assert len(candidates) == 16 and sum(c["chosen"] for c in candidates) == 1
+    assert reply.usage.completion_tokens == sum(c["completion_tokens"] for c in candidates)
+    chosen = next(c for c in candidates if c["chosen"])
+    assert chosen["text"] == reply.choices[0].message.content
+    assert chosen["score"] == max(c["score"] for c in candidates)
+    assert all(0.0 <= s <= 1.0 for c in candidates for s in c["step_scores"])
+
+
+def test_self_consistency_and_weighted_best_of_n(client):
+    for strategy in ("self_consistency", "weighted_best_of_n"):
+        reply = client.chat.completions.create(
+            model="tiny", messages=QUESTION, max_tokens=12,
+            extra_body={"strategy": strategy, "strategy_params": {"num_samples": 4}})
+        assert reply.model_extra["ponder"]["strategy"] == strategy
+        assert reply.usage.completion_tokens >= reply.model_extra["ponder"]["chosen_completion_tokens"]
+
+
+async def test_async_client_concurrent_requests(server):
+    import asyncio
+
+    client = openai.AsyncOpenAI(base_url=f"{server['base']}/v1", api_key="unused", max_retries=0)
+    replies = await asyncio.gather(*[
+        client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=8,
+                                       extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 4}})
+        for _ in range(6)])
+    assert all(r.model_extra["ponder"]["engine_requests"] == 1 for r in replies)
+    await client.close()
+
+
+def test_streaming_tokens_and_usage(client):
+    stream = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    greedy = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0)
+    assert text == greedy.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == greedy.usage.completion_tokens
+
+
+def test_streaming_a_strategy(client):
+    stream = client.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=10, stream=True, stream_options={"include_usage": True},
+        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 8}})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_client_errors_are_openai_errors(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=QUESTION, extra_body={"strategy": "nope"})
+    assert "available:" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=QUESTION,
+                                       extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 33}})
+    assert err.value.body["code"] == "above_cap"
+
+
+def test_metrics_after_traffic(server):
+    text = httpx.get(f"{server['base']}/metrics").text
+    assert 'ponder_requests_total{status="200",strategy="best_of_n"}' in text
+    assert "ponder_requests_in_flight 0.0" in text
