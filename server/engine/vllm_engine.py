@@ -31,8 +31,17 @@ log = logging.getLogger("ponder.engine")
 GIB = 1 << 30
 
 
-def engine_args(model: str, *, kv_cache_gib: float | None, memory_fraction: float, max_model_len: int | None,
-                seed: int, tensor_parallel_size: int, dtype: str, **extra: Any) -> AsyncEngineArgs:
+def engine_args(
+    model: str,
+    *,
+    kv_cache_gib: float | None,
+    memory_fraction: float,
+    max_model_len: int | None,
+    seed: int,
+    tensor_parallel_size: int,
+    dtype: str,
+    **extra: Any,
+) -> AsyncEngineArgs:
     """vLLM engine arguments shared by the policy and the reward models (``extra``: e.g. ``runner="pooling"``)."""
     return AsyncEngineArgs(
         model=model,
@@ -53,6 +62,12 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a prompt; BOS is added only when the text (a rendered chat template) lacks it."""
     bos = tokenizer.bos_token
     return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
+def engine_input(llm: AsyncLLM, ids: list[int]) -> Any:
+    """A tokenized prompt rendered for the engine (vLLM deprecates handing it raw prompts)."""
+    (rendered,) = llm.renderer.render_cmpl([TokensPrompt(prompt_token_ids=ids)])
+    return rendered
 
 
 @contextmanager
@@ -77,13 +92,28 @@ class VLLMEngine:
         self._live: set[str] = set()  # ids of our vLLM requests that have not finished
 
     @classmethod
-    def create(cls, model: str, *, kv_cache_gib: float | None = None, memory_fraction: float = 0.25,
-               max_model_len: int | None = None, seed: int = 0, tensor_parallel_size: int = 1,
-               dtype: str = "auto") -> VLLMEngine:
+    def create(
+        cls,
+        model: str,
+        *,
+        kv_cache_gib: float | None = None,
+        memory_fraction: float = 0.25,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+    ) -> VLLMEngine:
         """Start the engine (blocks while vLLM loads the model: ~25 s for a tiny model on 2 CPU cores)."""
-        args = engine_args(model, kv_cache_gib=kv_cache_gib, memory_fraction=memory_fraction,
-                           max_model_len=max_model_len, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                           dtype=dtype, enable_prefix_caching=True)
+        args = engine_args(
+            model,
+            kv_cache_gib=kv_cache_gib,
+            memory_fraction=memory_fraction,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            enable_prefix_caching=True,
+        )
         return cls(AsyncLLM.from_engine_args(args), model_name=model)
 
     # ---- Engine protocol ---------------------------------------------------------------------------------------
@@ -93,8 +123,10 @@ class VLLMEngine:
         params = [self._params(spec, len(ids), RequestOutputKind.FINAL_ONLY) for ids in encoded]
         try:
             async with asyncio.TaskGroup() as group:  # one failure cancels (and so aborts) the others
-                tasks = [group.create_task(self._generate_one(ids, p, f"{request_id}-{i}"))
-                         for i, (ids, p) in enumerate(zip(encoded, params, strict=True))]
+                tasks = [
+                    group.create_task(self._generate_one(ids, p, f"{request_id}-{i}", spec.n))
+                    for i, (ids, p) in enumerate(zip(encoded, params, strict=True))
+                ]
         except BaseExceptionGroup as failures:
             raise failures.exceptions[0] from None
         return [task.result() for task in tasks]
@@ -111,8 +143,9 @@ class VLLMEngine:
                 completion = output.outputs[0]
                 num_tokens += len(completion.token_ids)
                 finish = _finish_reason(completion) if output.finished else None
-                yield Sample(completion.text, num_tokens, finish, _stop_string(completion),
-                             completion.cumulative_logprob)
+                yield Sample(
+                    completion.text, num_tokens, finish, _stop_string(completion), completion.cumulative_logprob
+                )
 
     async def abort(self, request_id: str) -> None:
         """Abort every live request whose id starts with ``request_id``."""
@@ -144,26 +177,36 @@ class VLLMEngine:
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
+        greedy = spec.temperature == 0.0  # vLLM refuses n > 1 here; the n samples would be identical anyway
         return SamplingParams(
-            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=min(spec.max_tokens, room),
-            stop=list(spec.stop), include_stop_str_in_output=True, seed=spec.seed, logprobs=spec.logprobs,
+            n=1 if greedy else spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=min(spec.max_tokens, room),
+            stop=list(spec.stop),
+            include_stop_str_in_output=True,
+            seed=spec.seed,
+            logprobs=spec.logprobs,
             output_kind=kind,
         )
 
-    async def _generate_one(self, ids: list[int], params: SamplingParams, request_id: str) -> list[Sample]:
+    async def _generate_one(self, ids: list[int], params: SamplingParams, request_id: str, n: int) -> list[Sample]:
         final = None
         with translate_errors("policy"):
             async for output in self._run(ids, params, request_id):
                 final = output
         completions = sorted(final.outputs, key=lambda c: c.index) if final else []
-        return [Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob)
-                for c in completions]
+        samples = [
+            Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob)
+            for c in completions
+        ]
+        return samples * n if params.n == 1 else samples  # greedy: one sample stands for all n
 
     async def _run(self, ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Any]:
         """vLLM's output stream for one request, tracked in ``_live`` and aborted if we are cancelled."""
         self._live.add(request_id)
         try:
-            async for output in self._llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
+            async for output in self._llm.generate(engine_input(self._llm, ids), params, request_id):
                 yield output
         except (asyncio.CancelledError, GeneratorExit):
             # vLLM aborts on cancellation once the request is queued; this also covers cancellation mid-submit.

@@ -1,0 +1,194 @@
+"""A process reward model on vLLM's pooling runner: one correctness probability per reasoning step.
+
+Serves ``Qwen2ForProcessRewardModel`` checkpoints, the architecture of Qwen2.5-Math-PRM (Zhang et al. 2025,
+"The Lessons of Developing Process Reward Models in Mathematical Reasoning"). The input is the format that model
+was trained on: its chat template over a system prompt, the question as the user turn, and the steps joined by the
+step tag with one trailing tag as the assistant turn. vLLM's ``STEP`` pooler returns the 2-label softmax at every
+tag token (``PoolerConfig(step_tag_id=...)``); the positive class, index 1, is the step's score.
+
+:class:`VLLMPoolingScorer` holds what the PRM and the ORM (``reward_models.orm``) share: the ``AsyncLLM``,
+batched submission with abort on cancellation, and lifecycle. Cost: one pooling request per item, all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from vllm import PoolingParams
+from vllm.config import PoolerConfig
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from server.engine.errors import ScorerError
+from server.engine.vllm_engine import encode_prompt, engine_args, engine_input, translate_errors
+
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 151651 in its vocabulary)
+
+
+class VLLMPoolingScorer:
+    """A reward model served by an in-process vLLM pooling engine; subclasses render items and read scores."""
+
+    kind: Literal["prm", "orm"]
+    pooling_task: str
+
+    def __init__(self, llm: AsyncLLM, model_name: str, system_prompt: str | None = QWEN_PRM_SYSTEM) -> None:
+        self._llm = llm
+        self.model_name = model_name
+        self.system_prompt = system_prompt
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len: int = llm.model_config.max_model_len
+        self._live: set[str] = set()
+
+    @staticmethod
+    def _start(
+        path: str,
+        *,
+        memory_fraction: float,
+        kv_cache_gib: float | None,
+        dtype: str,
+        max_model_len: int | None,
+        seed: int,
+        **extra: Any,
+    ) -> AsyncLLM:
+        args = engine_args(
+            path,
+            kv_cache_gib=kv_cache_gib,
+            memory_fraction=memory_fraction,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=1,
+            dtype=dtype,
+            runner="pooling",
+            **extra,
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    def chat(self, question: str, answer: str) -> str:
+        """The model's chat template over (system prompt,) the question and an answer, as one text."""
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    async def _pool(self, texts: Sequence[str], request_id: str) -> list[torch.Tensor]:
+        """The pooled output of every text, submitted all at once; one failure cancels the rest."""
+        encoded = [encode_prompt(self.tokenizer, text) for text in texts]
+        for ids in encoded:
+            if len(ids) > self.max_model_len:
+                raise ScorerError(
+                    f"a scored item is {len(ids)} tokens; the reward model's context is {self.max_model_len}"
+                )
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._pool_one(ids, f"{request_id}-{i}")) for i, ids in enumerate(encoded)]
+        except BaseExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _pool_one(self, ids: list[int], request_id: str) -> torch.Tensor:
+        params = PoolingParams(task=self.pooling_task)
+        self._live.add(request_id)
+        final = None
+        try:
+            with translate_errors("reward-model", ScorerError):
+                async for output in self._llm.encode(engine_input(self._llm, ids), params, request_id):
+                    final = output
+        except asyncio.CancelledError:
+            await asyncio.shield(self._llm.abort(request_id))
+            raise
+        finally:
+            self._live.discard(request_id)
+        if final is None or final.outputs.data is None:
+            raise ScorerError(f"the reward model returned nothing for {request_id}")
+        return final.outputs.data.float().cpu()
+
+    async def abort(self, request_id: str) -> None:
+        """Abort every live scoring request whose id starts with ``request_id``."""
+        doomed = [rid for rid in self._live if rid.startswith(request_id)]
+        if doomed:
+            await self._llm.abort(doomed)
+
+    def num_running(self) -> int:
+        return len(self._live)
+
+    def healthy(self) -> bool:
+        return not self._llm.errored
+
+    async def shutdown(self) -> None:
+        if self._live:
+            await self._llm.abort(list(self._live))
+        self._llm.shutdown()
+
+
+class VLLMProcessRewardModel(VLLMPoolingScorer):
+    """Qwen2.5-Math-PRM-style step scorer: ``score`` gives one probability in [0, 1] per step."""
+
+    kind = "prm"
+    pooling_task = "token_classify"
+
+    def __init__(self, llm: AsyncLLM, model_name: str, step_tag: str, system_prompt: str | None = QWEN_PRM_SYSTEM):
+        super().__init__(llm, model_name, system_prompt)
+        self.step_tag = step_tag
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        *,
+        memory_fraction: float = 0.1,
+        kv_cache_gib: float | None = None,
+        step_tag: str | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+    ) -> VLLMProcessRewardModel:
+        """Start the engine (blocks ~25 s for a tiny model on the CPU). ``step_tag``: None reads it from the
+        checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
+        step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
+        step_tag_id = _single_token_id(path, step_tag)
+        llm = cls._start(
+            path,
+            memory_fraction=memory_fraction,
+            kv_cache_gib=kv_cache_gib,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            pooler_config=PoolerConfig(step_tag_id=step_tag_id),
+        )
+        return cls(llm, model_name=path, step_tag=step_tag)
+
+    def render(self, question: str, steps: Sequence[str]) -> str:
+        """The exact text the PRM reads: the tag ends every step, and appears nowhere else."""
+        tag = self.step_tag
+        return self.chat(question.replace(tag, ""), "".join(step.replace(tag, "") + tag for step in steps))
+
+    async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
+        """Per-step probabilities for every (question, steps) item, scored in one batch."""
+        todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
+        pooled = await self._pool([self.render(*items[i]) for i in todo], request_id)
+        scores: list[list[float]] = [[] for _ in items]
+        for i, data in zip(todo, pooled, strict=True):  # data: (num_steps, 2), already softmaxed
+            if data.shape[0] != len(items[i][1]):
+                raise ScorerError(f"the PRM scored {data.shape[0]} step tags for {len(items[i][1])} steps")
+            scores[i] = data[:, 1].tolist()
+        return scores
+
+
+def _configured_step_tag(path: Path) -> str | None:
+    config = path / "config.json"
+    return json.loads(config.read_text()).get("step_tag") if config.is_file() else None
+
+
+def _single_token_id(path: str, step_tag: str) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer.encode(step_tag, add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"step tag {step_tag!r} is not a single token of the tokenizer at {path} ({ids})")
+    return ids[0]

@@ -1,0 +1,80 @@
+"""The models ``ponder serve`` uses when none is named: the repo's trained defaults, else tiny random stand-ins.
+
+Trained defaults live in ``models/default-policy`` and ``models/default-prm`` at the repository root. Until they
+exist, the tiny random-weight models of :mod:`training.tiny_models` are built once (seconds) into
+``$PONDER_CACHE_DIR/tiny-v1/`` (default ``~/.cache/ponder/tiny-v1/``) so that the server starts anywhere with no
+download; they produce noise, which is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("ponder.models")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DIR = REPO_ROOT / "models"
+TINY_VERSION = "tiny-v1"  # bump when the tiny builders change, so stale caches are not reused
+
+
+@dataclass(frozen=True)
+class DefaultModels:
+    policy: Path
+    prm: Path
+    random_weights: bool = False  # True: tiny random stand-ins, not trained models
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """Where Ponder caches built models: ``cache_dir``, else ``$PONDER_CACHE_DIR``, else ``~/.cache/ponder``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("PONDER_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "ponder"
+
+
+def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
+    """Paths of the default policy and PRM, building the tiny stand-ins first if the repo ships none."""
+    shipped = DefaultModels(SHIPPED_DIR / "default-policy", SHIPPED_DIR / "default-prm")
+    if _is_checkpoint(shipped.policy) and _is_checkpoint(shipped.prm):
+        return shipped
+    from training.tiny_models import save_tiny_policy, save_tiny_prm
+
+    root = cache_root(cache_dir) / TINY_VERSION
+    models = DefaultModels(
+        _build_once(root / "policy", save_tiny_policy), _build_once(root / "prm", save_tiny_prm), random_weights=True
+    )
+    log.warning(
+        "no trained default models in %s: serving tiny RANDOM-WEIGHT stand-ins from %s (their output is "
+        "noise; pass --model/--prm to serve real ones)",
+        SHIPPED_DIR,
+        root,
+    )
+    return models
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _build_once(path: Path, build: Callable[[Path], Path]) -> Path:
+    """Build into a temporary sibling and rename it into place, so a crash or a concurrent build never leaves
+    a half-written folder at ``path``."""
+    if _is_checkpoint(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        build(staging)
+        staging.rename(path)
+    except OSError:
+        if not _is_checkpoint(path):  # not a lost race with another builder
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

@@ -1,0 +1,211 @@
+"""The vLLM adapters end to end: the real vLLM CPU engine on tiny random models built in-process.
+
+Each engine starts once per module (~25-50 s each on 2 cores). PRM scores are checked against the same checkpoint
+run with plain torch/transformers, mirroring vLLM's head: softmax over the 2 labels at the step-tag positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config, Qwen2Model
+
+from reward_models import load_scorer
+from reward_models.orm import VLLMOutcomeRewardModel
+from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
+from server.engine.vllm_engine import VLLMEngine
+from strategies.base import Engine, SamplingSpec, Scorer
+from training.tiny_models import STEP_TAG, save_tiny_orm, save_tiny_policy, save_tiny_prm
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+ITEMS = [
+    ("What is 2+3?", ["2+3=5", "So the answer is 5."]),
+    ("Compute 7*6.", ["7*6=42", "42-0=42", "The answer is 42."]),
+    ("One step only", [f"a step that mentions {STEP_TAG} itself"]),
+    ("No steps", []),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-e2e")
+    return {
+        "policy": save_tiny_policy(root / "policy"),
+        "prm": save_tiny_prm(root / "prm"),
+        "orm": save_tiny_orm(root / "orm"),
+    }
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def engine(tiny: dict[str, Path]):
+    engine = VLLMEngine.create(str(tiny["policy"]), kv_cache_gib=1)
+    yield engine
+    await engine.shutdown()
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def prm(tiny: dict[str, Path]):
+    scorer = load_scorer(tiny["prm"], kv_cache_gib=1, dtype="float32")  # float32: compare with torch at 1e-3
+    yield scorer
+    await scorer.shutdown()
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def orm(tiny: dict[str, Path]):
+    scorer = load_scorer(tiny["orm"], kv_cache_gib=1, dtype="float32")
+    yield scorer
+    await scorer.shutdown()
+
+
+def chat_prompt(engine: VLLMEngine, question: str) -> str:
+    messages = [{"role": "user", "content": question}]
+    return engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+async def test_engine_basics(engine: VLLMEngine) -> None:
+    assert isinstance(engine, Engine) and engine.healthy()
+    assert engine.max_model_len == 2048 and engine.num_running() == 0
+    prompt = chat_prompt(engine, "hi")
+    assert engine.count_tokens(prompt) == len(engine.tokenizer.encode(prompt, add_special_tokens=False))
+    assert engine.count_tokens("hi") == 3  # BOS added to a prompt that lacks it
+
+
+async def test_generate_n4_with_stop_strings(engine: VLLMEngine) -> None:
+    prompts = [chat_prompt(engine, "What is 2+3?"), chat_prompt(engine, "Name a colour.")]
+    stops = tuple("aeiou")
+    results = await engine.generate(prompts, SamplingSpec(n=4, max_tokens=32, stop=stops, seed=0), "gen")
+    assert [len(samples) for samples in results] == [4, 4]
+    samples = [s for samples in results for s in samples]
+    for s in samples:
+        if s.stop_reason is not None:
+            assert s.finish_reason == "stop" and s.stop_reason in stops and s.text.endswith(s.stop_reason)
+            assert not any(stop in s.text[:-1] for stop in stops)  # ended at the first stop string
+        elif s.finish_reason == "length":
+            assert s.num_tokens == 32
+    assert any(s.stop_reason is not None for s in samples)
+    short = await engine.generate(prompts, SamplingSpec(n=4, max_tokens=3), "short")
+    assert any(s.finish_reason == "length" and s.num_tokens == 3 for samples in short for s in samples)
+    assert engine.num_running() == 0
+
+
+async def test_multi_character_stop_string_is_kept_and_ends_the_text(engine: VLLMEngine) -> None:
+    prompt = chat_prompt(engine, "Explain.")
+    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=40)
+    [[full]] = await engine.generate([prompt], greedy, "greedy")
+    stop = full.text[10:12]
+    [[cut]] = await engine.generate([prompt], SamplingSpec(n=1, temperature=0.0, max_tokens=40, stop=(stop,)), "cut")
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == full.text[: full.text.index(stop) + len(stop)]
+
+
+async def test_stream_deltas_concatenate_to_the_generated_text(engine: VLLMEngine) -> None:
+    prompt, spec = chat_prompt(engine, "Count."), SamplingSpec(n=1, temperature=0.0, max_tokens=24)
+    [[whole]] = await engine.generate([prompt], spec, "whole")
+    deltas = [delta async for delta in engine.stream(prompt, spec, "streamed")]
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
+    assert deltas[-1].finish_reason == whole.finish_reason and deltas[-1].num_tokens == whole.num_tokens
+    assert all(a.num_tokens <= b.num_tokens for a, b in zip(deltas, deltas[1:], strict=False))
+    with pytest.raises(ValueError, match="n=2"):
+        [d async for d in engine.stream(prompt, SamplingSpec(n=2), "bad")]
+
+
+async def _until_running(engine: VLLMEngine) -> None:
+    async with asyncio.timeout(30):
+        while engine.num_running() == 0:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # let it decode a few tokens
+
+
+async def test_abort_stops_every_sub_request(engine: VLLMEngine) -> None:
+    prompt, spec = chat_prompt(engine, "Go on."), SamplingSpec(n=2, temperature=0.0, max_tokens=1800)
+    task = asyncio.create_task(engine.generate([prompt, prompt + "x"], spec, "req-abort"))
+    await _until_running(engine)
+    await engine.abort("req-abort")
+    results = await asyncio.wait_for(task, 30)
+    assert engine.num_running() == 0
+    samples = [s for samples in results for s in samples]
+    assert samples and all(s.num_tokens < 1800 for s in samples)
+    assert any(s.finish_reason == "abort" for s in samples)
+
+
+async def test_cancelling_a_call_aborts_its_requests(engine: VLLMEngine) -> None:
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=1800)
+    task = asyncio.create_task(engine.generate([chat_prompt(engine, "More.")] * 3, spec, "req-cancel"))
+    await _until_running(engine)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.num_running() == 0
+
+    async def consume() -> None:
+        async for _ in engine.stream(chat_prompt(engine, "More."), spec, "req-stream-cancel"):
+            pass
+
+    streaming = asyncio.create_task(consume())
+    await _until_running(engine)
+    streaming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await streaming
+    assert engine.num_running() == 0
+    [[after]] = await engine.generate(["ok"], SamplingSpec(max_tokens=2), "after")  # still serving
+    assert after.num_tokens <= 2 and engine.healthy()
+
+
+def reference_prm_scores(path: Path, question: str, steps: list[str]) -> tuple[str, list[float]]:
+    """Qwen2.5-Math-PRM's input and scores from a plain torch forward of the checkpoint."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    messages = [
+        {"role": "system", "content": QWEN_PRM_SYSTEM},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": STEP_TAG.join(steps) + STEP_TAG},
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    config = Qwen2Config.from_pretrained(path)
+    state = load_file(path / "model.safetensors")
+    body = Qwen2Model(config).eval()
+    body.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    head = torch.nn.Sequential(
+        torch.nn.Linear(config.hidden_size, config.hidden_size), torch.nn.ReLU(), torch.nn.Linear(config.hidden_size, 2)
+    )
+    head.load_state_dict({k.removeprefix("score."): v for k, v in state.items() if k.startswith("score.")})
+    ids = torch.tensor(tokenizer.encode(text, add_special_tokens=False))  # the template starts with BOS
+    with torch.no_grad():
+        hidden = body(input_ids=ids[None]).last_hidden_state[0]  # (T, H)
+        probs = head(hidden).softmax(dim=-1)  # (T, 2)
+    return text, probs[ids == tokenizer.convert_tokens_to_ids(STEP_TAG), 1].tolist()
+
+
+async def test_prm_scores_every_step_like_a_torch_forward(prm: VLLMProcessRewardModel, tiny: dict) -> None:
+    assert isinstance(prm, VLLMProcessRewardModel) and isinstance(prm, Scorer) and prm.kind == "prm"
+    scores = await prm.score(ITEMS, "prm")
+    assert [len(s) for s in scores] == [len(steps) for _, steps in ITEMS]
+    for (question, steps), got in zip(ITEMS, scores, strict=True):
+        if not steps:
+            continue
+        clean = [step.replace(STEP_TAG, "") for step in steps]
+        text, expected = reference_prm_scores(tiny["prm"], question, clean)
+        assert prm.render(question, steps) == text
+        assert all(0.0 <= p <= 1.0 for p in got)
+        assert got == pytest.approx(expected, abs=1e-3)
+    assert prm.num_running() == 0 and prm.healthy()
+
+
+async def test_orm_gives_one_probability_per_item(orm: VLLMOutcomeRewardModel, tiny: dict) -> None:
+    assert isinstance(orm, VLLMOutcomeRewardModel) and orm.kind == "orm"
+    scores = await orm.score(ITEMS, "orm")
+    assert [len(s) for s in scores] == [1] * len(ITEMS)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny["orm"]).eval()
+    for (question, steps), [p] in zip(ITEMS, scores, strict=True):
+        ids = orm.tokenizer.encode(orm.render(question, steps), add_special_tokens=False)
+        with torch.no_grad():
+            expected = torch.sigmoid(model(torch.tensor([ids])).logits[0, 0]).item()
+        assert 0.0 <= p <= 1.0 and p == pytest.approx(expected, abs=1e-3)
