@@ -14,7 +14,7 @@ from pathlib import Path
 from strategies.base import Scorer
 
 
-def load_scorer(
+async def load_scorer(
     path: str | Path,
     *,
     memory_fraction: float = 0.1,
@@ -23,7 +23,7 @@ def load_scorer(
     dtype: str = "auto",
     max_model_len: int | None = None,
 ) -> Scorer:
-    """Start the reward model at ``path`` (a local checkpoint folder); blocks while vLLM loads it."""
+    """Start the reward model at ``path`` (a local checkpoint folder); the event loop runs while vLLM loads it."""
     config_path = Path(path) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"reward model {str(path)!r}: no config.json there (expected a local checkpoint)")
@@ -40,11 +40,11 @@ def load_scorer(
     if any(arch.endswith("ForProcessRewardModel") for arch in architectures):
         from reward_models.vllm_prm import VLLMProcessRewardModel
 
-        return VLLMProcessRewardModel.create(str(path), step_tag=step_tag, **kwargs)
+        return await VLLMProcessRewardModel.create(str(path), step_tag=step_tag, **kwargs)
     if any(arch.endswith("ForSequenceClassification") for arch in architectures):
         from reward_models.orm import VLLMOutcomeRewardModel
 
-        return VLLMOutcomeRewardModel.create(str(path), **kwargs)
+        return await VLLMOutcomeRewardModel.create(str(path), **kwargs)
     raise ValueError(
         f"reward model {str(path)!r}: architectures {architectures} are neither a process reward "
         "model (*ForProcessRewardModel) nor a sequence classifier (*ForSequenceClassification)"

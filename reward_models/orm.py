@@ -29,7 +29,7 @@ class VLLMOutcomeRewardModel(VLLMPoolingScorer):
         self.step_separator = step_separator
 
     @classmethod
-    def create(
+    async def create(
         cls,
         path: str,
         *,
@@ -40,8 +40,8 @@ class VLLMOutcomeRewardModel(VLLMPoolingScorer):
         seed: int = 0,
         step_separator: str = "\n\n",
     ) -> VLLMOutcomeRewardModel:
-        """Start the engine (blocks ~25 s for a tiny model on the CPU)."""
-        llm = cls._start(
+        """Start the engine (~25-40 s for a tiny model on the CPU, off the event loop)."""
+        llm = await cls._start(
             path,
             memory_fraction=memory_fraction,
             kv_cache_gib=kv_cache_gib,

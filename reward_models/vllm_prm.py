@@ -24,7 +24,7 @@ from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from server.engine.errors import ScorerError
-from server.engine.vllm_engine import encode_prompt, engine_args, engine_input, translate_errors
+from server.engine.vllm_engine import encode_prompt, engine_args, engine_input, start_llm, translate_errors
 
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 151651 in its vocabulary)
@@ -45,7 +45,7 @@ class VLLMPoolingScorer:
         self._live: set[str] = set()
 
     @staticmethod
-    def _start(
+    async def _start(
         path: str,
         *,
         memory_fraction: float,
@@ -66,7 +66,7 @@ class VLLMPoolingScorer:
             runner="pooling",
             **extra,
         )
-        return AsyncLLM.from_engine_args(args)
+        return await start_llm(args)
 
     def chat(self, question: str, answer: str) -> str:
         """The model's chat template over (system prompt,) the question and an answer, as one text."""
@@ -136,7 +136,7 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         self.step_tag = step_tag
 
     @classmethod
-    def create(
+    async def create(
         cls,
         path: str,
         *,
@@ -147,11 +147,11 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         max_model_len: int | None = None,
         seed: int = 0,
     ) -> VLLMProcessRewardModel:
-        """Start the engine (blocks ~25 s for a tiny model on the CPU). ``step_tag``: None reads it from the
-        checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
+        """Start the engine (~25-40 s for a tiny model on the CPU, off the event loop). ``step_tag``: None reads
+        it from the checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
         step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
-        llm = cls._start(
+        llm = await cls._start(
             path,
             memory_fraction=memory_fraction,
             kv_cache_gib=kv_cache_gib,

@@ -127,8 +127,8 @@ def test_default_models_respect_ponder_cache_dir(tmp_path, monkeypatch: pytest.M
     assert ensure_default_models().prm == tmp_path / "tiny-v1" / "prm"
 
 
-def test_load_scorer_rejects_bad_paths(tiny: dict, tmp_path) -> None:
+async def test_load_scorer_rejects_bad_paths(tiny: dict, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_scorer(tmp_path / "missing")
+        await load_scorer(tmp_path / "missing")
     with pytest.raises(ValueError, match="neither a process reward model"):
-        load_scorer(tiny["policy"])
+        await load_scorer(tiny["policy"])

@@ -46,21 +46,32 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def engine(tiny: dict[str, Path]):
-    engine = VLLMEngine.create(str(tiny["policy"]), kv_cache_gib=1)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.1)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    engine = await VLLMEngine.create(str(tiny["policy"]), kv_cache_gib=1)
+    ticker.cancel()
+    engine.loop_ticks_while_loading = ticks  # the server answers /health while the engine loads
     yield engine
     await engine.shutdown()
 
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def prm(tiny: dict[str, Path]):
-    scorer = load_scorer(tiny["prm"], kv_cache_gib=1, dtype="float32")  # float32: compare with torch at 1e-3
+    scorer = await load_scorer(tiny["prm"], kv_cache_gib=1, dtype="float32")  # float32: compare with torch at 1e-3
     yield scorer
     await scorer.shutdown()
 
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def orm(tiny: dict[str, Path]):
-    scorer = load_scorer(tiny["orm"], kv_cache_gib=1, dtype="float32")
+    scorer = await load_scorer(tiny["orm"], kv_cache_gib=1, dtype="float32")
     yield scorer
     await scorer.shutdown()
 
@@ -72,6 +83,7 @@ def chat_prompt(engine: VLLMEngine, question: str) -> str:
 
 async def test_engine_basics(engine: VLLMEngine) -> None:
     assert isinstance(engine, Engine) and engine.healthy()
+    assert engine.loop_ticks_while_loading > 20  # create() did not block the event loop
     assert engine.max_model_len == 2048 and engine.num_running() == 0
     prompt = chat_prompt(engine, "hi")
     assert engine.count_tokens(prompt) == len(engine.tokenizer.encode(prompt, add_special_tokens=False))
