@@ -120,7 +120,7 @@ class VLLMPoolingScorer:
         return not self._llm.errored
 
     async def shutdown(self) -> None:
-        if self._live:
+        if self._live and self.healthy():
             await self._llm.abort(list(self._live))
         self._llm.shutdown()
 

@@ -88,6 +88,10 @@ async def test_engine_basics(engine: VLLMEngine) -> None:
     prompt = chat_prompt(engine, "hi")
     assert engine.count_tokens(prompt) == len(engine.tokenizer.encode(prompt, add_special_tokens=False))
     assert engine.count_tokens("hi") == 3  # BOS added to a prompt that lacks it
+    [greedy] = await engine.generate(["hi"], SamplingSpec(n=3, temperature=0.0, max_tokens=5), "greedy-n3")
+    assert len(greedy) == 3 and greedy[0] == greedy[1] == greedy[2]  # vLLM refuses greedy n>1: one stands for all
+    with pytest.raises(ValueError, match="top_p"):
+        await engine.generate(["hi"], SamplingSpec(top_p=0.0), "bad-top-p")
 
 
 async def test_generate_n4_with_stop_strings(engine: VLLMEngine) -> None:

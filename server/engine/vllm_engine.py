@@ -19,6 +19,7 @@ from typing import Any
 
 from vllm import SamplingParams, TokensPrompt
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.outputs import CompletionOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -89,9 +90,12 @@ def engine_input(llm: AsyncLLM, ids: list[int]) -> Any:
 
 @contextmanager
 def translate_errors(what: str, error: type[Exception] = EngineError):
-    """Re-raise vLLM's engine failures as the server's typed errors (a dead engine is always 503)."""
+    """Re-raise vLLM's errors as ours: a dead engine is :class:`EngineUnavailableError`, a failed request
+    ``error``, a request vLLM refuses (bad sampling parameters, too long) ``ValueError``."""
     try:
         yield
+    except VLLMClientError as exc:
+        raise ValueError(f"the {what} engine refused a request: {exc}") from exc
     except EngineDeadError as exc:
         raise EngineUnavailableError(f"the {what} engine died: {exc}") from exc
     except EngineGenerateError as exc:
@@ -185,7 +189,7 @@ class VLLMEngine:
 
     async def shutdown(self) -> None:
         """Abort what is running and stop the engine core process."""
-        if self._live:
+        if self._live and self.healthy():
             await self._llm.abort(list(self._live))
         self._llm.shutdown()
 
@@ -195,17 +199,18 @@ class VLLMEngine:
         if room < 1:
             raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
         greedy = spec.temperature == 0.0  # vLLM refuses n > 1 here; the n samples would be identical anyway
-        return SamplingParams(
-            n=1 if greedy else spec.n,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            max_tokens=min(spec.max_tokens, room),
-            stop=list(spec.stop),
-            include_stop_str_in_output=True,
-            seed=spec.seed,
-            logprobs=spec.logprobs,
-            output_kind=kind,
-        )
+        with translate_errors("policy"):
+            return SamplingParams(
+                n=1 if greedy else spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=min(spec.max_tokens, room),
+                stop=list(spec.stop),
+                include_stop_str_in_output=True,
+                seed=spec.seed,
+                logprobs=spec.logprobs,
+                output_kind=kind,
+            )
 
     async def _generate_one(self, ids: list[int], params: SamplingParams, request_id: str, n: int) -> list[Sample]:
         final = None
