@@ -63,7 +63,10 @@ class CountingEngine:
             outputs = await self._engine.generate(prompts, spec, self._sub_id())
         finally:
             self.ledger.reserved -= reserved
-        self.ledger.completion_tokens += sum(s.num_tokens for samples in outputs for s in samples)
+        # A greedy call may return one Sample object standing for all n identical samples (vLLM refuses greedy
+        # n > 1): count each object once, so usage holds the tokens really generated.
+        generated = {id(s): s for samples in outputs for s in samples}
+        self.ledger.completion_tokens += sum(s.num_tokens for s in generated.values())
         return outputs
 
     async def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:

@@ -128,3 +128,15 @@ def test_registry_lists_known_names_and_refuses_duplicates():
     with pytest.raises(ValueError, match="registered twice"):
         strategies.register("none", config=strategies.base.StrategyConfig)(lambda *a: None)
     assert strategies.get("best_of_n").needs_scorer and not strategies.get("self_consistency").needs_scorer
+
+
+async def test_ledger_counts_a_shared_greedy_sample_once():
+    class GreedyEngine(FakeEngine):
+        async def generate(self, prompts, spec, request_id):
+            one = self._sample(prompts[0], 0, spec)
+            return [[one] * spec.n]
+
+    ledger = Ledger(token_budget=1000)
+    engine = CountingEngine(GreedyEngine(scripted("a b c")), ledger, "g")
+    (samples,) = await engine.generate(["p"], SamplingSpec(n=4, temperature=0.0), "g")
+    assert len(samples) == 4 and ledger.completion_tokens == 3
