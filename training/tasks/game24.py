@@ -1,0 +1,362 @@
+r"""``game24``: the Game of 24 (Yao et al. 2023, "Tree of Thoughts"), with a solver that labels every step.
+
+Combine four numbers with + - * / into 24, each number used once. A solution is three steps in the
+Tree-of-Thoughts format, then the whole expression, boxed::
+
+    4 + 8 = 12 (left: 4 6 12)\n\n6 - 4 = 2 (left: 2 12)\n\n12 * 2 = 24 (left: 24)\n\n\boxed{(4 + 8) * (6 - 4)}
+
+Grading (:meth:`Game24.grade`): a boxed expression is judged as the ToT paper judges its answer line (it uses
+exactly the puzzle's numbers and equals 24); without one, the steps are: each combines two available numbers with
+right arithmetic, and they end at 24. Step labels (:meth:`Game24.check_steps`): a step is right when its arithmetic
+is right, it uses numbers still available, its ``(left: ...)`` list (optional) is the true remainder, and the
+remainder can still reach 24 (the solver says so); the boxed answer step is right when it is a valid expression.
+Arithmetic is exact (fractions: some puzzles need them, e.g. ``1 3 4 6``); a fraction is written ``3/4``.
+
+Puzzles: ``tot/data/24/24.csv`` of the ``tree-of-thoughts-llm`` package (1,362 puzzles: every solvable one with
+numbers 1..13), read through ``importlib.resources``. The test split is data rows 900-999 (0-based, ranks 901-1000),
+as ToT's ``run.py`` takes ``data[900:1000]``: it never enters train. Train is the other 1,262 rows in a seeded
+order, then generated puzzles (numbers 1..24, at least one above 13, so none is in the file; solvable; distinct).
+Reference solutions prefer non-negative integer intermediate values and are drawn at random among the solver's
+choices with a per-puzzle seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from functools import cache, lru_cache
+from importlib import resources
+from typing import TypeVar
+
+from strategies.answers import last_boxed
+from training.tasks.base import Problem, TaskSpec, register
+
+TARGET = 24
+T = TypeVar("T")
+TEST_ROWS = range(900, 1000)  # ToT's test split: data rows 900-999 of 24.csv, never trained or tuned on
+DEFAULT_TRAIN_SIZE = 4_000  # 1,262 file rows + generated puzzles
+GENERATED_MAX = 24  # generated puzzles draw numbers from 1..GENERATED_MAX
+INSTRUCTION = (
+    "Combine two numbers per step as a op b = c (left: remaining numbers), separate steps with a blank line, "
+    "and put the final expression in \\boxed{}."
+)
+
+State = tuple[Fraction, ...]  # the numbers still available, sorted
+Move = tuple[Fraction, str, Fraction, Fraction]  # a op b = c
+
+_NUM = r"-?\d+(?:\.\d+)?(?:/\d+)?"
+_STEP = re.compile(rf"({_NUM})\s*([-+*/])\s*({_NUM})\s*=\s*({_NUM})(?:\s*\(left:\s*([^)]*)\))?")
+_QUESTION = re.compile(r"Use the numbers ([\d ]+) and ")
+_LATEX = {"\\times": "*", "\\cdot": "*", "×": "*", "\\div": "/", "÷": "/", "−": "-", "\\left": "", "\\right": ""}
+_EPS = 1e-6
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+# --- the solver --------------------------------------------------------------------------------------------------
+
+
+def fmt(x: Fraction) -> str:
+    """``3``, ``-2`` or ``3/4``."""
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def combine(a: Fraction, op: str, b: Fraction) -> Fraction | None:
+    """``a op b``, or None for a division by zero."""
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b if b else None
+
+
+def _moves(state: Sequence[Fraction], nice: bool) -> list[tuple[int, int, str, Fraction]]:
+    """Every (i, j, op, result) combining state[i] and state[j]; ``nice``: non-negative integer results only."""
+    moves = []
+    for i in range(len(state)):
+        for j in range(len(state)):
+            for op in "+-*/":
+                if i == j or (op in "+*" and i > j):  # commutative: one order is enough
+                    continue
+                c = combine(state[i], op, state[j])
+                if c is not None and (not nice or (c.denominator == 1 and c >= 0)):
+                    moves.append((i, j, op, c))
+    return moves
+
+
+@cache
+def _reach(state: tuple[float, ...], nice: bool) -> bool:
+    # Floats for speed (50x Fractions). Exact here: a value a 4-number puzzle (numbers <= 24) can make is p/q with
+    # q <= 24**3, so a value other than 24 is at least 1/q (7e-5) away from it, far above rounding error.
+    if len(state) == 1:
+        return abs(state[0] - TARGET) < _EPS
+    for i in range(len(state)):
+        for j in range(i + 1, len(state)):
+            a, b = state[i], state[j]
+            rest = state[:i] + state[i + 1 : j] + state[j + 1 :]
+            results = [a + b, a * b, a - b, b - a] + ([a / b] if b else []) + ([b / a] if a else [])
+            for c in results:
+                if nice and (c < 0 or abs(c - round(c)) > _EPS):
+                    continue
+                if _reach(tuple(sorted((*rest, c))), nice):
+                    return True
+    return False
+
+
+def _without(items: Sequence[T], i: int, j: int) -> list[T]:
+    return [x for k, x in enumerate(items) if k not in (i, j)]
+
+
+def reachable(state: Sequence[Fraction], nice: bool = False) -> bool:
+    """Whether ``state`` can still make 24; ``nice``: through non-negative integer values only."""
+    return _reach(tuple(sorted(float(x) for x in state)), nice)
+
+
+def solvable(numbers: Sequence[int | Fraction]) -> bool:
+    return reachable([Fraction(n) for n in numbers])
+
+
+def _join(left: tuple[str, int], op: str, right: tuple[str, int]) -> tuple[str, int]:
+    """An expression and its precedence (1: + -, 2: * /, 3: a number) with only the parentheses it needs."""
+    prec = 1 if op in "+-" else 2
+    ltext = f"({left[0]})" if left[1] < prec else left[0]
+    rtext = f"({right[0]})" if right[1] < prec or (right[1] == prec and op in "-/") else right[0]
+    return f"{ltext} {op} {rtext}", prec
+
+
+def solve(numbers: Sequence[int], rng: random.Random | None = None) -> tuple[list[Move], str] | None:
+    """Steps and the expression of one solution (nice intermediates when possible), None when unsolvable.
+
+    ``rng`` picks among the moves that keep 24 reachable; without it the first one is taken.
+    """
+    state = [Fraction(n) for n in sorted(numbers)]
+    nice = reachable(state, nice=True)
+    if not nice and not reachable(state):
+        return None
+    exprs = [(fmt(x), 3) for x in state]
+    steps: list[Move] = []
+    while len(state) > 1:
+        moves = _moves(state, nice)
+        if rng is not None:
+            rng.shuffle(moves)
+        i, j, op, c = next(m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]], nice))
+        steps.append((state[i], op, state[j], c))
+        joined = _join(exprs[i], op, exprs[j])
+        state, exprs = [*_without(state, i, j), c], [*_without(exprs, i, j), joined]
+    return steps, exprs[0][0]
+
+
+def solution_text(numbers: Sequence[int], steps: Sequence[Move], expression: str) -> str:
+    """Steps ``a op b = c (left: ...)`` with the true remainder, then ``\\boxed{expression}``."""
+    pool = [Fraction(n) for n in numbers]
+    lines = []
+    for a, op, b, c in steps:
+        pool.remove(a)
+        pool.remove(b)
+        pool.append(c)
+        lines.append(f"{fmt(a)} {op} {fmt(b)} = {fmt(c)} (left: {' '.join(fmt(x) for x in sorted(pool))})")
+    return "\n\n".join([*lines, f"\\boxed{{{expression}}}"])
+
+
+# --- reading and judging completions ------------------------------------------------------------------------------
+
+
+def evaluate(expression: str) -> tuple[Fraction, list[Fraction]] | None:
+    """The exact value of an arithmetic expression and the numbers it uses, or None if it is not one.
+
+    >>> evaluate("(4 + 8) * (6 - 4)")
+    (Fraction(24, 1), [Fraction(4, 1), Fraction(8, 1), Fraction(6, 1), Fraction(4, 1)])
+    """
+    for written, op in _LATEX.items():
+        expression = expression.replace(written, op)
+    expression = expression.split("=")[0]
+    try:
+        tree = ast.parse(expression.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    numbers: list[Fraction] = []
+
+    def walk(node: ast.AST) -> Fraction | None:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            numbers.append(Fraction(node.value))
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            left, right = walk(node.left), walk(node.right)
+            if left is None or right is None:
+                return None
+            return combine(left, _BINOPS[type(node.op)], right)
+        return None
+
+    value = walk(tree)
+    return None if value is None else (value, numbers)
+
+
+def expression_solves(expression: str, numbers: Sequence[int]) -> bool:
+    """Whether ``expression`` uses exactly ``numbers`` (each once) and equals 24."""
+    result = evaluate(expression)
+    return result is not None and result[0] == TARGET and Counter(result[1]) == Counter(Fraction(n) for n in numbers)
+
+
+def _is_expression(text: str) -> bool:
+    return any(op in text for op in ("+", "-", "*", "/", "\\times", "\\div", "\\cdot", "×", "÷"))
+
+
+@lru_cache(maxsize=4096)
+def _parse_step(step: str) -> tuple[Fraction, str, Fraction, Fraction, list[Fraction] | None] | None:
+    found = _STEP.search(step)
+    if found is None:
+        return None
+    a, op, b, c, left = found.groups()
+    try:
+        remainder = None if left is None else [Fraction(x) for x in left.replace(",", " ").split()]
+        return Fraction(a), op, Fraction(b), Fraction(c), remainder
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def apply_step(step: str, pool: list[Fraction]) -> list[Fraction] | None:
+    """The numbers left after an equation step that is valid on ``pool``, or None (see the module docstring)."""
+    parsed = _parse_step(step)
+    if parsed is None:
+        return None
+    a, op, b, c, left = parsed
+    rest = list(pool)
+    for x in (a, b):
+        if x not in rest:
+            return None
+        rest.remove(x)
+    if combine(a, op, b) != c:
+        return None
+    rest.append(c)
+    if left is not None and Counter(left) != Counter(rest):
+        return None
+    return rest
+
+
+def walk_steps(numbers: Sequence[int], steps: Sequence[str]) -> tuple[list[bool], bool]:
+    """Per-step labels (Math-Shepherd semantics) and whether the steps alone reach 24 with all of them right."""
+    pool = [Fraction(n) for n in numbers]
+    labels: list[bool] = []
+    for step in steps:
+        ok = not labels or labels[-1]
+        if ok:
+            boxed = last_boxed(step)
+            if boxed is not None and _is_expression(boxed):
+                ok = expression_solves(boxed, numbers)
+            elif _parse_step(step) is not None:
+                new = apply_step(step, pool)
+                ok = new is not None and reachable(new)
+                pool = new if new is not None else pool
+            elif boxed is not None:  # \boxed{24} after the steps reached 24
+                ok = pool == [TARGET] and _number(boxed) == TARGET
+            else:
+                ok = False
+        labels.append(ok)
+    solved = bool(labels) and all(labels) and pool == [TARGET]
+    return labels, solved
+
+
+def _number(text: str) -> Fraction | None:
+    try:
+        return Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+# --- the task -----------------------------------------------------------------------------------------------------
+
+
+@cache
+def puzzle_rows() -> tuple[tuple[int, ...], ...]:
+    """The numbers of every data row of ToT's ``24.csv``, in file order."""
+    text = (resources.files("tot") / "data" / "24" / "24.csv").read_text()
+    return tuple(tuple(int(x) for x in row["Puzzles"].split()) for row in csv.DictReader(io.StringIO(text)))
+
+
+def numbers_of(problem: Problem) -> list[int]:
+    """The puzzle's numbers, read from the question (the one source of truth)."""
+    found = _QUESTION.match(problem.question)
+    if found is None:
+        raise ValueError(f"not a game24 question: {problem.question!r}")
+    return [int(x) for x in found.group(1).split()]
+
+
+def question_text(numbers: Sequence[int]) -> str:
+    listed = " ".join(map(str, numbers))
+    return (
+        f"Use the numbers {listed} and basic arithmetic operations (+ - * /) to obtain 24. "
+        "Use each number exactly once."
+    )
+
+
+def make_problem(problem_id: str, numbers: Sequence[int], rng: random.Random, meta: dict) -> Problem:
+    solved = solve(numbers, rng)
+    if solved is None:
+        raise ValueError(f"game24 puzzle {' '.join(map(str, numbers))} has no solution")
+    steps, expression = solved
+    meta = {"numbers": list(numbers), **meta}
+    return Problem(problem_id, question_text(numbers), str(TARGET), solution_text(numbers, steps, expression), meta)
+
+
+def generated_puzzles(seed: int, exclude: set[tuple[int, ...]]) -> Iterator[tuple[int, ...]]:
+    """Distinct solvable puzzles with numbers 1..GENERATED_MAX, none in ``exclude``, in a seeded order."""
+    rng = random.Random(f"game24/generated/{seed}")
+    seen = set(exclude)
+    misses = 0
+    while misses < 100_000:
+        numbers = tuple(sorted(rng.randint(1, GENERATED_MAX) for _ in range(4)))
+        if numbers in seen or not solvable(numbers):
+            misses += 1
+            continue
+        seen.add(numbers)
+        misses = 0
+        yield numbers
+
+
+@register
+class Game24(TaskSpec):
+    name = "game24"
+    description = "Game of 24 (ToT's 24.csv; test = rows 900-999) plus generated puzzles; exact step labels"
+    instruction = INSTRUCTION
+    max_tokens = 192  # three ~30-character steps and the boxed expression
+
+    def _load(
+        self, split: str, limit: int | None, seed: int, levels: tuple[int, ...], data_file: str | None
+    ) -> list[Problem]:
+        if data_file is not None:
+            raise ValueError("task 'game24' reads its puzzles from the tree-of-thoughts-llm package; no data file")
+        rows = puzzle_rows()
+        if split == "test":
+            chosen = list(TEST_ROWS)[:limit]
+            return [self._row_problem(r, rows[r], random.Random(f"game24/row/{r}")) for r in chosen]
+        size = DEFAULT_TRAIN_SIZE if limit is None else limit
+        order = [r for r in range(len(rows)) if r not in TEST_ROWS]
+        random.Random(f"game24/train/{seed}").shuffle(order)
+        problems = [self._row_problem(r, rows[r], random.Random(f"game24/{seed}/row/{r}")) for r in order[:size]]
+        for k, numbers in zip(range(size - len(problems)), generated_puzzles(seed, set(rows)), strict=False):
+            meta = {"source": "generated"}
+            problems.append(make_problem(f"game24-gen-s{seed}-{k:05d}", numbers, random.Random(f"{seed}/{k}"), meta))
+        if len(problems) < size:
+            raise ValueError(f"game24 has only {len(problems)} distinct train puzzles, fewer than {size}")
+        return problems
+
+    @staticmethod
+    def _row_problem(row: int, numbers: tuple[int, ...], rng: random.Random) -> Problem:
+        return make_problem(f"game24-{row:04d}", numbers, rng, {"source": "tot-24.csv", "row": row})
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        numbers = numbers_of(problem)
+        boxed = last_boxed(completion)
+        if boxed is not None and _is_expression(boxed):
+            return expression_solves(boxed, numbers)
+        return walk_steps(numbers, self.steps(completion))[1]
+
+    def check_steps(self, problem: Problem, completion: str) -> list[bool]:
+        return walk_steps(numbers_of(problem), self.steps(completion))[0]
