@@ -75,7 +75,7 @@ async def test_none_with_n_returns_n_choices():
 
 
 @pytest.mark.parametrize(("body", "param", "says"), [
-    ({"strategy": "best_of_m"}, "strategy", "available: best_of_n, none, self_consistency"),
+    ({"strategy": "best_of_m"}, "strategy", "unknown strategy 'best_of_m'; available: "),
     ({"strategy": "self_consistency", "strategy_params": {"num_sample": 4}}, "strategy_params.num_sample",
      "unknown parameter"),
     ({"strategy": "self_consistency", "strategy_params": {"num_samples": "many"}}, "strategy_params.num_samples",
