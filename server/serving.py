@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 import strategies
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
 from server.config import ServerConfig
+from server.engine import ServedEngine
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import (
@@ -56,7 +57,7 @@ class Prepared:
 
 
 class ChatService:
-    def __init__(self, engine: Any, scorer: Scorer | None, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, engine: ServedEngine, scorer: Scorer | None, config: ServerConfig, metrics: Metrics) -> None:
         self.engine, self.scorer, self.config, self.metrics = engine, scorer, config, metrics
 
     # ---- validation -------------------------------------------------------------------------------------------
