@@ -72,9 +72,11 @@ def main() -> None:
     n = args.num_samples
     sampling = {"messages": PROMPT, "max_tokens": args.max_tokens, "temperature": args.temperature}
 
-    with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as url:
-        vllm_rows = measure(url, sampling | {"model": "model", "n": n}, args.requests, args.warmup, f"vllm n={n}")
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction), args.output / "ponder.log") as url:
+    with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as server:
+        plain = sampling | {"model": "model", "n": n}
+        vllm_rows = measure(server.url, plain, args.requests, args.warmup, f"vllm n={n}")
+    with running(ponder_cmd(args.model, args.prm, args.memory_fraction), args.output / "ponder.log") as server:
+        url = server.url
         bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
         bon_rows = measure(url, bon, args.requests, args.warmup, f"ponder best_of_n N={n}")
         none_rows = measure(url, sampling | {"n": n}, args.requests, args.warmup, f"ponder none n={n}")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,36 +22,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+@dataclass
+class Server:
+    """A server process started by :func:`running`."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    statuses: set[int | None] = field(default_factory=set)  # /health answers seen while waiting (None: refused)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                status = httpx.get(f"{self.url}/health", timeout=2).status_code
+            except httpx.TransportError:
+                status = None
+            self.statuses.add(status)
+            if status == 200:
                 return
-        time.sleep(1)
-    raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()[-2000:]}")
+            time.sleep(1)
+        raise RuntimeError(f"server not healthy after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, grace: float = 60) -> int:
+        """SIGTERM, then wait for the graceful shutdown; returns the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run a server command on a free port (``{port}`` in ``cmd`` is replaced); yields its base URL."""
+def running(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 600) -> Iterator[Server]:
+    """Run a server command on a free port (``{port}`` in ``cmd`` is replaced) until it is healthy."""
     port = free_port()
     cmd = [part.replace("{port}", str(port)) for part in cmd]
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
                                 env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}))
-    url = f"http://127.0.0.1:{port}"
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
     try:
-        wait_healthy(url, proc, log)
-        yield url
+        server.wait_healthy(timeout)
+        yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if server.proc.poll() is None:
+            server.stop()
 
 
 def ponder_cmd(model: str, prm: str | None, memory_fraction: float, *extra: str) -> list[str]:

@@ -3,17 +3,13 @@ the official `openai` client (sync, async, streaming, strategies through `extra_
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import openai
 import pytest
 
+from benchmarks.servers import ponder_cmd, running
 from training.tiny_models import save_tiny_policy, save_tiny_prm
 
 pytestmark = pytest.mark.e2e
@@ -21,56 +17,26 @@ QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
 STARTUP_SECONDS = 300
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("models")
     policy, prm = save_tiny_policy(root / "policy", seed=1), save_tiny_prm(root / "prm", seed=2)
-    port = free_port()
-    log = (root / "server.log").open("w")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model", str(policy), "--prm", str(prm), "--port", str(port),
-         "--served-model-name", "tiny", "--max-num-samples", "32", "--default-max-tokens", "24"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    saw_loading = False
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-        try:
-            status = httpx.get(f"{base}/health", timeout=2).status_code
-        except httpx.TransportError:
-            status = None
-        saw_loading |= status == 503
-        if status == 200:
-            break
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("ponder serve did not become healthy:\n" + (root / "server.log").read_text()[-3000:])
-    yield {"base": base, "proc": proc, "saw_loading": saw_loading, "log": root / "server.log"}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        # uvicorn shuts down gracefully, then re-raises the signal, so the exit status is "killed by SIGTERM"
-        assert proc.wait(timeout=60) == -signal.SIGTERM
-        assert "Application shutdown complete" in (root / "server.log").read_text()
-    finally:
-        proc.kill()
+    cmd = ponder_cmd(str(policy), str(prm), 0.1, "--served-model-name", "tiny", "--max-num-samples", "32",
+                     "--default-max-tokens", "24", "--log-level", "info")
+    with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=STARTUP_SECONDS) as server:
+        yield server
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
+        assert server.stop() == -signal.SIGTERM
+        assert "Application shutdown complete" in server.log.read_text()
 
 
 @pytest.fixture
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server['base']}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
 def test_health_was_503_while_loading(server):
-    assert server["saw_loading"]
+    assert 503 in server.statuses
 
 
 def test_models_lists_model_and_strategies(client):
@@ -115,7 +81,7 @@ def test_self_consistency_and_weighted_best_of_n(client):
 async def test_async_client_concurrent_requests(server):
     import asyncio
 
-    client = openai.AsyncOpenAI(base_url=f"{server['base']}/v1", api_key="unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     replies = await asyncio.gather(*[
         client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=8,
                                        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 4}})
@@ -154,6 +120,6 @@ def test_client_errors_are_openai_errors(client):
 
 
 def test_metrics_after_traffic(server):
-    text = httpx.get(f"{server['base']}/metrics").text
+    text = httpx.get(f"{server.url}/metrics").text
     assert 'ponder_requests_total{status="200",strategy="best_of_n"}' in text
     assert "ponder_requests_in_flight 0.0" in text
