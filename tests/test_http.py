@@ -215,3 +215,20 @@ async def test_client_disconnect_cancels_the_engine_work():
     with pytest.raises(asyncio.CancelledError):
         await _unless_disconnected(GoneAfter(1), work)
     assert engine.running == 0
+
+
+async def test_third_party_strategy_through_the_entry_point(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import strategies
+
+    plugin = EntryPoint(name="echo", value="tests.plugin_strategy", group="ponder.strategies")
+    monkeypatch.setattr(strategies, "entry_points", lambda group: [plugin] if group == "ponder.strategies" else [])
+    monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))  # leave the real registry as it was
+    strategies._load()
+    async with client_for() as client:
+        r = await chat(client, strategy="echo_plugin", strategy_params={"shout": True})
+        models = (await client.get("/v1/models")).json()
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == SOLUTIONS[0].upper()
+    assert "echo_plugin" in [s["name"] for s in models["strategies"]]
