@@ -34,7 +34,7 @@ from server.protocol import (
     ResponseMessage,
     Usage,
 )
-from strategies.base import Sample, SamplingSpec, Scorer, StrategyConfig, StrategyResult, Task
+from strategies.base import InvalidRequestError, Sample, SamplingSpec, Scorer, StrategyConfig, StrategyResult, Task
 
 log = logging.getLogger("ponder.requests")
 
@@ -154,6 +154,8 @@ class ChatService:
             return await job.spec.fn(job.task, job.config, engine, scorer)
         except BudgetExceededError as exc:
             raise APIError(str(exc), param="strategy_params.max_total_tokens", code="budget_exceeded") from None
+        except InvalidRequestError as exc:
+            raise APIError(str(exc), code="invalid_request") from None
         except asyncio.CancelledError:
             await self.engine.abort(job.task.request_id)
             self.metrics.aborted.labels(job.spec.name).inc()

@@ -15,6 +15,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "length", "abort"]
 
 
+class InvalidRequestError(ValueError):
+    """The request cannot be served as asked (the client's mistake); the server answers 400 with this message.
+
+    Raised by engines that refuse a request (sampling parameters, a prompt that fills the context) and by
+    strategies whose parameters need something this server lacks.
+    """
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How to sample: one engine call draws ``n`` samples for each of its prompts."""

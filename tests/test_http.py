@@ -232,3 +232,15 @@ async def test_third_party_strategy_through_the_entry_point(monkeypatch):
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == SOLUTIONS[0].upper()
     assert "echo_plugin" in [s["name"] for s in models["strategies"]]
+
+
+async def test_an_engine_refusal_is_a_400():
+    from strategies.base import InvalidRequestError
+
+    class Refusing(FakeEngine):
+        async def generate(self, prompts, spec, request_id):
+            raise InvalidRequestError("the policy engine refused the request: seed out of range")
+
+    async with client_for(Refusing(lambda p, i: "")) as client:
+        r = await chat(client, strategy="self_consistency")
+    assert_error(r, 400, says="seed out of range")

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from server.engine.errors import EngineError, EngineUnavailableError
-from strategies.base import FinishReason, Sample, SamplingSpec
+from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 Json = dict[str, Any]
 
@@ -149,7 +149,7 @@ class OpenAIEngine:
     def _body(self, prompts: list[str], spec: SamplingSpec) -> Json:
         room = self.max_model_len - max(self.count_tokens(prompt) for prompt in prompts)
         if room < 1:
-            raise ValueError(f"a prompt fills the model's context of {self.max_model_len} tokens")
+            raise InvalidRequestError(f"a prompt fills the model's context of {self.max_model_len} tokens")
         body: Json = {
             "model": self.model_name,
             "prompt": prompts,

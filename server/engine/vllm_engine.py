@@ -26,7 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.engine.errors import EngineError, EngineUnavailableError
-from strategies.base import FinishReason, Sample, SamplingSpec
+from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 log = logging.getLogger("ponder.engine")
 
@@ -95,7 +95,7 @@ def translate_errors(what: str, error: type[Exception] = EngineError):
     try:
         yield
     except VLLMClientError as exc:
-        raise ValueError(f"the {what} engine refused a request: {exc}") from exc
+        raise InvalidRequestError(f"the {what} engine refused the request: {exc}") from exc
     except EngineDeadError as exc:
         raise EngineUnavailableError(f"the {what} engine died: {exc}") from exc
     except EngineGenerateError as exc:
@@ -197,7 +197,7 @@ class VLLMEngine:
     def _params(self, spec: SamplingSpec, prompt_len: int, kind: RequestOutputKind) -> SamplingParams:
         room = self.max_model_len - prompt_len
         if room < 1:
-            raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
+            raise InvalidRequestError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
         greedy = spec.temperature == 0.0  # vLLM refuses n > 1 here; the n samples would be identical anyway
         with translate_errors("policy"):
             return SamplingParams(
