@@ -95,10 +95,11 @@ def test_arith_level_properties(level):
 def test_arith_splits_are_disjoint_and_test_problems_distinct():
     for level in (1, 3):
         test = {p.question for p in arith.load("test", limit=300, level=level, seed=0)}
-        assert len(test) == 300
+        val = {p.question for p in arith.load("val", limit=300, level=level, seed=0)}
+        assert len(test) == len(val) == 300 and not test & val
         for seed in (0, 1):
             train = {p.question for p in arith.load("train", limit=2000, level=level, seed=seed)}
-            assert not train & test
+            assert not train & (test | val)
 
 
 def test_arith_without_level_mixes_all_levels():
@@ -206,6 +207,7 @@ def puzzle(numbers: str = "4 5 6 10") -> Problem:
     [
         (steps(S1, S2, S3, "\\boxed{5 * (10 - 4) - 6}"), True, [True] * 4),
         (steps(S1, S2, S3), True, [True] * 3),
+        (steps(S1, S2, S3, "Done!"), True, [True, True, True, False]),  # chatter after 24: graded right
         (steps("10 - 4 = 6", "5 * 6 = 30", "30 - 6 = 24", "\\boxed{24}"), True, [True] * 4),  # left lists optional
         ("\\boxed{(10 - 4) \\times 5 - 6}", True, [True]),  # the expression alone, LaTeX operators
         (steps("10 - 6 = 4 (left: 4 4 5)", S2, S3), False, [True, False, False]),  # no 6 is left for step 2

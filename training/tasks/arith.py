@@ -29,10 +29,11 @@ difficulty knob. Levels 7-8 use three-digit values, which such a model does not 
 larger policies. Each operation is drawn uniformly from those that keep the value in range (no * or / below 2),
 then its operand uniformly from the range that does.
 
-Splits: a problem is a test problem iff the SHA-256 of its question text falls in the first tenth of the hash space
-(:func:`in_test_split`), so train and test are disjoint for every seed and level. Each split draws from its own
-stream, ``random.Random(f"arith/{split}/{level}/{seed}")``, rejecting the other split's problems; test problems are
-distinct within a set, train problems may repeat (level 1 has about 9,000 train problems in all).
+Splits: the SHA-256 of a question's text puts it in one split (:func:`split_of`): 1/10 of all problems are test,
+1/10 val (for tuning and early stopping, so that nothing is tuned on test), the rest train; the three are disjoint
+for every seed and level. Each split draws from its own stream, ``random.Random(f"arith/{split}/{level}/{seed}")``,
+rejecting the other splits' problems. Test and val problems are distinct within a set; train problems may repeat
+(level 1 has about 7,800 distinct train problems).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ LEVELS: dict[int, Level] = {
     7: Level(4, "+-*/", 999, 19, 999),
     8: Level(6, "+-*/", 999, 19, 999),
 }
-DEFAULT_SIZE = {"train": 10_000, "test": 500}  # per level, when no limit is given
-TEST_FRACTION = 10  # 1 in TEST_FRACTION of all problems (by question hash) belongs to the test split
+DEFAULT_SIZE = {"train": 10_000, "val": 500, "test": 500}  # per level, when no limit is given
+HASH_BUCKETS = {0: "test", 1: "val"}  # question hash mod 10 -> split; every other bucket is train
 WORDS = {"+": "Add {}.", "-": "Subtract {}.", "*": "Multiply by {}.", "/": "Divide by {}."}
 INSTRUCTION = "Write one equation per step, separate steps with a blank line, and put the final answer in \\boxed{}."
 
@@ -141,15 +142,16 @@ def reference_solution(start: int, ops: Sequence[Op]) -> str:
     return "\n\n".join([*steps, f"\\boxed{{{lefts[-1]}}}"])
 
 
-def in_test_split(question: str) -> bool:
-    """Whether a question belongs to the test split: 1 in TEST_FRACTION of the SHA-256 space."""
-    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % TEST_FRACTION == 0
+def split_of(question: str) -> str:
+    """The split a question belongs to, from its SHA-256: test and val a tenth each, train the rest."""
+    bucket = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") % 10
+    return HASH_BUCKETS.get(bucket, "train")
 
 
 def generate(split: str, level: int, count: int, seed: int = 0) -> list[Problem]:
     """``count`` problems of ``level`` from ``split``'s own seeded stream (see the module docstring)."""
     rng = random.Random(f"arith/{split}/{level}/{seed}")
-    spec, want_test = LEVELS[level], split == "test"
+    spec, distinct = LEVELS[level], split != "train"
     problems: list[Problem] = []
     seen: set[str] = set()
     attempts = 0
@@ -159,7 +161,7 @@ def generate(split: str, level: int, count: int, seed: int = 0) -> list[Problem]
             raise ValueError(f"arith level {level} has too few distinct {split} problems for {count}")
         start, ops = draw_chain(rng, spec)
         question = question_text(start, ops)
-        if in_test_split(question) != want_test or (want_test and question in seen):
+        if split_of(question) != split or (distinct and question in seen):
             continue
         seen.add(question)
         answer = str(results(start, ops)[-1])
@@ -227,6 +229,7 @@ def step_is_right(step: str, index: int, start: int, ops: Sequence[Op]) -> bool:
 class Arith(TaskSpec):
     name = "arith"
     description = "multi-step integer arithmetic chains, levels 1-8; exact step labels"
+    splits = ("train", "val", "test")
     levels = tuple(LEVELS)
     instruction = INSTRUCTION
     max_tokens = 256  # level 8: six ~20-character steps and the answer

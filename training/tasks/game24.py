@@ -244,6 +244,7 @@ def walk_steps(numbers: Sequence[int], steps: Sequence[str]) -> tuple[list[bool]
     """Per-step labels (Math-Shepherd semantics) and whether the steps alone reach 24 with all of them right."""
     pool = [Fraction(n) for n in numbers]
     labels: list[bool] = []
+    solved = False  # every step right up to one that leaves exactly 24; chatter after it does not undo that
     for step in steps:
         ok = not labels or labels[-1]
         if ok:
@@ -259,7 +260,7 @@ def walk_steps(numbers: Sequence[int], steps: Sequence[str]) -> tuple[list[bool]
             else:
                 ok = False
         labels.append(ok)
-    solved = bool(labels) and all(labels) and pool == [TARGET]
+        solved = solved or (ok and pool == [TARGET])
     return labels, solved
 
 
@@ -342,7 +343,9 @@ class Game24(TaskSpec):
         problems = [self._row_problem(r, rows[r], random.Random(f"game24/{seed}/row/{r}")) for r in order[:size]]
         for k, numbers in zip(range(size - len(problems)), generated_puzzles(seed, set(rows)), strict=False):
             meta = {"source": "generated"}
-            problems.append(make_problem(f"game24-gen-s{seed}-{k:05d}", numbers, random.Random(f"{seed}/{k}"), meta))
+            problems.append(
+                make_problem(f"game24-gen-s{seed}-{k:05d}", numbers, random.Random(f"game24/gen/{seed}/{k}"), meta)
+            )
         if len(problems) < size:
             raise ValueError(f"game24 has only {len(problems)} distinct train puzzles, fewer than {size}")
         return problems
