@@ -17,7 +17,8 @@ from strategies.base import Engine, Scorer, StrategyConfig, StrategyResult, Task
 
 StrategyFn = Callable[[Task, Any, Engine, Scorer | None], Awaitable[StrategyResult]]
 
-BUILTIN_MODULES = ("none", "best_of_n", "weighted_best_of_n", "self_consistency")
+BUILTIN_MODULES = ("none", "best_of_n", "weighted_best_of_n", "self_consistency",
+                   "beam_search", "dvts", "tree_of_thought", "mcts")
 
 
 @dataclass(frozen=True)

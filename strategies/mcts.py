@@ -1,0 +1,177 @@
+"""``mcts``: Monte Carlo tree search over reasoning steps, valued by a process reward model.
+
+PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided_search/tree.py``) and rStar-Math
+(Guan et al. 2025, arXiv 2501.04519). The loop reads as llm-reasoners' four verbs; each iteration:
+
+- select: from the root, go to the child with the best UCT score, ``Q + c * sqrt(ln N_parent / N_child)`` (c = 2,
+  rStar-Math), or PUCT score, ``Q + prior * (log((N_parent + 19652 + 1) / 19652) + c) * sqrt(N_parent) /
+  (N_child + 1)`` (c = 1.25 and 19652 are OpenR's pb_c_init and pb_c_base; the prior is the softmax over siblings of
+  each step's length-normalised log-probability, uniform when the engine returns none), down to a leaf.
+  ``leaves_per_iteration`` > 1 selects several distinct leaves, each with a virtual loss (a visit worth 0) on its
+  path so the next selection goes elsewhere; all of them are expanded in the same engine call.
+- expand: k = ``num_samples`` next steps for every selected leaf; a leaf at ``max_depth`` - 1 runs to EOS.
+- evaluate: the PRM scores the new prefixes; a child's value is the score of its last step (OpenR's "prm-last"), or
+  with ``rollouts`` = r > 0 the mean aggregated score of r sampled completions to EOS from it.
+- backup: every new child's value is added along its path (mean backup: Q = value sum / visits). A finished leaf
+  that is selected again backs its value up once more.
+
+No root Dirichlet noise (OpenR adds it for data generation, not for answering). Stops after ``num_iterations`` or
+when the budget cannot give the next expansion's samples a token each. The answer comes from the finished
+trajectories (tree leaves and rollouts): ``final_selection="vote"``, weighted best-of-N (reward summed per answer;
+OpenR's prm_last_vote, rStar-Math's vote over its best trajectories), or ``"value"``, the best aggregated score;
+when none finished, the end of the most visited path.
+
+Cost per iteration: one engine call (prompts = the selected open leaves, ``n`` = k; two concurrent calls when some
+leaves run to EOS and others stop at a step), one more with ``n`` = r when ``rollouts`` > 0, one reward-model call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from strategies import register
+from strategies.base import Engine, Scorer, StrategyResult, Task
+from strategies.search import Node, SearchConfig, Searcher
+
+DEFAULT_TEMPERATURE = 0.7  # OpenR's MCTS and beam-search runs
+C_BASE = 19652  # OpenR's pb_c_base (from AlphaZero)
+
+
+@dataclass(frozen=True)
+class MCTSConfig(SearchConfig):
+    num_samples: int = 4  # k: children per expansion, drawn in one engine request (OpenR's tree width 4)
+    max_depth: int = 16  # steps per trajectory at most (rStar-Math's max_depth)
+    num_iterations: int = 16  # select-expand-evaluate-backup rounds (OpenR: 20 simulations; rStar-Math: 8-12)
+    selection: Literal["uct", "puct"] = "puct"  # OpenR's PUCT with LM priors; "uct": rStar-Math's rule
+    exploration: float | None = None  # c; None: 2.0 for UCT (rStar-Math), 1.25 for PUCT (OpenR's pb_c_init)
+    rollouts: int = 0  # sampled completions to EOS valuing each new child; 0: its last step's PRM score
+    leaves_per_iteration: int = 1  # leaves selected (with virtual loss) and expanded together per iteration
+    final_selection: Literal["value", "vote"] = "vote"  # weighted vote over finished trajectories, or the best one
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.selection not in ("uct", "puct"):
+            raise ValueError("selection must be 'uct' or 'puct'")
+        if self.final_selection not in ("value", "vote"):
+            raise ValueError("final_selection must be 'value' or 'vote'")
+        if min(self.num_iterations, self.leaves_per_iteration) < 1 or self.rollouts < 0:
+            raise ValueError("num_iterations and leaves_per_iteration must be at least 1, rollouts at least 0")
+        if self.exploration is not None and self.exploration < 0:
+            raise ValueError("exploration must be at least 0")
+
+    @property
+    def c(self) -> float:
+        if self.exploration is not None:
+            return self.exploration
+        return 2.0 if self.selection == "uct" else 1.25
+
+
+def _score(parent: Node, child: Node, config: MCTSConfig) -> float:
+    """UCT or PUCT score of ``child`` (every child has a visit from its own evaluation)."""
+    q = child.value_sum / child.visits if child.visits else 0.0
+    if config.selection == "uct":
+        return q + config.c * math.sqrt(math.log(max(parent.visits, 1)) / max(child.visits, 1))
+    pb_c = math.log((parent.visits + C_BASE + 1) / C_BASE) + config.c
+    return q + child.prior * pb_c * math.sqrt(parent.visits) / (child.visits + 1)
+
+
+def _best_child(node: Node, config: MCTSConfig) -> Node:
+    return max(node.children, key=lambda child: _score(node, child, config))  # ties keep the first
+
+
+def _select(root: Node, config: MCTSConfig) -> list[Node]:
+    """Up to ``leaves_per_iteration`` distinct leaves, each found under the virtual losses of the ones before."""
+    leaves: list[Node] = []
+    for _ in range(config.leaves_per_iteration):
+        node = root
+        while node.children and not node.finished:
+            node = _best_child(node, config)
+        if node in leaves:
+            break  # the virtual losses no longer steer the selection elsewhere
+        leaves.append(node)
+        for step in node.path():
+            step.visits += 1  # virtual loss
+    for leaf in leaves:
+        for step in leaf.path():
+            step.visits -= 1
+    return leaves
+
+
+def _set_priors(siblings: list[Node], logprobs: list[float | None]) -> None:
+    """OpenR's priors: softmax over siblings of the length-normalised log-probability; uniform without one."""
+    if any(lp is None for lp in logprobs):
+        weights = [1.0] * len(siblings)
+    else:
+        means = [lp / max(1, node.num_tokens) for lp, node in zip(logprobs, siblings, strict=True)]
+        weights = [math.exp(m - max(means)) for m in means]
+    for node, weight in zip(siblings, weights, strict=True):
+        node.prior = weight / sum(weights)
+
+
+async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> tuple[list[Node], list[Node]] | None:
+    """Children of every leaf (one engine call) and their rollouts, all scored in one reward-model call; each
+    child's value in ``info["eval"]``. None when the budget cannot give every sample a token."""
+    share = search.cap(leaves, config.num_samples * len(leaves) * (1 + config.rollouts))  # rollouts get theirs
+    to_eos = [leaf.depth + 1 >= config.max_depth for leaf in leaves]
+    puct = config.selection == "puct"
+    drawn = await search.expand(leaves, config.num_samples, to_eos=to_eos, max_tokens=share, logprobs=0 if puct
+                                else None)
+    if drawn is None:
+        return None
+    children = [child for group in drawn for child in group]
+    for group in drawn:
+        _set_priors(group, [child.info.pop("logprob", None) for child in group])
+    open_ = [child for child in children if not child.finished]
+    rollouts = await search.expand(open_, config.rollouts, to_eos=True, attach=False) if config.rollouts and open_ \
+        else None
+    rollouts = rollouts or [[] for _ in open_]
+    await search.score(children + [r for group in rollouts for r in group])
+    by_child = {child.id: group for child, group in zip(open_, rollouts, strict=True) if group}
+    for child in children:
+        done = by_child.get(child.id)
+        child.info["eval"] = (sum(r.score or 0.0 for r in done) / len(done) if done
+                              else (child.step_scores or [0.0])[-1])
+        if puct:
+            child.info["prior"] = round(child.prior, 6)
+    return children, [r for group in rollouts for r in group]
+
+
+def _backup(node: Node, value: float) -> None:
+    for step in node.path():
+        step.visits += 1
+        step.value_sum += value
+
+
+@register("mcts", config=MCTSConfig, needs_scorer=True)
+async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
+    """PRM-guided Monte Carlo tree search: UCT or PUCT selection, k children per expansion, mean backup."""
+    assert scorer is not None
+    search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
+    root = search.tree.root
+    trajectories: list[Node] = []
+    for iteration in range(config.num_iterations):
+        leaves = _select(root, config)
+        for leaf in leaves:
+            if leaf.finished:
+                _backup(leaf, leaf.info["eval"])
+        expandable = [leaf for leaf in leaves if not leaf.finished]
+        if not expandable:
+            continue
+        expanded = await _expand(search, config, expandable)
+        if expanded is None:
+            break  # the budget cannot afford another expansion
+        children, rollouts = expanded
+        for child in children:
+            _backup(child, child.info["eval"])
+        trajectories += [node for node in children + rollouts if node.finished]
+        search.rounds.append({"iteration": iteration, "leaves": [leaf.id for leaf in expandable],
+                              "children": len(children), "rollouts": len(rollouts)})
+    if not trajectories:  # nothing finished: the end of the most visited path
+        node = root
+        while node.children:
+            node = max(node.children, key=lambda child: child.visits)
+        trajectories = [node]
+    return search.result(trajectories, "vote" if config.final_selection == "vote" else "score",
+                         selection=config.selection, exploration=config.c)

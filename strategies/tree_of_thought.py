@@ -1,0 +1,186 @@
+"""``tree_of_thought``: breadth- or depth-first search over reasoning steps, valued by the PRM or by the policy.
+
+Yao et al. 2023, "Tree of Thoughts: Deliberate Problem Solving with Large Language Models" (NeurIPS 2023;
+``princeton-nlp/tree-of-thought-llm``, ``src/tot/methods/bfs.py``), with ToT's "sample" generator: every state
+(a partial solution) gets ``samples_per_state`` = k i.i.d. next steps. States are valued by
+
+- ``value_source="prm"``: the reward model's score of the prefix (``aggregation``), or
+- ``value_source="self"``: the policy judging itself. The partial solution is continued with ``value_prompt``
+  (classify it as sure / likely / impossible) ``value_votes`` times; each verdict weighs ToT's value map
+  (sure 20, likely 1, impossible 0.001, anything else 0) and the value is their mean divided by 20, so it lies in
+  [0, 1] (sure = 1, likely = 0.05, impossible = 0.00005) and ranks states exactly as ToT's sums do.
+
+``search="bfs"``: each level expands the ``breadth`` = b best open states (ToT's greedy selection), duplicates
+count once (ToT values a duplicate 0); the level at ``max_depth`` runs to EOS; stops once b solutions finished.
+``search="dfs"``: expand the best open state first, drop children valued below ``prune_threshold`` and backtrack;
+stops at the first finished solution that clears the threshold, after ``max_expansions`` states, or when the
+stack is empty. Every strategy stops when the budget cannot give the next call's samples a token each. The answer
+is the finished solution of highest value (else the best open state).
+
+Cost per BFS level / DFS expansion: one engine call (prompts = states, ``n`` = k) and either one reward-model call
+or, for ``self``, one more engine call (prompts = the new states, ``n`` = ``value_votes``, a few tokens each).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from reward_models.aggregation import AGGREGATIONS, Aggregation
+from strategies import register
+from strategies.base import Engine, Scorer, StrategyConfig, StrategyResult, Task
+from strategies.sampling import STEP_DELIMITER
+from strategies.search import Node, Searcher, unique
+
+DEFAULT_TEMPERATURE = 0.7  # ToT's Game of 24 runs (gpt-4, temperature 0.7)
+VALUE_PROMPT = ("\n\nBefore going on, judge the steps so far: can they still reach a correct final answer? "
+                "Reply with one word: sure, likely or impossible.\nVerdict:")
+VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
+VALUE_TOKENS = 8  # a verdict is one word; a little slack for leading whitespace
+_VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TreeOfThoughtConfig(StrategyConfig):
+    search: Literal["bfs", "dfs"] = "bfs"
+    breadth: int = 5  # b: states kept per BFS level (ToT's n_select_sample for Game of 24)
+    samples_per_state: int = 5  # k: next steps sampled per state (ToT's n_generate_sample with "sample")
+    max_depth: int = 16  # steps at most, the last runs to EOS; ToT's tasks take a few (Game of 24: 4, crosswords: 10)
+    step_delimiter: str = STEP_DELIMITER  # a step ends here (kept in the text)
+    value_source: Literal["prm", "self"] = "self"  # ToT's own choice, needs no reward model; "prm" needs one
+    aggregation: Aggregation = "last"  # value_source="prm": step scores -> the state's value
+    value_votes: int = 3  # verdicts per state with value_source="self" (ToT's n_evaluate_sample)
+    value_prompt: str = VALUE_PROMPT  # appended to a partial solution to ask the policy for its verdict
+    prune_threshold: float | None = None  # DFS drops states valued below it; None: 0.5 (prm), 0.05 (self: "likely")
+    max_expansions: int = 100  # DFS: states expanded at most (ToT's crossword DFS stops after 100 steps)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search not in ("bfs", "dfs"):
+            raise ValueError("search must be 'bfs' or 'dfs'")
+        if self.value_source not in ("prm", "self"):
+            raise ValueError("value_source must be 'prm' or 'self'")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+        if min(self.breadth, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
+            raise ValueError("breadth, samples_per_state, max_depth, value_votes and max_expansions must be >= 1")
+        if not self.step_delimiter:
+            raise ValueError("step_delimiter must not be empty")
+        if self.prune_threshold is not None and not 0.0 <= self.prune_threshold <= 1.0:
+            raise ValueError("prune_threshold must be between 0 and 1")
+        if self.max_total_tokens is not None and self.max_total_tokens < self.samples_per_state:
+            raise ValueError("max_total_tokens must allow at least one token per sample")
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per BFS level, breadth * samples_per_state: what the server's cap on N bounds."""
+        return self.breadth * self.samples_per_state
+
+    @property
+    def threshold(self) -> float:
+        if self.prune_threshold is not None:
+            return self.prune_threshold
+        return 0.5 if self.value_source == "prm" else VALUE_MAP["likely"] / VALUE_MAP["sure"]
+
+
+def self_value(verdicts: list[str]) -> tuple[float, dict[str, int]]:
+    """ToT's value of a state from the policy's verdicts, normalised to [0, 1], and the verdict counts.
+
+    >>> self_value([" sure", "Likely.", "no idea"])
+    (0.35, {'sure': 1, 'likely': 1})
+    """
+    counts: dict[str, int] = {}
+    for text in verdicts:
+        found = _VERDICT.search(text)
+        if found:
+            counts[found.group(1).lower()] = counts.get(found.group(1).lower(), 0) + 1
+    total = sum(VALUE_MAP[name] * count for name, count in counts.items())
+    return round(total / (VALUE_MAP["sure"] * len(verdicts)), 6), counts
+
+
+async def evaluate(search: Searcher, config: TreeOfThoughtConfig, nodes: list[Node]) -> bool:
+    """Value every node in one call (reward model, or policy verdicts); False when the budget cannot afford it."""
+    if config.value_source == "prm":
+        await search.score(nodes)
+        return True
+    if not nodes:
+        return True
+    samples = config.value_votes * len(nodes)
+    max_tokens = VALUE_TOKENS if search.left is None else min(VALUE_TOKENS, search.left // samples)
+    if max_tokens < 1:
+        return False
+    prompts = [search.task.prompt + node.prefix + config.value_prompt for node in nodes]
+    outputs = await search.generate(prompts, search.spec(config.value_votes, max_tokens, stop=("\n",)))
+    for node, verdicts in zip(nodes, outputs, strict=True):
+        node.score, node.info["votes"] = self_value([s.text for s in verdicts])
+    return True
+
+
+async def expand_and_value(search: Searcher, config: TreeOfThoughtConfig, states: list[Node]) -> list[Node] | None:
+    """k valued children of every state (duplicates dropped), or None when the budget cannot afford the round."""
+    votes = 0 if config.value_source == "prm" else config.value_votes
+    reserve = votes * len(states) * config.samples_per_state * VALUE_TOKENS  # the verdicts come out of the same budget
+    to_eos = [state.depth + 1 >= config.max_depth for state in states]
+    children = await search.expand(states, config.samples_per_state, to_eos=to_eos, reserve=reserve)
+    if children is None:
+        return None
+    new = unique([child for group in children for child in group])
+    return new if await evaluate(search, config, new) else None
+
+
+@register("tree_of_thought", config=TreeOfThoughtConfig)
+async def tree_of_thought(
+    task: Task, config: TreeOfThoughtConfig, engine: Engine, scorer: Scorer | None
+) -> StrategyResult:
+    """Tree of Thoughts: BFS over the b best states or DFS with pruning, valued by the PRM or by self-evaluation."""
+    if config.value_source == "prm" and scorer is None:
+        raise ValueError("tree_of_thought with value_source='prm' needs a reward model, and none is loaded; "
+                         "use value_source='self' or start the server with a PRM")
+    search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
+    run = bfs if config.search == "bfs" else dfs
+    finished, open_ = await run(search, config)
+    by_value = sorted(finished or open_, key=lambda node: node.score or 0.0, reverse=True)  # ties keep the first
+    finals = by_value if finished else by_value[:1]
+    return search.result(finals, "score")
+
+
+async def bfs(search: Searcher, config: TreeOfThoughtConfig) -> tuple[list[Node], list[Node]]:
+    frontier: list[Node] = [search.tree.root]
+    finished: list[Node] = []
+    for depth in range(1, config.max_depth + 1):
+        new = await expand_and_value(search, config, frontier)
+        if new is None:
+            break
+        finished += [c for c in new if c.finished]
+        ranked = sorted([c for c in new if not c.finished], key=lambda c: c.score or 0.0, reverse=True)
+        for pruned in ranked[config.breadth :]:
+            pruned.info["pruned"] = True
+        search.rounds.append({"depth": depth, "states": len(frontier), "new": len(new), "finished": len(finished)})
+        frontier = ranked[: config.breadth]
+        if not frontier or len(finished) >= config.breadth:
+            break
+    return finished, [n for n in frontier if n.depth]
+
+
+async def dfs(search: Searcher, config: TreeOfThoughtConfig) -> tuple[list[Node], list[Node]]:
+    stack: list[Node] = [search.tree.root]
+    finished: list[Node] = []
+    valued: list[Node] = []
+    for expansion in range(config.max_expansions):
+        if not stack:
+            break
+        state = stack.pop()
+        new = await expand_and_value(search, config, [state])
+        if new is None:
+            break
+        valued += new
+        kept = [c for c in new if (c.score or 0.0) >= config.threshold]
+        for pruned in (c for c in new if c not in kept):
+            pruned.info["pruned"] = True
+        finished += [c for c in new if c.finished]
+        search.rounds.append({"expansion": expansion, "state": state.id, "new": len(new), "kept": len(kept)})
+        if any(c.finished for c in kept):
+            break  # a solution that clears the threshold: DFS is done
+        stack += sorted([c for c in kept if not c.finished], key=lambda c: c.score or 0.0)  # best on top
+    return finished, [n for n in valued if not n.finished]
