@@ -3,10 +3,11 @@
 PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided_search/tree.py``) and rStar-Math
 (Guan et al. 2025, arXiv 2501.04519). The loop reads as llm-reasoners' four verbs; each iteration:
 
-- select: from the root, go to the child with the best UCT score, ``Q + c * sqrt(ln N_parent / N_child)`` (c = 2,
-  rStar-Math), or PUCT score, ``Q + prior * (log((N_parent + 19652 + 1) / 19652) + c) * sqrt(N_parent) /
-  (N_child + 1)`` (c = 1.25 and 19652 are OpenR's pb_c_init and pb_c_base; the prior is the softmax over siblings of
-  each step's length-normalised log-probability, uniform when the engine returns none), down to a leaf.
+- select: from the root, go to the child with the best UCT score, ``Q + c * sqrt(ln N_parent / N_child)`` (c = 1:
+  rStar-Math's c = 2 for Q in [-1, 1], rescaled to our Q in [0, 1]), or PUCT score,
+  ``Q + prior * (log((N_parent + 19652 + 1) / 19652) + c) * sqrt(N_parent) / (N_child + 1)`` (c = 1.25 and 19652
+  are OpenR's pb_c_init and pb_c_base; the prior is the softmax over siblings of each step's length-normalised
+  log-probability, uniform when the engine returns none), down to a leaf.
   ``leaves_per_iteration`` > 1 selects several distinct leaves, each with a virtual loss (a visit worth 0) on its
   path so the next selection goes elsewhere; all of them are expanded in the same engine call.
 - expand: k = ``num_samples`` next steps for every selected leaf; a leaf at ``max_depth`` - 1 runs to EOS.
@@ -17,9 +18,10 @@ PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided
 
 No root Dirichlet noise (OpenR adds it for data generation, not for answering). Stops after ``num_iterations`` or
 when the budget cannot give the next expansion's samples a token each. The answer comes from the finished
-trajectories (tree leaves and rollouts): ``final_selection="vote"``, weighted best-of-N (reward summed per answer;
-OpenR's prm_last_vote, rStar-Math's vote over its best trajectories), or ``"value"``, the best aggregated score;
-when none finished, the end of the most visited path.
+trajectories (tree leaves and rollouts): ``final_selection="vote"``, weighted best-of-N over the ``vote_top_k``
+best-scored ones (reward summed per answer; OpenR's prm_last_vote, rStar-Math's vote over its top trajectories; an
+MCTS finishes many poor trajectories while exploring, and all of them together can outweigh the best), or
+``"value"``, the best aggregated score; when none finished, the end of the most visited path.
 
 Cost per iteration: one engine call (prompts = the selected open leaves, ``n`` = k; two concurrent calls when some
 leaves run to EOS and others stop at a step), one more with ``n`` = r when ``rollouts`` > 0, one reward-model call.
@@ -45,10 +47,11 @@ class MCTSConfig(SearchConfig):
     max_depth: int = 16  # steps per trajectory at most (rStar-Math's max_depth)
     num_iterations: int = 16  # select-expand-evaluate-backup rounds (OpenR: 20 simulations; rStar-Math: 8-12)
     selection: Literal["uct", "puct"] = "puct"  # OpenR's PUCT with LM priors; "uct": rStar-Math's rule
-    exploration: float | None = None  # c; None: 2.0 for UCT (rStar-Math), 1.25 for PUCT (OpenR's pb_c_init)
+    exploration: float | None = None  # c; None: 1.0 for UCT (rStar-Math's, rescaled), 1.25 for PUCT (OpenR's pb_c_init)
     rollouts: int = 0  # sampled completions to EOS valuing each new child; 0: its last step's PRM score
     leaves_per_iteration: int = 1  # leaves selected (with virtual loss) and expanded together per iteration
-    final_selection: Literal["value", "vote"] = "vote"  # weighted vote over finished trajectories, or the best one
+    final_selection: Literal["value", "vote"] = "vote"  # weighted vote over the best trajectories, or the best one
+    vote_top_k: int = 4  # final_selection="vote": the trajectories with the k highest scores vote
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,8 +59,8 @@ class MCTSConfig(SearchConfig):
             raise ValueError("selection must be 'uct' or 'puct'")
         if self.final_selection not in ("value", "vote"):
             raise ValueError("final_selection must be 'value' or 'vote'")
-        if min(self.num_iterations, self.leaves_per_iteration) < 1 or self.rollouts < 0:
-            raise ValueError("num_iterations and leaves_per_iteration must be at least 1, rollouts at least 0")
+        if min(self.num_iterations, self.leaves_per_iteration, self.vote_top_k) < 1 or self.rollouts < 0:
+            raise ValueError("num_iterations, leaves_per_iteration and vote_top_k must be at least 1, rollouts >= 0")
         if self.exploration is not None and self.exploration < 0:
             raise ValueError("exploration must be at least 0")
 
@@ -65,7 +68,7 @@ class MCTSConfig(SearchConfig):
     def c(self) -> float:
         if self.exploration is not None:
             return self.exploration
-        return 2.0 if self.selection == "uct" else 1.25
+        return 1.0 if self.selection == "uct" else 1.25
 
 
 def _score(parent: Node, child: Node, config: MCTSConfig) -> float:
@@ -82,19 +85,23 @@ def _best_child(node: Node, config: MCTSConfig) -> Node:
 
 
 def _select(root: Node, config: MCTSConfig) -> list[Node]:
-    """Up to ``leaves_per_iteration`` distinct leaves, each found under the virtual losses of the ones before."""
+    """Up to ``leaves_per_iteration`` distinct leaves, each found under the virtual losses of the descents before
+    (a leaf found again gets another virtual loss; at most twice as many descents as leaves)."""
     leaves: list[Node] = []
-    for _ in range(config.leaves_per_iteration):
+    descents: list[Node] = []
+    for _ in range(2 * config.leaves_per_iteration):
         node = root
         while node.children and not node.finished:
             node = _best_child(node, config)
-        if node in leaves:
-            break  # the virtual losses no longer steer the selection elsewhere
-        leaves.append(node)
+        descents.append(node)
         for step in node.path():
-            step.visits += 1  # virtual loss
-    for leaf in leaves:
-        for step in leaf.path():
+            step.visits += 1  # virtual loss: a visit worth 0 until the real backup
+        if node not in leaves:
+            leaves.append(node)
+        if len(leaves) == config.leaves_per_iteration or not root.children:
+            break
+    for node in descents:
+        for step in node.path():
             step.visits -= 1
     return leaves
 
@@ -173,5 +180,7 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
         while node.children:
             node = max(node.children, key=lambda child: child.visits)
         trajectories = [node]
-    return search.result(trajectories, "vote" if config.final_selection == "vote" else "score",
-                         selection=config.selection, exploration=config.c)
+    if config.final_selection == "value":
+        return search.result(trajectories, "score", selection=config.selection, exploration=config.c)
+    best = sorted(trajectories, key=lambda node: node.score or 0.0, reverse=True)[: config.vote_top_k]
+    return search.result(best, "vote", selection=config.selection, exploration=config.c)

@@ -29,7 +29,7 @@ from typing import Literal
 
 from reward_models.aggregation import AGGREGATIONS, Aggregation
 from strategies import register
-from strategies.base import Engine, Scorer, StrategyConfig, StrategyResult, Task
+from strategies.base import Engine, InvalidRequestError, Scorer, StrategyConfig, StrategyResult, Task
 from strategies.sampling import STEP_DELIMITER
 from strategies.search import Node, Searcher, unique
 
@@ -135,7 +135,7 @@ async def tree_of_thought(
 ) -> StrategyResult:
     """Tree of Thoughts: BFS over the b best states or DFS with pruning, valued by the PRM or by self-evaluation."""
     if config.value_source == "prm" and scorer is None:
-        raise ValueError("tree_of_thought with value_source='prm' needs a reward model, and none is loaded; "
+        raise InvalidRequestError("tree_of_thought with value_source='prm' needs a reward model, and none is loaded; "
                          "use value_source='self' or start the server with a PRM")
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     run = bfs if config.search == "bfs" else dfs

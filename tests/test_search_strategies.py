@@ -287,6 +287,16 @@ async def test_mcts_finds_the_right_trajectory(selection):
     json.dumps(result.extra)
 
 
+@pytest.mark.parametrize("final_selection", ["vote", "value"])
+async def test_mcts_answer_comes_from_the_best_trajectories_not_the_many_explored(final_selection):
+    result, _ = await run("mcts", Policy(world(depth=3)), RuleScorer(), num_samples=3, num_iterations=10,
+                          selection="uct", leaves_per_iteration=2, final_selection=final_selection,
+                          return_trace=True)
+    finished = [n for n in result.extra["tree"]["nodes"] if n["finish_reason"]]
+    assert sum(n["score"] for n in finished if n["text"] == "\\boxed{7}") > 0.9  # all of them would outvote 42
+    assert result.choices[0].answer == "42"
+
+
 async def test_mcts_puct_priors_come_from_step_logprobs():
     engine = LogprobEngine(world())
     result, _ = await run("mcts", engine, RuleScorer(), num_samples=2, num_iterations=2, return_trace=True)
@@ -354,15 +364,40 @@ async def test_every_strategy_terminates_on_an_endless_policy(name, params):
     assert max(node["depth"] for node in result.extra["tree"]["nodes"]) <= 6
 
 
+def client_for(engine, scorer=None) -> httpx.AsyncClient:
+    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"), engine=engine, scorer=scorer)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ponder")
+
+
+async def chat(client: httpx.AsyncClient, strategy: str, **params) -> httpx.Response:
+    return await client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "q"}], "strategy": strategy,
+        "strategy_params": params})
+
+
 async def test_search_trace_over_http():
-    engine = Policy(world())
-    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"), engine=engine, scorer=RuleScorer())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ponder") as client:
-        r = await client.post("/v1/chat/completions", json={
-            "model": "tiny", "messages": [{"role": "user", "content": "q"}], "strategy": "beam_search",
-            "strategy_params": {"num_samples": 4, "beam_width": 2, "return_trace": True}})
+    async with client_for(Policy(world()), RuleScorer()) as client:
+        r = await chat(client, "beam_search", num_samples=4, beam_width=2, return_trace=True)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["choices"][0]["message"]["content"] == RIGHT
     assert body["ponder"]["engine_calls"] == 3 and body["ponder"]["scorer_calls"] == 3
     assert body["ponder"]["trace"]["tree"]["path"][0] == 0
+
+
+@pytest.mark.parametrize("name", ["beam_search", "dvts", "tree_of_thought", "mcts"])
+async def test_every_search_answers_over_http_with_its_defaults(name):
+    async with client_for(Policy(world()), RuleScorer()) as client:
+        r = await chat(client, name)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == RIGHT
+
+
+async def test_tot_prm_values_without_a_reward_model_is_a_400_and_self_values_work():
+    async with client_for(Policy(world())) as client:
+        refused = await chat(client, "tree_of_thought", value_source="prm")
+        fine = await chat(client, "tree_of_thought", breadth=2, samples_per_state=2)
+        too_wide = await chat(client, "tree_of_thought", breadth=10, samples_per_state=10)
+    assert refused.status_code == 400 and "needs a reward model" in refused.json()["error"]["message"]
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == RIGHT
+    assert too_wide.status_code == 400 and "cap of 64" in too_wide.json()["error"]["message"]
