@@ -143,14 +143,41 @@ def serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
+# Subcommands that live with their code: `ponder NAME ...` hands the rest of the line to MODULE.main(argv).
+DELEGATED = {
+    "train": ("training.cli", "train a policy (sft, dpo, grpo) or a reward model (prm, orm)"),
+    "label": ("training.label", "label reasoning steps by Monte Carlo rollouts"),
+    "eval": ("training.evaluate", "evaluate a reward model (first-error-step accuracy and F1)"),
+    "bench": ("benchmarks.cli", "benchmarks: accuracy against compute, serving speed"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Ponder: a test-time-scaling inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    for name, (_, help_text) in _delegated().items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _delegated() -> dict[str, tuple[str, str]]:
+    """The delegated subcommands whose module this installation has."""
+    from importlib.util import find_spec
+
+    return {name: entry for name, entry in DELEGATED.items() if find_spec(entry[0]) is not None}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(DELEGATED[name][0]).main(argv) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _delegated():
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
