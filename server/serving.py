@@ -21,6 +21,7 @@ import strategies
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
 from server.config import ServerConfig
 from server.engine import ServedEngine
+from server.engine.errors import EngineError, ScorerError
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import (
@@ -226,10 +227,13 @@ class ChatService:
                 info = self.info(job, result) if result else None
                 yield frame([], usage=self.usage(job), ponder=info)
             yield "data: [DONE]\n\n"
-        except APIError as exc:
+        except APIError as exc:  # headers are sent: the error travels as an event, like vLLM's server does
             status = exc.status
-            error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield _error_event(exc.message, exc.type, exc.param, exc.code)
+        except (EngineError, ScorerError) as exc:
+            status = 503
+            log.error("stream failed: %s", exc)
+            yield _error_event(str(exc), "service_unavailable", None, type(exc).__name__)
         except asyncio.CancelledError:
             status = 499  # client closed the stream
             raise
@@ -264,3 +268,8 @@ class ChatService:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def _error_event(message: str, type: str, param: str | None, code: str | None) -> str:
+    error = {"message": message, "type": type, "param": param, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"

@@ -244,3 +244,11 @@ async def test_an_engine_refusal_is_a_400():
     async with client_for(Refusing(lambda p, i: "")) as client:
         r = await chat(client, strategy="self_consistency")
     assert_error(r, 400, says="seed out of range")
+
+
+async def test_a_reward_model_failure_mid_stream_is_an_error_event():
+    async with client_for(scorer=FakeScorer(fail=True)) as client:
+        r = await chat(client, stream=True, strategy="best_of_n")
+    events = [line[len("data: "):] for line in r.text.split("\n") if line.startswith("data: ")]
+    error = json.loads(events[-1])["error"]
+    assert error["type"] == "service_unavailable" and "scorer is down" in error["message"]
