@@ -1,0 +1,51 @@
+"""End to end with the remote backend: `ponder serve --backend openai` in front of vLLM's own OpenAI server."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from benchmarks.servers import running, vllm_cmd
+from training.tiny_models import save_tiny_policy
+
+pytestmark = pytest.mark.e2e
+QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    import sys
+
+    root = tmp_path_factory.mktemp("remote")
+    policy = save_tiny_policy(root / "policy", seed=3)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    with running(vllm_cmd(str(policy), 0.1), root / "vllm.log", env=env) as vllm:
+        ponder = [sys.executable, "-m", "server.cli", "serve", "--backend", "openai", "--base-url", f"{vllm.url}/v1",
+                  "--remote-model", "model", "--tokenizer", str(policy), "--port", "{port}", "--no-prm",
+                  "--max-model-len", "2048", "--served-model-name", "remote-tiny"]
+        with running(ponder, root / "ponder.log") as server:
+            yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_self_consistency_through_the_remote_engine(stack):
+    reply = stack.chat.completions.create(
+        model="remote-tiny", messages=QUESTION, max_tokens=12,
+        extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 6, "return_trace": True}})
+    ponder = reply.model_extra["ponder"]
+    assert ponder["engine_calls"] == 1 and len(ponder["candidates"]) == 6
+    assert reply.usage.completion_tokens == sum(c["completion_tokens"] for c in ponder["candidates"])
+    assert all(0 < c["completion_tokens"] <= 12 for c in ponder["candidates"])
+
+
+def test_streaming_through_the_remote_engine(stack):
+    chunks = list(stack.chat.completions.create(model="remote-tiny", messages=QUESTION, max_tokens=10, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain = stack.chat.completions.create(model="remote-tiny", messages=QUESTION, max_tokens=10, temperature=0)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_reward_model_strategy_without_prm_is_a_400(stack):
+    with pytest.raises(openai.BadRequestError, match="needs a reward model"):
+        stack.chat.completions.create(model="remote-tiny", messages=QUESTION, extra_body={"strategy": "best_of_n"})
