@@ -401,3 +401,57 @@ async def test_tot_prm_values_without_a_reward_model_is_a_400_and_self_values_wo
     assert refused.status_code == 400 and "needs a reward model" in refused.json()["error"]["message"]
     assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == RIGHT
     assert too_wide.status_code == 400 and "cap of 64" in too_wide.json()["error"]["message"]
+
+
+# ---- end to end: the real vLLM CPU engine and PRM adapter, tiny random-weight models built in-process -----------
+E2E_CASES = [
+    ("beam_search", dict(num_samples=4, beam_width=2), 1),
+    ("dvts", dict(num_samples=4, beam_width=2), 1),
+    ("tree_of_thought", dict(breadth=2, samples_per_state=2, value_source="prm"), 1),
+    ("tree_of_thought", dict(breadth=2, samples_per_state=2, value_source="self"), 2),
+    ("mcts", dict(num_samples=2, num_iterations=4, leaves_per_iteration=2), 1),
+]
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def real():
+    """The tiny policy on the vLLM engine and the tiny PRM on its adapter (~1 min to start on 2 cores)."""
+    import tempfile
+    from pathlib import Path
+
+    from reward_models import load_scorer
+    from server.engine.vllm_engine import VLLMEngine
+    from training.tiny_models import save_tiny_policy, save_tiny_prm
+
+    with tempfile.TemporaryDirectory() as root:
+        engine = await VLLMEngine.create(str(save_tiny_policy(Path(root) / "policy")), kv_cache_gib=1)
+        scorer = await load_scorer(save_tiny_prm(Path(root) / "prm"), kv_cache_gib=1)
+        yield engine, scorer
+        await scorer.shutdown()
+        await engine.shutdown()
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize(("name", "params", "engine_calls_per_round"), E2E_CASES)
+async def test_search_on_the_real_engine_and_prm(real, name, params, engine_calls_per_round):
+    engine, scorer = real
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
+                                                  add_generation_prompt=True)
+    task = Task(prompt=prompt, question="What is 2+3?", max_tokens=24, temperature=None, top_p=1.0, seed=0,
+                request_id=f"e2e-{name}")
+    budget = 300
+    spec = strategies.get(name)
+    ledger = Ledger(token_budget=budget)
+    config = spec.config_cls(max_total_tokens=budget, step_delimiter="e", return_trace=True, **params)  # a random
+    # policy rarely writes a blank line; one character makes multi-step solutions likely
+    result = await spec.fn(task, config, CountingEngine(engine, ledger, task.request_id),
+                           CountingScorer(scorer, ledger, task.request_id))
+    rounds = len(result.extra["rounds"])
+    assert rounds >= 1 and ledger.completion_tokens <= budget
+    assert ledger.engine_calls == engine_calls_per_round * rounds
+    assert ledger.scorer_calls == (rounds if params.get("value_source") != "self" else 0)
+    assert all(0.0 <= s <= 1.0 for node in result.extra["tree"]["nodes"] for s in node["step_scores"])
+    assert result.choices[0].chosen and result.choices[0].num_tokens <= task.max_tokens
+    assert engine.num_running() == 0
+    json.dumps(result.extra)
