@@ -34,10 +34,10 @@ from strategies.sampling import STEP_DELIMITER
 from strategies.search import Node, Searcher, unique
 
 DEFAULT_TEMPERATURE = 0.7  # ToT's Game of 24 runs (gpt-4, temperature 0.7)
-VALUE_PROMPT = ("\n\nBefore going on, judge the steps so far: can they still reach a correct final answer? "
+VALUE_PROMPT = ("Before going on, judge the steps so far: can they still reach a correct final answer? "
                 "Reply with one word: sure, likely or impossible.\nVerdict:")
 VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
-VALUE_TOKENS = 8  # a verdict is one word; a little slack for leading whitespace
+VALUE_TOKENS = 8  # a verdict is one word; slack for whitespace or a newline first (the first verdict word counts)
 _VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
 
 
@@ -51,7 +51,7 @@ class TreeOfThoughtConfig(StrategyConfig):
     value_source: Literal["prm", "self"] = "self"  # ToT's own choice, needs no reward model; "prm" needs one
     aggregation: Aggregation = "last"  # value_source="prm": step scores -> the state's value
     value_votes: int = 3  # verdicts per state with value_source="self" (ToT's n_evaluate_sample)
-    value_prompt: str = VALUE_PROMPT  # appended to a partial solution to ask the policy for its verdict
+    value_prompt: str = VALUE_PROMPT  # after the partial solution and a blank line: asks the policy for its verdict
     prune_threshold: float | None = None  # DFS drops states valued below it; None: 0.5 (prm), 0.05 (self: "likely")
     max_expansions: int = 100  # DFS: states expanded at most (ToT's crossword DFS stops after 100 steps)
 
@@ -110,8 +110,8 @@ async def evaluate(search: Searcher, config: TreeOfThoughtConfig, nodes: list[No
     max_tokens = VALUE_TOKENS if search.left is None else min(VALUE_TOKENS, search.left // samples)
     if max_tokens < 1:
         return False
-    prompts = [search.task.prompt + node.prefix + config.value_prompt for node in nodes]
-    outputs = await search.generate(prompts, search.spec(config.value_votes, max_tokens, stop=("\n",)))
+    prompts = [search.task.prompt + node.prefix.rstrip() + "\n\n" + config.value_prompt for node in nodes]
+    outputs = await search.generate(prompts, search.spec(config.value_votes, max_tokens, stop=()))
     for node, verdicts in zip(nodes, outputs, strict=True):
         node.score, node.info["votes"] = self_value([s.text for s in verdicts])
     return True
@@ -135,8 +135,8 @@ async def tree_of_thought(
 ) -> StrategyResult:
     """Tree of Thoughts: BFS over the b best states or DFS with pruning, valued by the PRM or by self-evaluation."""
     if config.value_source == "prm" and scorer is None:
-        raise InvalidRequestError("tree_of_thought with value_source='prm' needs a reward model, and none is loaded; "
-                         "use value_source='self' or start the server with a PRM")
+        raise InvalidRequestError("tree_of_thought with value_source='prm' needs a reward model, and none is "
+                                  "loaded; use value_source='self' or start the server with a PRM")
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     run = bfs if config.search == "bfs" else dfs
     finished, open_ = await run(search, config)

@@ -234,7 +234,8 @@ async def test_tot_bfs_values_states_by_self_evaluation_without_a_reward_model()
     # per level: one step call (n = k over the states), one verdict call (n = votes over the new states)
     assert shape(engine) == [(1, 2), (2, 3), (2, 2), (4, 3), (2, 2), (3, 3)]  # the last level has a duplicate
     verdicts = engine.calls[1]
-    assert all(p.endswith(VALUE_PROMPT) for p in verdicts[0]) and verdicts[1].stop == ("\n",)
+    assert verdicts[0] == [PROMPT + "right 0\n\n" + VALUE_PROMPT, PROMPT + "wrong 0 1\n\n" + VALUE_PROMPT]
+    assert verdicts[1].stop == () and verdicts[1].max_tokens == 8
     votes = {n["text"]: n["votes"] for n in result.extra["tree"]["nodes"] if "votes" in n}
     assert votes["right 0\n\n"] == {"sure": 3} and votes["wrong 0 1\n\n"] == {"impossible": 3}
 
