@@ -19,11 +19,17 @@ class BudgetExceededError(RuntimeError):
     """A strategy asked for more tokens than the request's ``max_total_tokens`` leaves."""
 
 
+class NodeCapExceededError(RuntimeError):
+    """A strategy asked for more samples (tree nodes) than the server's per-request cap leaves."""
+
+
 @dataclass
 class Ledger:
     """What one request cost so far."""
 
     token_budget: int  # hard cap on generated tokens, reserved before each engine call
+    node_budget: int = 1 << 62  # hard cap on samples drawn (tree nodes) across the request
+    nodes: int = 0
     completion_tokens: int = 0
     engine_calls: int = 0
     engine_requests: int = 0
@@ -34,6 +40,9 @@ class Ledger:
 
     def reserve(self, spec: SamplingSpec, num_prompts: int) -> int:
         """Reserve the worst case of one engine call; returns how much was reserved."""
+        if self.nodes + spec.n * num_prompts > self.node_budget:
+            raise NodeCapExceededError(f"the strategy asked for {self.nodes + spec.n * num_prompts} samples in all, "
+                                       f"above this server's cap of {self.node_budget} (--max-tree-nodes)")
         worst = spec.n * num_prompts * spec.max_tokens
         if self.completion_tokens + self.reserved + worst > self.token_budget:
             left = self.token_budget - self.completion_tokens - self.reserved
@@ -41,6 +50,7 @@ class Ledger:
                 f"the strategy asked for up to {worst} tokens but the request's budget leaves {left}"
             )
         self.reserved += worst
+        self.nodes += spec.n * num_prompts
         return worst
 
 

@@ -19,26 +19,38 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 import strategies
 from server.config import ServerConfig
 from server.errors import APIError, install_error_handlers
+from server.limits import Admission, GuardMiddleware
 from server.metrics import Metrics
-from server.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard, ModelList, StrategyCard
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    StrategyCard,
+)
 from server.serving import ChatService
 from strategies.base import Scorer
 
 log = logging.getLogger("ponder.app")
 Loader = Callable[[], Awaitable[tuple[Any, Scorer | None]]]
 DISCONNECT_POLL_SECONDS = 0.25
+WATCHDOG_SECONDS = 1.0  # how often the engine's health is checked
 
 
 def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | None = None,
                loader: Loader | None = None) -> FastAPI:
     metrics = Metrics()
+    admission = Admission(config.max_concurrent_requests, config.max_queued_requests)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(app, loader, config, metrics)) if loader is not None else None
+        watchdog = asyncio.create_task(_watch_engine(app))
         try:
             yield  # the server accepts connections at once; /health is 503 until loading is done
         finally:
+            watchdog.cancel()
             if loading is not None and not loading.done():
                 loading.cancel()
             service = app.state.service
@@ -48,9 +60,14 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
 
     app = FastAPI(title="Ponder", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible test-time-scaling server.")
-    app.state.service = ChatService(engine, scorer, config, metrics) if engine is not None else None
+    app.state.service = None
+    if engine is not None:
+        _serve(app, ChatService(engine, scorer, config, metrics))
     app.state.metrics = metrics
+    app.state.exit_code = 0  # set to 1 when the engine dies; the CLI exits with it so a supervisor restarts us
+    app.state.uvicorn = None  # the uvicorn.Server, when the CLI runs one: the watchdog stops it
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
 
     def service_of(request: Request) -> ChatService:
         service: ChatService | None = request.app.state.service
@@ -82,17 +99,24 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-              responses={400: {"description": "Invalid request"}, 503: {"description": "Engine not available"}})
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         service = service_of(request)
         job = service.prepare(body)
+        if admission.full():
+            metrics.rejected.inc()
+            raise admission.busy()
         if body.stream:
-            return StreamingResponse(_tracked(metrics, service.stream(job)), media_type="text/event-stream")
-        started, status = time.perf_counter(), 200
-        metrics.in_flight.inc()
+            frames = _tracked(metrics, admission, service.stream(job))
+            return StreamingResponse(frames, media_type="text/event-stream")
+        started, status, result = time.perf_counter(), 200, None
         try:
-            result = await _unless_disconnected(request, service.run(job))
+            async with admission.slot():
+                metrics.in_flight.inc()
+                try:
+                    result = await _unless_disconnected(request, service.run(job))
+                finally:
+                    metrics.in_flight.dec()
             return service.respond(job, result)
         except APIError as exc:
             status = exc.status
@@ -101,24 +125,55 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
             status = 499
             raise
         finally:
-            metrics.in_flight.dec()
-            service.record(job, status, started)
+            service.record(job, status, started, result)
 
     return app
 
 
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what} for code, what in (
+        (400, "Invalid request: bad field, unknown strategy or parameter, above a cap"),
+        (401, "Missing or invalid API key"),
+        (413, "Request body above the cap"),
+        (429, "Server at capacity; retry after Retry-After seconds"),
+        (503, "Models loading, engine down, or reward model failed"),
+    )
+}
+
+
+def _serve(app: FastAPI, service: ChatService) -> None:
+    app.state.service = service
+    service.metrics.watch_engine(lambda: service.engine.num_running() if hasattr(service.engine, "num_running")
+                                 else 0)
+
+
 async def _load(app: FastAPI, loader: Loader, config: ServerConfig, metrics: Metrics) -> None:
     engine, scorer = await loader()
-    app.state.service = ChatService(engine, scorer, config, metrics)
+    _serve(app, ChatService(engine, scorer, config, metrics))
 
 
-async def _tracked(metrics: Metrics, frames: AsyncIterator[str]) -> AsyncIterator[str]:
-    metrics.in_flight.inc()
-    try:
-        async for frame in frames:
-            yield frame
-    finally:
-        metrics.in_flight.dec()
+async def _watch_engine(app: FastAPI) -> None:
+    """Stop the server with exit status 1 when the engine dies, so a supervisor restarts it."""
+    while True:
+        await asyncio.sleep(WATCHDOG_SECONDS)
+        service = app.state.service
+        if service is not None and hasattr(service.engine, "healthy") and not service.engine.healthy():
+            log.error("the engine has died; shutting down with exit status 1")
+            app.state.exit_code = 1
+            if app.state.uvicorn is not None:
+                app.state.uvicorn.should_exit = True
+            return
+
+
+async def _tracked(metrics: Metrics, admission: Admission, frames: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A stream that holds an admission slot while it runs (acquired here, so an unstarted stream holds none)."""
+    async with admission.slot():
+        metrics.in_flight.inc()
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            metrics.in_flight.dec()
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:

@@ -48,6 +48,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")
     p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
     p.add_argument("--default-max-tokens", type=int, default=1024, help="max_tokens when a request sends none")
+    p.add_argument("--max-tree-nodes", type=int, default=4096, help="cap on samples one request draws in all")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="wall-clock deadline per request, seconds; its engine work is aborted when it passes")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="cap on request body size (413 above)")
+    p.add_argument("--max-messages", type=int, default=512, help="cap on messages per request")
+    p.add_argument("--max-concurrent-requests", type=int, default=64, help="chat requests served at once")
+    p.add_argument("--max-queued-requests", type=int, default=256,
+                   help="chat requests waiting for a slot; beyond it a request gets 429 with Retry-After")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="accept this bearer key (repeatable; or env PONDER_API_KEYS, comma-separated); "
+                        "every route but /health then needs one")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="on SIGTERM, seconds to let in-flight requests finish before they are cancelled")
+    p.add_argument("--log-prompts", action="store_true", help="log messages and outputs with each request")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -128,19 +142,33 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
     from server.config import ServerConfig
 
-    for flag in ("max_num_samples", "max_total_tokens", "default_max_tokens", "tensor_parallel_size"):
+    for flag in ("max_num_samples", "max_total_tokens", "default_max_tokens", "tensor_parallel_size", "max_tree_nodes",
+                 "max_body_bytes", "max_messages", "max_concurrent_requests", "request_timeout"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_queued_requests < 0 or args.shutdown_grace < 0:
+        raise CLIError("--max-queued-requests and --shutdown-grace must not be negative")
     if not 0 < args.memory_fraction < 1 or not 0 < args.prm_memory_fraction < 1:
         raise CLIError("--memory-fraction and --prm-memory-fraction must be between 0 and 1")
     _check_port(args.host, args.port)
     policy, prm = _resolve_models(args)
     name = args.served_model_name or (args.remote_model if args.backend == "openai" else policy.name)
-    config = ServerConfig(model_name=name, reward_model_name=prm.name if prm else None,
-                          max_num_samples=args.max_num_samples, max_total_tokens=args.max_total_tokens,
-                          default_max_tokens=args.default_max_tokens)
+    keys = tuple(args.api_key or ()) + tuple(k.strip() for k in os.environ.get("PONDER_API_KEYS", "").split(",")
+                                             if k.strip())
+    config = ServerConfig(
+        model_name=name, reward_model_name=prm.name if prm else None, max_num_samples=args.max_num_samples,
+        max_total_tokens=args.max_total_tokens, max_tree_nodes=args.max_tree_nodes,
+        default_max_tokens=args.default_max_tokens, request_timeout=args.request_timeout,
+        max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
+        max_concurrent_requests=args.max_concurrent_requests, max_queued_requests=args.max_queued_requests,
+        api_keys=keys, log_prompts=args.log_prompts)
     app = create_app(config, loader=_loader(args, policy, prm))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=args.shutdown_grace))
+    app.state.uvicorn = server
+    server.run()
+    if app.state.exit_code:
+        raise SystemExit(app.state.exit_code)
 
 
 # Subcommands that live with their code: `ponder NAME ...` hands the rest of the line to MODULE.main(argv).

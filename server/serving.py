@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 import strategies
-from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
+from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger, NodeCapExceededError
 from server.config import ServerConfig
 from server.engine import ServedEngine
 from server.engine.errors import EngineError, ScorerError
@@ -55,6 +55,7 @@ class Prepared:
     task: Task
     prompt_tokens: int
     ledger: Ledger
+    deadline: float  # time.monotonic() after which the request's work is aborted
 
 
 class ChatService:
@@ -63,6 +64,9 @@ class ChatService:
 
     # ---- validation -------------------------------------------------------------------------------------------
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        if len(request.messages) > self.config.max_messages:
+            raise APIError(f"{len(request.messages)} messages are above this server's cap of "
+                           f"{self.config.max_messages} (--max-messages)", param="messages", code="above_cap")
         for name in UNSUPPORTED:
             if getattr(request, name) not in (None, False, 0, 0.0):
                 raise APIError(f"{name} is not supported by Ponder", param=name, code="unsupported_parameter")
@@ -74,7 +78,9 @@ class ChatService:
         task = Task(prompt=prompt, question=question, max_tokens=max_tokens, temperature=request.temperature,
                     top_p=request.top_p, stop=tuple(request.stop or ()), seed=request.seed,
                     request_id=f"ponder-{uuid.uuid4().hex[:16]}")
-        return Prepared(request, spec, config, task, prompt_tokens, Ledger(token_budget=config.max_total_tokens))
+        ledger = Ledger(token_budget=config.max_total_tokens, node_budget=self.config.max_tree_nodes)
+        return Prepared(request, spec, config, task, prompt_tokens, ledger,
+                        deadline=time.monotonic() + self.config.request_timeout)
 
     def _strategy(self, name: str) -> strategies.StrategySpec:
         try:
@@ -149,10 +155,24 @@ class ChatService:
 
     # ---- running ----------------------------------------------------------------------------------------------
     async def run(self, job: Prepared) -> StrategyResult:
+        """Run the request's strategy within its deadline; typed failures become API errors."""
+        try:
+            async with asyncio.timeout_at(_loop_time(job.deadline)):
+                return await self._run_strategy(job)
+        except TimeoutError:
+            raise self._deadline_error() from None
+
+    def _deadline_error(self) -> APIError:
+        return APIError(f"the request ran past this server's deadline of {self.config.request_timeout:g} s "
+                        "(--request-timeout); its work was aborted", code="deadline_exceeded")
+
+    async def _run_strategy(self, job: Prepared) -> StrategyResult:
         engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
         scorer = CountingScorer(self.scorer, job.ledger, job.task.request_id) if self.scorer else None
         try:
             return await job.spec.fn(job.task, job.config, engine, scorer)
+        except NodeCapExceededError as exc:
+            raise APIError(str(exc), code="above_cap") from None
         except BudgetExceededError as exc:
             raise APIError(str(exc), param="strategy_params.max_total_tokens", code="budget_exceeded") from None
         except InvalidRequestError as exc:
@@ -182,13 +202,18 @@ class ChatService:
         return ChatCompletionResponse(model=self.config.model_name, choices=choices, usage=self.usage(job),
                                       ponder=self.info(job, result))
 
-    def record(self, job: Prepared, status: int, started: float) -> None:
+    def record(self, job: Prepared, status: int, started: float, result: StrategyResult | None = None) -> None:
+        """Metrics and one structured log line per request; messages and outputs only with --log-prompts."""
         elapsed = time.perf_counter() - started
         self.metrics.observe(job.spec.name, status, elapsed, job.prompt_tokens, job.ledger.completion_tokens)
-        log.info(json.dumps({"request_id": job.task.request_id, "strategy": job.spec.name, "status": status,
-                             "prompt_tokens": job.prompt_tokens, "completion_tokens": job.ledger.completion_tokens,
-                             "engine_calls": job.ledger.engine_calls, "scorer_calls": job.ledger.scorer_calls,
-                             "latency_s": round(elapsed, 4)}))
+        line = {"request_id": job.task.request_id, "strategy": job.spec.name, "status": status,
+                "prompt_tokens": job.prompt_tokens, "completion_tokens": job.ledger.completion_tokens,
+                "engine_calls": job.ledger.engine_calls, "scorer_calls": job.ledger.scorer_calls,
+                "latency_s": round(elapsed, 4)}
+        if self.config.log_prompts:
+            line["messages"] = [m.model_dump(include={"role", "content"}) for m in job.request.messages]
+            line["outputs"] = [c.text for c in result.choices] if result else None
+        log.info(json.dumps(line))
 
     # ---- streaming --------------------------------------------------------------------------------------------
     async def stream(self, job: Prepared) -> AsyncIterator[str]:
@@ -201,10 +226,9 @@ class ChatService:
                                         choices=choices, **extra)
             return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-        status = 200
+        status, result = 200, None
         try:
             yield frame([ChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
-            result: StrategyResult | None = None
             if job.spec.name == "none" and getattr(job.config, "num_samples", 1) == 1:
                 async for piece in self._stream_tokens(job):  # real token streaming, as vLLM does
                     if piece.text:
@@ -238,7 +262,7 @@ class ChatService:
             status = 499  # client closed the stream
             raise
         finally:
-            self.record(job, status, started)
+            self.record(job, status, started, result)
 
     async def _stream_tokens(self, job: Prepared) -> AsyncIterator[Sample]:
         engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
@@ -248,6 +272,10 @@ class ChatService:
                             stop=job.task.stop, seed=job.task.seed)
         try:
             async for piece in engine.stream(job.task.prompt, spec, job.task.request_id):
+                if time.monotonic() > job.deadline:
+                    await self.engine.abort(job.task.request_id)
+                    self.metrics.aborted.labels(job.spec.name).inc()
+                    raise self._deadline_error()
                 yield piece
         except asyncio.CancelledError:
             await self.engine.abort(job.task.request_id)
@@ -273,3 +301,8 @@ class ChatService:
 def _error_event(message: str, type: str, param: str | None, code: str | None) -> str:
     error = {"message": message, "type": type, "param": param, "code": code}
     return f"data: {json.dumps({'error': error})}\n\n"
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A ``time.monotonic()`` instant on the running loop's clock (``asyncio.timeout_at`` takes loop time)."""
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
