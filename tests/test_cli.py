@@ -50,3 +50,10 @@ def test_occupied_port_is_one_line():
         result = ponder("serve", "--model", "/tmp", "--port", str(port))
     assert result.returncode == 2
     assert result.stderr.strip() == f"ponder: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("flag", ["--request-timeout", "--max-tree-nodes", "--max-body-bytes",
+                                  "--max-concurrent-requests"])
+def test_limit_flags_must_be_positive(flag):
+    result = ponder("serve", flag, "0")
+    assert result.returncode == 2 and f"{flag} must be at least 1" in result.stderr
