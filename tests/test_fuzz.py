@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 import strategies
 from server.app import create_app
 from server.config import ServerConfig
+from server.engine.errors import EngineError
 from tests.fakes import FakeEngine, FakeScorer
 from training.tiny_models import build_char_tokenizer
 
@@ -45,7 +46,7 @@ CONFIG = ServerConfig(model_name="tiny", reward_model_name="prm", max_num_sample
 
 class TokenizingEngine(FakeEngine):
     """The scripted engine behind the tiny models' real tokenizer and chat template, so text the tokenizer chokes on
-    (a lone surrogate, say) reaches the same code it does in `ponder serve`."""
+    (a lone surrogate, say) reaches the same code it does in `ponder serve`; it refuses seeds vLLM cannot take."""
 
     def __init__(self) -> None:
         super().__init__(lambda prompt, i: SOLUTIONS[i % len(SOLUTIONS)], max_model_len=512)
@@ -53,6 +54,21 @@ class TokenizingEngine(FakeEngine):
 
     def count_tokens(self, text: str) -> int:  # as server.engine.vllm_engine.encode_prompt counts a prompt
         return len(self.tokenizer.encode(text, add_special_tokens=not text.startswith(self.tokenizer.bos_token)))
+
+    @staticmethod
+    def _refuse_as_vllm_does(spec) -> None:
+        """vLLM's engine client cannot send a seed outside [-2**63, 2**64 - 1]; VLLMEngine reports it as this."""
+        if spec.seed is not None and not -(2**63) <= spec.seed <= 2**64 - 1:
+            raise EngineError("the policy engine failed on a request: can't serialize ints < -2**63 or > 2**64 - 1")
+
+    async def generate(self, prompts, spec, request_id):
+        self._refuse_as_vllm_does(spec)
+        return await super().generate(prompts, spec, request_id)
+
+    async def stream(self, prompt, spec, request_id):
+        self._refuse_as_vllm_does(spec)
+        async for piece in super().stream(prompt, spec, request_id):
+            yield piece
 
 
 def openai_error_envelope(ctx: schemathesis.CheckContext, response: schemathesis.Response,
