@@ -7,8 +7,11 @@ connection is closed, as a client timeout does). Then waits for the server to se
 - completed requests with unexpected errors: any status but 200, or 429 (admission control, counted apart), a
   transport error, a stream that carries an error event or ends without ``[DONE]`` (target 0);
 - engine requests left running once the server has settled (``ponder_engine_requests_running``, target 0);
-- the server's RSS before (after a warm-up round) and after (``--pid``: that process, and its process tree; else
-  ``process_resident_memory_bytes`` from ``/metrics``; target: growth at most 10 %);
+- the server process's RSS before (after a warm-up round) and after (``--pid``, or ``process_resident_memory_bytes``
+  from ``/metrics``; target: growth at most 10 %); with ``--pid`` also its process tree, vLLM's engine processes
+  included, and each process in it (reported, not held to the target: vLLM's workers grow as they first meet
+  batch shapes and cache blocks, see the per-round figures of ``--rounds``);
+- ``--rounds N`` repeats the run (a soak) and reads RSS and the engine's running count after each round;
 - latency percentiles of the successful requests and throughput.
 
 Writes ``OUTPUT/load.json`` and ``OUTPUT/load.md``; exits 1 when a target is missed.
@@ -123,8 +126,9 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0)}
 
 
-def process_rss(pid: int | None) -> dict[str, int] | None:
-    """RSS of ``pid`` and of its whole process tree (the vLLM engine core runs in a child), in bytes."""
+def process_rss(pid: int | None) -> dict[str, Any] | None:
+    """RSS of ``pid``, of its whole process tree (vLLM's engine cores and workers are children) and of each process
+    in it, in bytes."""
     if pid is None:
         return None
     try:
@@ -133,12 +137,11 @@ def process_rss(pid: int | None) -> dict[str, int] | None:
         return None
     try:
         proc = psutil.Process(pid)
-        tree = [proc, *proc.children(recursive=True)]
-        total = 0
-        for p in tree:
+        each = {}
+        for p in [proc, *proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return {"process": proc.memory_info().rss, "tree": total, "tree_processes": len(tree)}
+                each[f"{p.name()}[{p.pid}]"] = p.memory_info().rss
+        return {"process": proc.memory_info().rss, "tree": sum(each.values()), "each": each}
     except psutil.Error:
         return None
 
@@ -305,11 +308,15 @@ def report(options: Options, outcomes: list[Outcome], warmup: list[Outcome], wal
         mine = [o for o in outcomes if o.scenario == s.name]
         by_scenario[s.name] = {"requests": len(mine), **{k: n for k, n in Counter(o.kind for o in mine).items()},
                                "latency_s": percentiles([o.latency_s for o in mine if o.kind == "ok"])}
+    # The target is the server process (the API, strategies, their bookkeeping): what /metrics reports. The tree
+    # (vLLM's engine cores and workers too) is reported beside it.
     if rss_before["pid"] and rss_after["pid"]:
-        rss_source, before, after = "pid (process tree)", rss_before["pid"]["tree"], rss_after["pid"]["tree"]
+        rss_source, before, after = "server process (--pid)", rss_before["pid"]["process"], rss_after["pid"]["process"]
+        tree = {"before_bytes": rss_before["pid"]["tree"], "after_bytes": rss_after["pid"]["tree"],
+                "growth": rss_after["pid"]["tree"] / rss_before["pid"]["tree"] - 1}
     else:
-        rss_source, before, after = "/metrics process_resident_memory_bytes", rss_before["metrics"], \
-            rss_after["metrics"]
+        rss_source, before, after = "server process (/metrics)", rss_before["metrics"], rss_after["metrics"]
+        tree = None
     growth = (after - before) / before if before and after else None
     left = max((x["engine_requests_running"] or 0 for x in settled.get("rounds", [])),
                default=settled["engine_requests_running"])  # the worst round
@@ -345,7 +352,7 @@ def report(options: Options, outcomes: list[Outcome], warmup: list[Outcome], wal
             - (metric(before_text, "ponder_requests_rejected_total") or 0),
         },
         "rss": {"source": rss_source, "before_bytes": before, "after_bytes": after, "growth": growth,
-                "cold": rss_cold, "before": rss_before, "after": rss_after},
+                "tree": tree, "cold": rss_cold, "before": rss_before, "after": rss_after},
         "targets": targets, "passed": all(targets.values()),
     }
 
@@ -385,11 +392,18 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {s['requests']} | {s.get('ok', 0)} | {s.get('disconnected', 0)} | "
                      f"{s.get('rejected', 0)} | {s.get('unexpected', 0)} | {_s(s['latency_s']['p50'])} | "
                      f"{_s(s['latency_s']['p99'])} |")
+    if rss["tree"]:
+        t = rss["tree"]
+        lines += ["", f"Process tree (the server and vLLM's engine cores and workers): {_mib(t['before_bytes'])} / "
+                      f"{_mib(t['after_bytes'])} ({t['growth']:+.1%})."]
     if len(r["settle"].get("rounds", [])) > 1:
-        key = "tree" if rss["source"].startswith("pid") else None
-        lines += ["", "RSS after each round: " + ", ".join(
-            f"{x['round']}: {_mib(x['rss']['pid'][key] if key and x['rss']['pid'] else x['rss']['metrics'])}"
-            f" (engine requests running {x['engine_requests_running']})" for x in r["settle"]["rounds"])]
+        def at(x: dict) -> str:
+            pid = x["rss"]["pid"]
+            return f"{_mib(pid['process'])}, tree {_mib(pid['tree'])}" if pid else _mib(x["rss"]["metrics"])
+
+        lines += ["", "After each round: " + "; ".join(
+            f"{x['round']}: {at(x)}, engine requests running {x['engine_requests_running']:g}"
+            for x in r["settle"]["rounds"])]
     lines += ["", f"Server counters during the run: aborted {r['server_counters']['aborted_by_strategy']}, "
                   f"rejected (429) {r['server_counters']['rejected_429']:g}.", ""]
     if r["unexpected"]:

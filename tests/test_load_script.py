@@ -36,7 +36,7 @@ async def test_mixed_load_with_disconnects(tmp_path):
     assert report["engine_requests_left_running"] == 0 and report["requests_in_flight_after"] == 0
     assert report["rss"]["before_bytes"] > 0 and report["rss"]["growth"] is not None
     assert report["latency_s"]["p50"] <= report["latency_s"]["p99"]
-    assert [r["round"] for r in report["settle"]["rounds"]] == [1, 2] and "RSS after each round" in markdown(report)
+    assert [r["round"] for r in report["settle"]["rounds"]] == [1, 2] and "After each round" in markdown(report)
     assert report["targets"]["unexpected_errors == 0"] and report["targets"]["engine_requests_left_running == 0"]
     write(report, tmp_path)
     assert json.loads((tmp_path / "load.json").read_text())["requests"] == 40
