@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 import strategies
 from server.config import ServerConfig
@@ -67,6 +67,7 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
     app.state.exit_code = 0  # set to 1 when the engine dies; the CLI exits with it so a supervisor restarts us
     app.state.uvicorn = None  # the uvicorn.Server, when the CLI runs one: the watchdog stops it
     install_error_handlers(app)
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     app.add_middleware(GuardMiddleware, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
 
     def service_of(request: Request) -> ChatService:
@@ -78,7 +79,7 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
             raise APIError("the engine is not running", status=503, type="service_unavailable", code="engine_dead")
         return service
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "Loading, or the engine is down"}})
     async def health(request: Request) -> Response:
         try:
             service_of(request)
@@ -86,7 +87,7 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
             return JSONResponse({"status": exc.code}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES)
     async def models(request: Request) -> ModelList:
         has_scorer = request.app.state.service is not None and request.app.state.service.scorer is not None
         cards = [StrategyCard(name=s.name, description=s.description, needs_reward_model=s.needs_scorer,
@@ -95,11 +96,15 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
         return ModelList(data=[ModelCard(id=config.model_name)], strategies=cards,
                          reward_model=config.reward_model_name if has_scorer else None)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=AUTH_RESPONSES | {
+        200: {"content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+              "description": "Prometheus text format"}})
     async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES | {
+        200: {"content": {"text/event-stream": {}},
+              "description": "A chat completion, or with stream=true an SSE stream of chunks"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         service = service_of(request)
         job = service.prepare(body)
@@ -121,6 +126,9 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
         except APIError as exc:
             status = exc.status
             raise
+        except ClientGoneError:
+            status = 499  # nobody to answer; nginx's "client closed request"
+            return Response(status_code=499)
         except asyncio.CancelledError:
             status = 499
             raise
@@ -139,6 +147,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "Models loading, engine down, or reward model failed"),
     )
 }
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: {
+    "description": "Missing or invalid API key",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}}
+
+
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """The schema as served: validation errors are 400s here (server.errors), so FastAPI's 422 is removed."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _serve(app: FastAPI, service: ChatService) -> None:
@@ -167,13 +193,17 @@ async def _watch_engine(app: FastAPI) -> None:
 
 async def _tracked(metrics: Metrics, admission: Admission, frames: AsyncIterator[str]) -> AsyncIterator[str]:
     """A stream that holds an admission slot while it runs (acquired here, so an unstarted stream holds none)."""
-    async with admission.slot():
+    async with admission.slot(queue_anyway=True):  # admitted by the endpoint's check: never refused mid-stream
         metrics.in_flight.inc()
         try:
             async for frame in frames:
                 yield frame
         finally:
             metrics.in_flight.dec()
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer was ready; its work has been aborted."""
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
@@ -188,7 +218,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
                 log.info("client disconnected; aborting")
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise asyncio.CancelledError
+                raise ClientGoneError
     finally:
         if not task.done():
             task.cancel()

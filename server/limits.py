@@ -99,9 +99,10 @@ class Admission:
                         status=429, type="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, queue_anyway: bool = False) -> AsyncIterator[None]:
+        """Hold a slot, waiting in the queue; a full queue refuses (429) unless ``queue_anyway``."""
         if self._slots.locked():
-            if self.waiting >= self.queued_cap:
+            if self.waiting >= self.queued_cap and not queue_anyway:
                 raise self.busy()
             self.waiting += 1
             try:

@@ -48,7 +48,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1)
     presence_penalty: float | None = None
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # what the engine can carry
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -125,7 +125,11 @@ class ChatService:
                            f"{caps.max_total_tokens} (--max-total-tokens)", param="strategy_params.max_total_tokens",
                            code="above_cap")
         if config.max_total_tokens is None:
-            config = dataclasses.replace(config, max_total_tokens=caps.max_total_tokens)
+            try:
+                config = dataclasses.replace(config, max_total_tokens=caps.max_total_tokens)
+            except ValueError as exc:
+                raise APIError(f"{exc} within this server's cap of {caps.max_total_tokens} tokens "
+                               "(--max-total-tokens)", param="strategy_params", code="above_cap") from None
         return config
 
     def _render(self, request: ChatCompletionRequest) -> tuple[str, str]:
@@ -137,6 +141,11 @@ class ChatService:
                 messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill)
         except Exception as exc:  # a template that refuses these roles or their order (jinja raise_exception)
             raise APIError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError("the messages contain text that is not valid Unicode (a lone surrogate escape)",
+                           param="messages", code="invalid_text") from None
         users = [m["content"] for m in messages if m["role"] == "user"]
         return prompt, users[-1] if users else messages[-1]["content"]
 

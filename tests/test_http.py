@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 import pytest
 
-from server.app import _unless_disconnected, create_app
+from server.app import ClientGoneError, _unless_disconnected, create_app
 from server.config import ServerConfig
 from tests.fakes import FakeEngine, FakeScorer, tokens
 
@@ -212,7 +211,7 @@ async def test_client_disconnect_cancels_the_engine_work():
     from strategies.base import SamplingSpec
 
     work = CountingEngine(engine, Ledger(token_budget=1000), "r1").generate(["p"], SamplingSpec(), "r1")
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(ClientGoneError):
         await _unless_disconnected(GoneAfter(1), work)
     assert engine.running == 0
 
