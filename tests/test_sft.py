@@ -1,0 +1,191 @@
+"""Policy SFT: data rows and loss masks, a few real TRL steps on a tiny model, the saved folder, resume, the CLI.
+
+Everything here is offline and CPU-only; the one test that starts vLLM on the trained folder is marked e2e.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from trl import SFTTrainer
+
+from training import cli, evaluate_policy, plots, sft
+from training.sft import PolicySFTConfig, build_policy, sft_rows, training_problems
+from training.tasks import get_task
+from training.tiny_models import build_char_tokenizer
+
+TINY = {"levels": [1, 2], "level_weights": None, "num_train_problems": 32, "num_val_problems": 8}
+
+
+@pytest.mark.parametrize("module", [sft, evaluate_policy, plots])
+def test_doctests(module):
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0
+
+
+def tiny_config(tmp_path: Path, **overrides) -> PolicySFTConfig:
+    return PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    """A tiny policy trained for 8 steps with checkpoints kept; its initial weights for comparison."""
+    out = tmp_path_factory.mktemp("sft")
+    config = tiny_config(out, keep_checkpoints=True)
+    initial = {k: v.clone() for k, v in build_policy(config, build_char_tokenizer()).state_dict().items()}
+    metrics = sft.train(config, command="ponder train sft --preset tiny")
+    return out, initial, metrics
+
+
+def test_rows_are_prompt_completion_with_the_reference_solution():
+    task = get_task("arith")
+    problems = task.load("train", limit=3, level=2)
+    rows = sft_rows(task, problems)
+    assert [r["prompt"] for r in rows] == [[{"role": "user", "content": task.prompt(p)}] for p in problems]
+    assert [r["completion"] for r in rows] == [[{"role": "assistant", "content": p.solution}] for p in problems]
+
+
+def test_problems_follow_the_level_weights_and_splits(tmp_path):
+    train, val = training_problems(tiny_config(tmp_path, levels=[1, 3], level_weights=[1.0, 3.0]))
+    assert [sum(p.meta["level"] == lv for p in train) for lv in (1, 3)] == [8, 24]
+    assert {p.id.split("-")[1] for p in train} == {"train"} and {p.id.split("-")[1] for p in val} == {"val"}
+    assert not {p.question for p in train} & {p.question for p in val}
+
+
+def test_loss_is_on_the_completion_only(tmp_path):
+    """TRL's tokenized rows and its collator: labels are -100 on the prompt and padding, the ids elsewhere."""
+    task = get_task("arith")
+    tokenizer = build_char_tokenizer()
+    config = tiny_config(tmp_path, num_val_problems=0)
+    problems = task.load("train", limit=2, level=[1, 2])
+    trainer = SFTTrainer(
+        model=build_policy(config, tokenizer),
+        args=config,
+        train_dataset=Dataset.from_list(sft_rows(task, problems)),
+        processing_class=tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for i, problem in enumerate(problems):
+        ids, labels, mask = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": task.prompt(problem)}], add_generation_prompt=True, tokenize=False
+        )
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)  # no BOS added twice
+        assert tokenizer.decode(ids[:n_prompt]).startswith("<s><|user|>")
+        assert tokenizer.decode(ids[:n_prompt]) == prompt
+        assert (labels[:n_prompt] == -100).all()
+        trained = labels[labels != -100]
+        assert tokenizer.decode(trained) == problem.solution + "</s>\n"  # the chat template's turn end
+        assert (labels[mask == 0] == -100).all()
+    assert (batch["attention_mask"] == 0).any()  # the two rows differ in length: padding was masked
+
+
+def test_training_changes_the_weights_and_saves_a_servable_folder(trained):
+    out, initial, metrics = trained
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in saved.values())
+    changed = [k for k, v in initial.items() if not torch.equal(v.to(torch.bfloat16), saved[k])]
+    assert len(changed) == len(initial)  # every tensor moved
+    config = AutoConfig.from_pretrained(out)
+    assert config.architectures == ["LlamaForCausalLM"] and config.hidden_size // config.num_attention_heads >= 32
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template and tokenizer.eos_token == "</s>"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "<s><|user|>\nhi</s>\n<|assistant|>\n"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], config.vocab_size)
+    assert metrics["optimizer_steps"] == 4 and metrics["final_loss"] < 6
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["tokens_seen"] > 0 and on_disk["config"]["preset"] == "tiny"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ponder train sft --preset tiny" in (out / "README.md").read_text()
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+    out, _, _ = trained
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    metrics = sft.train(tiny_config(out, max_steps=6, resume_from_checkpoint="last"))
+    assert metrics["optimizer_steps"] == 6
+    assert not list(out.glob("checkpoint-*"))  # removed once the run finished
+
+
+def test_loss_curves_and_plot(tmp_path):
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 0.2, "eval_loss": 0.3}, {"train_loss": 1.0, "step": 2}]
+    assert plots.loss_curves(history) == {"loss": ([1, 2], [3.0, 0.2]), "eval_loss": ([2], [0.3])}
+    assert plots.plot_loss(history, tmp_path / "a" / "loss.png").stat().st_size > 1000
+
+
+def test_presets_and_flags_and_yaml(tmp_path):
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text("preset: tiny\nlearning_rate: 3e-3\nlevels: [1, 3]\nlevel_weights: null\n")
+    config = cli.parse_config(
+        "sft", ["--config", str(config_file), "--hidden_size", "96", "--num_attention_heads", "3"]
+    )
+    assert (config.preset, config.hidden_size, config.num_hidden_layers) == ("tiny", 96, 1)  # flag > preset
+    assert (config.learning_rate, config.levels) == (3e-3, [1, 3])  # YAML > preset
+    default = cli.parse_config("sft", [])
+    assert (default.hidden_size, default.num_hidden_layers, default.preset) == (256, 4, "default")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sft", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
+        (["sft", "--preset", "huge"], "unknown preset 'huge'"),
+        (["sft", "--num_attention_heads", "16"], "head_dim of at least 32"),
+        (["sft", "--levels", "9"], "has no level [9]"),
+        (["sft", "--task", "nope"], "unknown task 'nope'"),
+        (["sft", "--learning_rate", "fast"], "invalid float value: 'fast'"),
+        (["sft", "--config", "/no/such.yaml"], "no such file"),
+        (["dpo"], "invalid choice: 'dpo'"),
+        ([], "required: TRAINER"),
+    ],
+)
+def test_cli_mistakes_are_one_line_exit_2(argv, says, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ponder train: error:") and says in err[0], err
+
+
+def test_cli_unknown_yaml_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 1\n")
+    assert cli.main(["sft", "--config", str(bad)]) == 2
+    assert "unknown key learning_rat" in capsys.readouterr().err
+
+
+def test_ponder_train_help_lists_only_what_exists():
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0 and "sft" in result.stdout
+    for missing in ("dpo", "grpo", "prm", "orm"):
+        assert missing not in result.stdout.split("positional arguments:")[1]
+
+
+@pytest.mark.e2e
+def test_trained_folder_is_served_by_vllm_and_evaluated(trained):
+    out, _, _ = trained
+    result = evaluate_policy.evaluate_checkpoint(out, levels=[1, 2], limit=3, num_samples=2, sample_levels=[1])
+    assert set(result["levels"]) == {"1", "2"}
+    assert result["levels"]["1"]["num_samples"] == 2 and 0 <= result["levels"]["1"]["pass@1"] <= 1
+    assert "| level | problems | greedy | pass@1 |" in "\n".join(evaluate_policy.markdown_table(result))

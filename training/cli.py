@@ -1,0 +1,133 @@
+"""``ponder train TRAINER [--config FILE.yaml] [--flags ...]``: the training command line.
+
+Every trainer's options are one config dataclass (a TRL config subclass), parsed by ``HfArgumentParser``, so each
+field is a ``--flag`` and a YAML key. Values are resolved in this order, later winning: the dataclass defaults,
+the named ``--preset``, the ``--config`` YAML file, the flags. ``ponder train sft --help`` lists every field.
+
+Mistakes (an unknown flag or YAML key, a bad value, a missing file) end in one line on stderr and exit status 2,
+before any data or model is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROG = "ponder train"
+
+
+class ConfigError(Exception):
+    """A mistake in the flags or the config file: one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A trainer the command line offers: its config class, presets and entry point, imported on demand."""
+
+    help: str
+    load: Callable[[], tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]]
+
+
+def _sft() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    from training import sft
+
+    return sft.PolicySFTConfig, sft.PRESETS, sft.train
+
+
+TRAINERS: dict[str, Trainer] = {
+    "sft": Trainer("supervised fine-tuning of a policy from scratch on a task's reference solutions", _sft),
+}
+
+
+def parse_config(trainer: str, argv: list[str]) -> Any:
+    """The trainer's config from ``argv`` (flags, ``--config FILE``, ``--preset NAME``); ConfigError on mistakes."""
+    from transformers import HfArgumentParser
+
+    config_class, presets, _ = TRAINERS[trainer].load()
+    early = _Parser(add_help=False)
+    early.add_argument("--config")
+    early.add_argument("--preset")
+    known, _ = early.parse_known_args(argv)
+    from_file = _read_yaml(known.config) if known.config else {}
+    preset = known.preset or from_file.get("preset") or "default"
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(presets)}")
+    names = {f.name for f in config_class.__dataclass_fields__.values() if f.init}
+    unknown = sorted(set(from_file) - names)
+    if unknown:
+        raise ConfigError(f"{known.config}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
+
+    class Parser(_Parser, HfArgumentParser):
+        pass
+
+    parser = Parser(config_class, prog=f"{PROG} {trainer}", description=TRAINERS[trainer].help)
+    parser.add_argument("--config", help="YAML file of field values (flags override it)")
+    parser.set_defaults(**{**presets[preset], **from_file, "preset": preset})
+    try:
+        config, _extra, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as exc:  # raised by the config's __post_init__ (or TRL's): a bad value
+        raise ConfigError(_one_line(exc)) from None
+    if unused:
+        raise ConfigError(f"unrecognized arguments: {' '.join(unused)}")
+    return config
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`ConfigError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path!r}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path!r} is not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path!r} must hold a mapping of field names to values")
+    return data
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Train a policy or a reward model.")
+    sub = parser.add_subparsers(dest="trainer", metavar="TRAINER", required=True)
+    for name, trainer in TRAINERS.items():
+        sub.add_parser(name, help=trainer.help, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not argv or argv[0] not in TRAINERS:
+            build_parser().parse_args(argv[:1])  # prints help for -h, else raises ConfigError
+            return 0
+        config = parse_config(argv[0], argv[1:])
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    _, _, run = TRAINERS[argv[0]].load()
+    try:
+        run(config, command=shlex.join(["ponder", "train", *argv]))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

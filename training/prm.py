@@ -1,0 +1,482 @@
+r"""``ponder train prm|orm``: process and outcome reward models from scratch, on ``transformers.Trainer``.
+
+The PRM is the architecture of Qwen2.5-Math-PRM (Zhang et al. 2025, "The Lessons of Developing Process Reward
+Models in Mathematical Reasoning"): a Qwen2 body and a ``score`` head (Linear -> ReLU -> Linear, 2 labels) read at
+every step-tag token, :class:`Qwen2ForProcessRewardModel`. It is trained as token classification, TRL's old
+``PRMTrainer`` recipe (Lightman et al. 2023; Wang et al. 2024): each stepwise row ``{"prompt", "completions",
+"labels"}`` is rendered by the serving adapter's own :meth:`VLLMProcessRewardModel.render` (chat template, system
+prompt, the steps each ended by the step tag), so training and serving read identical token ids; the label of step
+i sits on the i-th tag token and every other position is -100 (:func:`step_token_labels`). The loss is the cross
+entropy of the 2-way softmax against the label, which may be soft (a Monte Carlo success rate). The checkpoint is
+the layout vLLM's ``Qwen2ForProcessRewardModel`` loads (``model.*`` and ``score.{0,2}.*`` weights; ``config.json``
+records ``step_tag``/``step_tag_id``), so ``reward_models.load_scorer`` serves it as it is.
+
+The ORM is ``Qwen2ForSequenceClassification`` with one label, trained with binary cross entropy on the outcome
+(final answer right) of the whole solution, rendered as :meth:`VLLMOutcomeRewardModel.render` renders it;
+``problem_type = multi_label_classification`` makes vLLM apply the matching sigmoid.
+
+Runs save checkpoints (``--resume_from_checkpoint last`` continues one), the final model, ``loss.png``,
+``metrics.json`` and a model card; with ``eval_data`` the PRM's first-error-step F1 (ProcessBench) is measured
+after training (:mod:`training.evaluate`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForSequenceClassification,
+    Qwen2Model,
+    Qwen2PreTrainedModel,
+    TrainingArguments,
+)
+from transformers.modeling_outputs import TokenClassifierOutput
+from transformers.trainer_utils import get_last_checkpoint
+
+from training.tiny_models import STEP_TAG, build_char_tokenizer
+
+Render = Callable[[str, Sequence[str]], str]  # (question, steps) -> the text the reward model reads
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the shipped models/default-prm
+    "tiny": {  # seconds: tests and smoke runs
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 2,
+        "save_steps": 20,
+        "save_dtype": "float32",
+    },
+}
+
+
+@dataclass
+class RewardModelConfig(TrainingArguments):
+    """``ponder train prm``: TrainingArguments plus the label data, the model shape and the evaluation."""
+
+    preset: str = field(
+        default="default", metadata={"help": "Named bundle of defaults: default, tiny.", "choices": list(PRESETS)}
+    )
+    kind: str = field(
+        default="prm",
+        metadata={"help": "prm: per-step scores; orm: one score per solution.", "choices": ["prm", "orm"]},
+    )
+    train_data: str = field(
+        default="data/prm/train", metadata={"help": "Stepwise label data (`ponder label` output: folder or JSONL)."}
+    )
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Held-out label data: eval_loss during training, F1 / accuracy after."}
+    )
+    label_column: str = field(
+        default="labels", metadata={"help": "Column with the targets: labels, exact_labels, mc_hard_labels, ..."}
+    )
+    max_length: int = field(default=1024, metadata={"help": "Longer rendered rows are dropped (counted)."})
+    step_tag: str = field(default=STEP_TAG, metadata={"help": "Step tag token (Qwen2.5-Math-PRM's <extra_0>)."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Policy checkpoint (Llama or Qwen2, same shape and tokenizer) whose body initialises the reward "
+            "model, as Qwen2.5-Math-PRM starts from its policy; None: random weights."
+        },
+    )
+    # ---- model shape: a fresh Qwen2 body
+    hidden_size: int = field(default=256, metadata={"help": "Model width."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
+    num_attention_heads: int = field(
+        default=8, metadata={"help": "Attention heads; hidden_size / heads must be >= 32 (vLLM's CPU attention)."}
+    )
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width (SwiGLU)."})
+    save_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "dtype of the saved model (bfloat16: half the size).", "choices": ["bfloat16", "float32"]},
+    )
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoint-* folders after the run."})
+    threshold: float = field(default=0.5, metadata={"help": "A step scored below this is the predicted error."})
+
+    # ---- TrainingArguments defaults for a tiny model from scratch on a CPU
+    output_dir: str | None = field(default="runs/prm", metadata={"help": "Checkpoints, final model and metrics."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (tiny, from scratch)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the training rows."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Solutions per optimizer step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Solutions per eval batch."})
+    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
+    eval_steps: float | None = field(default=100, metadata={"help": "eval_loss every this many steps (eval_data)."})
+    save_steps: float = field(default=200, metadata={"help": "Checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept during the run."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Rows are pre-tokenized; keep them."})
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads or self.hidden_size // self.num_attention_heads < 32:
+            raise ValueError(
+                f"hidden_size/num_attention_heads = {self.hidden_size}/{self.num_attention_heads}: "
+                "vLLM's CPU attention needs a whole head_dim of at least 32"
+            )
+        if not torch.accelerator.is_available():  # transformers wants use_cpu for bf16 autocast on a CPU
+            self.use_cpu = True
+        self.eval_strategy = "steps" if self.eval_data else "no"
+        super().__post_init__()
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> RewardModelConfig:
+        """The ``preset``'s values, then ``overrides``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+@dataclass
+class OutcomeRewardModelConfig(RewardModelConfig):
+    """``ponder train orm``: the same script, one score per solution, the outcome as target."""
+
+    kind: str = field(default="orm", metadata={"help": "prm or orm.", "choices": ["prm", "orm"]})
+    label_column: str = field(default="outcome", metadata={"help": "Column with the target: outcome."})
+    output_dir: str | None = field(default="runs/orm", metadata={"help": "Checkpoints, final model and metrics."})
+
+
+# ---- the model ----------------------------------------------------------------------------------------------------
+class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
+    """Qwen2 body + vLLM's PRM ``score`` head; ``logits`` (B, T, 2) at every token, loss at the labelled ones."""
+
+    def __init__(self, config: Qwen2Config) -> None:
+        super().__init__(config)
+        self.model = Qwen2Model(config)
+        width = config.hidden_size
+        self.score = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.num_labels))
+        self.post_init()
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> TokenClassifierOutput:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
+        logits = self.score(hidden)  # (B, T, 2)
+        return TokenClassifierOutput(loss=None if labels is None else step_loss(logits, labels), logits=logits)
+
+
+def step_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of the 2-way softmax against (possibly soft) targets at positions whose label is not -100."""
+    mask = labels != -100  # (B, T)
+    target = labels[mask].float()  # (N,) probability that the step is right
+    logp = torch.log_softmax(logits[mask].float(), dim=-1)  # (N, 2)
+    return -(target * logp[:, 1] + (1 - target) * logp[:, 0]).mean()
+
+
+def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
+    extra: dict[str, Any] = {}
+    if config.kind == "prm":
+        step_tag_id = tokenizer.convert_tokens_to_ids(config.step_tag)
+        extra = {"step_tag": config.step_tag, "step_tag_id": step_tag_id, "architectures": [PRM_ARCH]}
+    else:
+        extra = {"problem_type": "multi_label_classification"}  # BCE in training, sigmoid in vLLM
+    return Qwen2Config(
+        vocab_size=-(-len(tokenizer) // 32) * 32,  # padded to a multiple of 32: friendlier matmul shapes
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        num_labels=2 if config.kind == "prm" else 1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+
+
+PRM_ARCH = Qwen2ForProcessRewardModel.__name__
+
+
+def build_model(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -> nn.Module:
+    """A fresh PRM or ORM of the config's shape, seeded by ``config.seed``; its body from ``init_from`` if set."""
+    torch.manual_seed(config.seed)
+    qwen = model_config(config, tokenizer)
+    model = Qwen2ForProcessRewardModel(qwen) if config.kind == "prm" else Qwen2ForSequenceClassification(qwen)
+    if config.init_from:
+        load_body(model, config.init_from)
+    return model
+
+
+def load_body(model: nn.Module, policy: str | Path) -> None:
+    """Copy a policy's ``model.*`` weights (Llama and Qwen2 name them alike) into ``model``; the head stays random.
+
+    Only the q/k/v biases Qwen2 has and Llama lacks may be missing (they stay zero: the same function); any other
+    missing or misshapen weight is an error.
+    """
+    from safetensors.torch import load_file
+
+    files = sorted(Path(policy).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"init_from: no safetensors in {policy}")
+    body = {k: v for f in files for k, v in load_file(str(f)).items() if k.startswith("model.")}
+    own = model.state_dict()
+    wrong = [k for k, v in body.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"init_from {policy}: weights that do not fit this model's shape, e.g. {wrong[:3]}")
+    missing = [k for k in own if k.startswith("model.") and k not in body and not k.endswith("_proj.bias")]
+    if missing:
+        raise ValueError(f"init_from {policy}: the policy lacks {missing[:3]}")
+    with torch.no_grad():
+        for key, value in body.items():
+            own[key].copy_(value.to(own[key].dtype))
+        for key in own:
+            if key.startswith("model.") and key.endswith("_proj.bias") and key not in body:
+                own[key].zero_()
+
+
+def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """A saved PRM or ORM and its tokenizer, in float32 and eval mode (the training-time model)."""
+    from transformers import AutoTokenizer
+
+    architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
+    cls = Qwen2ForProcessRewardModel if PRM_ARCH in architectures else Qwen2ForSequenceClassification
+    model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+# ---- rendering and labels -----------------------------------------------------------------------------------------
+def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG) -> Render:
+    """The serving adapter's ``render`` bound to a tokenizer, no engine started: train reads what serve reads."""
+    from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
+
+    adapter = object.__new__(VLLMProcessRewardModel)  # render needs these three attributes, not the engine
+    adapter.tokenizer, adapter.system_prompt, adapter.step_tag = tokenizer, QWEN_PRM_SYSTEM, step_tag
+    return adapter.render
+
+
+def orm_renderer(tokenizer: Any) -> Render:
+    """The ORM adapter's ``render``, bound to a tokenizer without starting an engine."""
+    from reward_models.orm import VLLMOutcomeRewardModel
+    from reward_models.vllm_prm import QWEN_PRM_SYSTEM
+
+    adapter = object.__new__(VLLMOutcomeRewardModel)
+    adapter.tokenizer, adapter.system_prompt, adapter.step_separator = tokenizer, QWEN_PRM_SYSTEM, "\n\n"
+    return adapter.render
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids as the serving adapters encode them (BOS only when the rendered text lacks it)."""
+    from server.engine.vllm_engine import encode_prompt
+
+    return encode_prompt(tokenizer, text)
+
+
+def step_token_labels(input_ids: Sequence[int], step_labels: Sequence[float], step_tag_id: int) -> list[float]:
+    """-100 at every position but the step-tag tokens, which carry the step labels in order.
+
+    >>> step_token_labels([1, 5, 9, 6, 6, 9], [True, 0.25], step_tag_id=9)
+    [-100.0, -100.0, 1.0, -100.0, -100.0, 0.25]
+    """
+    positions = [i for i, token in enumerate(input_ids) if token == step_tag_id]
+    if len(positions) != len(step_labels):
+        raise ValueError(f"{len(positions)} step tags in the input for {len(step_labels)} step labels")
+    labels = [-100.0] * len(input_ids)
+    for position, label in zip(positions, step_labels, strict=True):
+        labels[position] = float(label)
+    return labels
+
+
+def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], int]:
+    """``{"input_ids", "labels"}`` per row (token labels for a PRM, a float for an ORM), and how many were too long."""
+    if config.kind == "prm":
+        render, tag_id = prm_renderer(tokenizer, config.step_tag), tokenizer.convert_tokens_to_ids(config.step_tag)
+    else:
+        render = orm_renderer(tokenizer)
+    out, too_long = [], 0
+    for row in rows:
+        ids = encode(tokenizer, render(row["prompt"], row["completions"]))
+        if len(ids) > config.max_length:
+            too_long += 1
+            continue
+        target = row[config.label_column]
+        labels = step_token_labels(ids, target, tag_id) if config.kind == "prm" else float(target)
+        out.append({"input_ids": ids, "labels": labels})
+    return out, too_long
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: ``input_ids`` with the pad id, token labels with -100; ORM labels become (B, 1)."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros_like(input_ids)
+        token_labels = isinstance(features[0]["labels"], list)
+        labels = torch.full((len(features), width), -100.0) if token_labels else torch.zeros(len(features), 1)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), 1
+            if token_labels:
+                labels[i, :n] = torch.tensor(f["labels"])
+            else:
+                labels[i, 0] = f["labels"]
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def score_steps(
+    model: nn.Module,
+    tokenizer: Any,
+    items: Sequence[tuple[str, Sequence[str]]],
+    step_tag: str = STEP_TAG,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (softmax at the tag tokens)."""
+    render, tag_id = prm_renderer(tokenizer, step_tag), tokenizer.convert_tokens_to_ids(step_tag)
+    collate, scores = PadCollator(tokenizer.pad_token_id), []
+    for first in range(0, len(items), batch_size):
+        ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
+        batch = collate([{"input_ids": x, "labels": [0.0] * len(x)} for x in ids])
+        probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).logits.float(), dim=-1)  # (B, T, 2)
+        scores += [probs[i, batch["input_ids"][i] == tag_id, 1].tolist() for i in range(len(ids))]
+    return scores
+
+
+@torch.no_grad()
+def score_outcomes(model: nn.Module, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32):
+    """P(right) of an ORM per (question, steps) item, as vLLM computes it (sigmoid of the last token's logit)."""
+    render, collate, scores = orm_renderer(tokenizer), PadCollator(tokenizer.pad_token_id), []
+    for first in range(0, len(items), batch_size):
+        ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
+        batch = collate([{"input_ids": x, "labels": 0.0} for x in ids])
+        scores += torch.sigmoid(model(batch["input_ids"], batch["attention_mask"]).logits.float())[:, 0].tolist()
+    return scores
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+def train(config: RewardModelConfig, command: str | None = None) -> dict[str, Any]:
+    """Train, save the servable checkpoint + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the card."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from training.label import load_rows
+    from training.plots import plot_loss
+
+    started, output_dir = time.perf_counter(), Path(config.output_dir)
+    tokenizer = build_char_tokenizer()
+    train_rows, train_too_long = tokenize_rows(load_rows(config.train_data), config, tokenizer)
+    eval_rows = tokenize_rows(load_rows(config.eval_data), config, tokenizer)[0] if config.eval_data else None
+    model = build_model(config, tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+    )
+    result = trainer.train(resume_from_checkpoint=_resume_path(config))
+    final = save_final(trainer.model, tokenizer, output_dir, config.save_dtype)
+    plot_loss(trainer.state.log_history, output_dir / "loss.png", title=f"{config.kind.upper()} on {config.train_data}")
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    labelled = sum(sum(x != -100 for x in r["labels"]) if config.kind == "prm" else 1 for r in train_rows)
+    metrics: dict[str, Any] = {
+        "kind": config.kind,
+        "preset": config.preset,
+        "seed": config.seed,
+        "train_data": config.train_data,
+        "label_column": config.label_column,
+        "train_solutions": len(train_rows),
+        "train_labels": labelled,
+        "train_rows_too_long": train_too_long,
+        "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "model_bytes": sum(f.stat().st_size for f in final.glob("*.safetensors")),
+        "optimizer_steps": trainer.state.global_step,
+        "train_time_s": round(result.metrics["train_runtime"], 1),
+        "final_loss": losses[-1] if losses else None,
+    }
+    if not config.keep_checkpoints:
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+    if config.eval_data:
+        from training.evaluate import evaluate_reward_model
+
+        metrics["eval"] = evaluate_reward_model(final, config.eval_data, threshold=config.threshold)
+    metrics["total_time_s"] = round(time.perf_counter() - started, 1)
+    metrics["command"] = command
+    metrics["config"] = {name: _plain(getattr(config, name)) for name in RewardModelConfig.__annotations__}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "README.md").write_text(model_card(metrics))
+    return metrics
+
+
+def save_final(model: nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path, dtype: str) -> Path:
+    """The servable folder: safetensors in ``dtype``, ``config.json`` (with the step tag), tokenizer, chat template."""
+    model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _resume_path(config: RewardModelConfig) -> str | None:
+    """``resume_from_checkpoint``: a folder, or ``last``/``true`` for the newest checkpoint in ``output_dir``."""
+    wanted = config.resume_from_checkpoint
+    if wanted is None or str(wanted).lower() in ("false", "none", ""):
+        return None
+    if str(wanted).lower() in ("last", "true"):
+        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint={wanted}: no checkpoint-* folder in {config.output_dir}")
+        return last
+    return str(wanted)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def model_card(metrics: dict[str, Any]) -> str:
+    """The checkpoint's README: what it is, how it was made, what it scores."""
+    config, kind = metrics["config"], metrics["kind"]
+    what = (
+        "`Qwen2ForProcessRewardModel` (Qwen2 body + 2-label `score` head read at every `<extra_0>` step tag, the "
+        "layout of Qwen2.5-Math-PRM; vLLM's pooling runner serves it)"
+        if kind == "prm"
+        else "`Qwen2ForSequenceClassification` with one label (sigmoid: P(final answer right))"
+    )
+    lines = [
+        f"# Ponder {kind.upper()}: trained from scratch on `{metrics['train_data']}`",
+        "",
+        f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide {what}, "
+        f"{metrics['num_parameters']:,} parameters, saved in {config['save_dtype']} "
+        f"({metrics['model_bytes'] / 1e6:.1f} MB), character-level tokenizer, trained from random weights by "
+        "`training/prm.py`. No pretrained weights, no downloaded data.",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        metrics.get("command") or "(run from Python, not the command line)",
+        "```",
+        "",
+        f"- seed {metrics['seed']}; {metrics['train_solutions']:,} labelled solutions, {metrics['train_labels']:,} "
+        f"targets (column `{metrics['label_column']}`), {config['num_train_epochs']:g} epoch(s), "
+        f"{metrics['optimizer_steps']:,} optimizer steps of {config['per_device_train_batch_size']}",
+        f"- training {metrics['train_time_s'] / 60:.1f} min, whole command {metrics['total_time_s'] / 60:.1f} min; "
+        f"final loss {metrics['final_loss'] or float('nan'):.4f}",
+        "",
+    ]
+    if "eval" in metrics:
+        from training.evaluate import markdown_table
+
+        lines += ["## Held-out evaluation", "", *markdown_table(metrics["eval"]), ""]
+    lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
+    return "\n".join(lines)

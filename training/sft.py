@@ -1,0 +1,423 @@
+r"""Supervised fine-tuning of a policy from scratch: a fresh Llama, a character tokenizer, a task's reference solutions.
+
+The policy is a ``LlamaForCausalLM`` built from a config (no download), with the character-level tokenizer and chat
+template of :mod:`training.tiny_models`, both saved with the model so vLLM and ``ponder serve`` load the folder as
+they would a hub checkpoint. Each training row is one problem in TRL's conversational prompt-completion format::
+
+    {"prompt": [{"role": "user", "content": task.prompt(problem)}],
+     "completion": [{"role": "assistant", "content": problem.solution}]}
+
+so TRL's ``SFTTrainer`` renders both through the chat template and puts the loss on the completion only (the
+prompt's labels are -100). The run saves checkpoints (``resume_from_checkpoint`` picks one up), the final model in
+``save_dtype``, a loss plot (``loss.png``) and ``metrics.json``: train time, tokens, final loss and, after training,
+greedy accuracy per level on the task's held-out test split, measured on the vLLM engine
+(:mod:`training.evaluate_policy`), plus pass@k at the levels nearest 50%.
+
+Curriculum (``arith``): levels 1-6, every value under 100, 1-6 operations (see :mod:`training.tasks.arith`). Every
+level uses the same skill, one equation per step, so long chains teach the short ones too; they are weighted up
+(``level_weights``) because they give more solution steps per prompt, and the prompt (about 3/4 of each sequence)
+costs compute without carrying loss. Measured on the 2-core CPU, see ``models/default-policy/README.md``.
+
+Presets (``--preset``) are bundles of field values, nanoGPT's tiny configs beside the real one: ``default`` is the
+shipped policy (the dataclass defaults), ``small`` a 2-minute run, ``tiny`` a seconds-long smoke test. Explicit
+flags and YAML keys override the preset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig
+
+from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
+from training.tiny_models import build_char_tokenizer
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the dataclass defaults: the shipped models/default-policy
+    "small": {  # ~2 minutes on 2 CPU cores: a quick end-to-end run that learns the format and some arithmetic
+        "num_train_problems": 4000,
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 384,
+        "eval_problems_per_level": 50,
+        "eval_num_samples": 4,
+    },
+    "tiny": {  # seconds: tests and smoke runs; learns nothing useful
+        "num_train_problems": 64,
+        "num_val_problems": 16,
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 2,
+        "save_steps": 4,
+        "eval_steps": 4,
+        "eval_after_training": False,
+        "eval_problems_per_level": 10,
+        "eval_num_samples": 0,
+    },
+}
+
+
+@dataclass
+class PolicySFTConfig(SFTConfig):
+    """``ponder train sft``: TRL's ``SFTConfig`` plus the task, the curriculum, the model shape and the evaluation.
+
+    TrainingArguments defaults that differ here are the tuned values of the shipped policy (see its model card).
+    """
+
+    preset: str = field(
+        default="default",
+        metadata={
+            "help": "Named bundle of defaults: default (the shipped policy), small, tiny.",
+            "choices": list(PRESETS),
+        },
+    )
+    # ---- data: the task and the curriculum
+    task: str = field(default="arith", metadata={"help": "Task to learn (training.tasks registry name)."})
+    levels: list[int] = field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6],
+        metadata={"help": "Task levels to train on (arith 1-6: every value under 100, 1-6 operations)."},
+    )
+    level_weights: list[float] | None = field(
+        default_factory=lambda: [1.0, 1.0, 1.5, 1.5, 2.0, 2.0],  # long chains: more steps per (unlearned) prompt
+        metadata={"help": "Relative share of training problems per level (None: equal shares)."},
+    )
+    bare_question_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of training rows that ask the bare question, without the task's format instruction "
+            "(shorter rows); validation and test rows always use the full prompt."
+        },
+    )
+    num_train_problems: int = field(
+        default=40_000, metadata={"help": "Training problems in all (the train split; one pass is one epoch)."}
+    )
+    num_val_problems: int = field(
+        default=300, metadata={"help": "Validation problems (val split) for eval_loss during training; 0: none."}
+    )
+    # ---- model shape: a fresh LlamaForCausalLM
+    hidden_size: int = field(default=256, metadata={"help": "Model width."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
+    num_attention_heads: int = field(
+        default=8, metadata={"help": "Attention heads; hidden_size / heads must be >= 32 (vLLM's CPU attention)."}
+    )
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width (SwiGLU)."})
+    save_dtype: str = field(
+        default="bfloat16",
+        metadata={
+            "help": "dtype of the saved final model (half the size of float32).",
+            "choices": ["bfloat16", "float32"],
+        },
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep the checkpoint-* folders after a run that finished."}
+    )
+    # ---- evaluation after training, on the vLLM engine
+    eval_after_training: bool = field(
+        default=True, metadata={"help": "Measure greedy (and sampled) test accuracy per level with vLLM at the end."}
+    )
+    eval_levels: list[int] = field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6], metadata={"help": "Levels to evaluate on the test split."}
+    )
+    eval_problems_per_level: int = field(default=200, metadata={"help": "Test problems per evaluated level."})
+    eval_num_samples: int = field(
+        default=16, metadata={"help": "Samples per problem for pass@k at the sampled levels; 0: greedy only."}
+    )
+    eval_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature for pass@k."})
+    eval_sample_levels: list[int] | None = field(
+        default=None, metadata={"help": "Levels to sample (None: the two whose greedy accuracy is nearest 50%)."}
+    )
+    eval_kv_cache_gib: float = field(default=1.0, metadata={"help": "vLLM KV cache for the evaluation (GiB)."})
+
+    # ---- TrainingArguments / SFTConfig defaults tuned for a tiny model from scratch on a CPU
+    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints, final model and metrics."})
+    learning_rate: float = field(
+        default=2e-3, metadata={"help": "Peak AdamW learning rate (tiny model, from scratch)."}
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    warmup_steps: float = field(default=0.03, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training problems."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Problems per optimizer step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Problems per eval_loss batch."})
+    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    train_sampling_strategy: str = field(
+        default="group_by_length", metadata={"help": "Batches of similar lengths: little padding (levels differ)."}
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})
+    logging_steps: float = field(default=20, metadata={"help": "Log the loss every this many steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to compute eval_loss: no, steps, epoch."})
+    eval_steps: float | None = field(default=200, metadata={"help": "eval_loss every this many steps."})
+    save_steps: float = field(default=200, metadata={"help": "Checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept during the run."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none)."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenizing the data."})
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads or self.hidden_size // self.num_attention_heads < 32:
+            raise ValueError(
+                f"hidden_size/num_attention_heads = {self.hidden_size}/{self.num_attention_heads}: "
+                "vLLM's CPU attention needs a whole head_dim of at least 32"
+            )
+        if self.num_train_problems < 1:
+            raise ValueError("num_train_problems must be at least 1")
+        if not torch.accelerator.is_available():  # CPU only: transformers wants use_cpu for bf16 autocast there
+            self.use_cpu = True
+        if self.include_num_input_tokens_seen in ("no", False):  # metrics.json reports the tokens trained on
+            self.include_num_input_tokens_seen = "non_padding"
+        if self.num_val_problems == 0:
+            self.eval_strategy = "no"
+        try:  # an unknown task or level fails here, before any work
+            get_task(self.task)._levels(self.levels)
+        except UnknownTaskError as exc:
+            raise ValueError(str(exc)) from None
+        if self.level_weights is not None and len(self.level_weights) != len(self.levels):
+            raise ValueError(f"level_weights has {len(self.level_weights)} entries for {len(self.levels)} levels")
+        super().__post_init__()
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> PolicySFTConfig:
+        """The ``preset``'s values, then ``overrides``: ``PolicySFTConfig.from_preset("tiny", output_dir=...)``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def sft_rows(
+    task: TaskSpec, problems: list[Problem], bare_share: float = 0.0, seed: int = 0
+) -> list[dict[str, list[dict[str, str]]]]:
+    r"""TRL conversational prompt-completion rows: the task's user message, then its reference solution.
+
+    A random ``bare_share`` of the rows (seeded) ask the bare question, without the task's format instruction.
+
+    >>> from training.tasks import get_task
+    >>> task = get_task("arith")
+    >>> row = sft_rows(task, task.load("train", limit=1, level=1))[0]
+    >>> row["prompt"][0]["content"].splitlines()[0]
+    'Start with 20. Subtract 15. What is the result?'
+    >>> row["completion"]
+    [{'role': 'assistant', 'content': '20 - 15 = 5\n\n\\boxed{5}'}]
+    """
+    missing = [p.id for p in problems if p.solution is None]
+    if missing:
+        raise ValueError(f"task {task.name!r} has no reference solution for {len(missing)} problems, e.g. {missing[0]}")
+    rng = random.Random(f"bare/{seed}")
+    return [
+        {
+            "prompt": [{"role": "user", "content": p.question if rng.random() < bare_share else task.prompt(p)}],
+            "completion": [{"role": "assistant", "content": p.solution}],
+        }
+        for p in problems
+    ]
+
+
+def level_counts(total: int, weights: list[float]) -> list[int]:
+    """Split ``total`` problems by ``weights``, largest remainders first, summing exactly to ``total``.
+
+    >>> level_counts(10, [1, 1, 2])
+    [3, 2, 5]
+    """
+    shares = [total * w / sum(weights) for w in weights]
+    counts = [math.floor(s) for s in shares]
+    for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def training_problems(config: PolicySFTConfig) -> tuple[list[Problem], list[Problem]]:
+    """The train problems (levels in ``level_weights`` proportion) and the val problems (equal shares)."""
+    task = get_task(config.task)
+    weights = config.level_weights or [1.0] * len(config.levels)
+    train: list[Problem] = []
+    for level, count in zip(config.levels, level_counts(config.num_train_problems, weights), strict=True):
+        train += task.load("train", limit=count, seed=config.seed, level=level) if count else []
+    val = task.load("val", limit=config.num_val_problems, seed=config.seed, level=config.levels)
+    return train, val
+
+
+# ---- model --------------------------------------------------------------------------------------------------------
+def build_policy(config: PolicySFTConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A fresh ``LlamaForCausalLM`` of the config's shape, seeded by ``config.seed``."""
+    llama = LlamaConfig(
+        vocab_size=-(-len(tokenizer) // 32) * 32,  # padded to a multiple of 32: friendlier matmul shapes
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return LlamaForCausalLM(llama)
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]:
+    """Train, save the final model + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the model card
+    (``README.md``, naming ``command``, the command line that ran this); returns the metrics."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from training.plots import plot_loss
+
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    task = get_task(config.task)
+    tokenizer = build_char_tokenizer()
+    train_problems, val_problems = training_problems(config)
+    model = build_policy(config, tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(sft_rows(task, train_problems, config.bare_question_share, config.seed)),
+        eval_dataset=Dataset.from_list(sft_rows(task, val_problems)) if val_problems else None,
+        processing_class=tokenizer,
+    )
+    data = _token_counts(trainer.train_dataset)
+    result = trainer.train(resume_from_checkpoint=_resume_path(config))
+    final = save_final(trainer.model, tokenizer, output_dir, config.save_dtype)
+    plot_loss(trainer.state.log_history, output_dir / "loss.png", title=f"SFT on {config.task}, preset {config.preset}")
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    eval_losses = [row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row]
+    metrics: dict[str, Any] = {
+        "task": config.task,
+        "preset": config.preset,
+        "seed": config.seed,
+        "num_train_problems": len(train_problems),
+        "train_problems_per_level": {
+            str(lv): sum(p.meta.get("level") == lv for p in train_problems) for lv in config.levels
+        },
+        **data,
+        "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "head_dim": config.hidden_size // config.num_attention_heads,
+        "model_bytes": sum(f.stat().st_size for f in final.glob("*.safetensors")),
+        "optimizer_steps": trainer.state.global_step,
+        "train_time_s": round(result.metrics["train_runtime"], 1),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9)),
+        "train_loss_mean": result.metrics.get("train_loss"),
+        "final_loss": losses[-1] if losses else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+    }
+    if not config.keep_checkpoints:
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+    if config.eval_after_training:
+        from training.evaluate_policy import evaluate_checkpoint
+
+        metrics["test"] = evaluate_checkpoint(
+            final,
+            kv_cache_gib=config.eval_kv_cache_gib,
+            task_name=config.task,
+            levels=config.eval_levels,
+            limit=config.eval_problems_per_level,
+            seed=config.seed,
+            num_samples=config.eval_num_samples,
+            temperature=config.eval_temperature,
+            sample_levels=config.eval_sample_levels,
+        )
+    metrics["total_time_s"] = round(time.perf_counter() - started, 1)
+    metrics["command"] = command
+    metrics["config"] = {name: _plain(getattr(config, name)) for name in PolicySFTConfig.__annotations__}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "README.md").write_text(model_card(metrics))  # replaces TRL's generic card
+    return metrics
+
+
+def save_final(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path, dtype: str) -> Path:
+    """Save the model in ``dtype`` (safetensors) with the tokenizer and chat template: a vLLM-servable folder."""
+    model = model.to(getattr(torch, dtype))
+    model.config.use_cache = True  # TRL turns it off for training; generation wants it
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _resume_path(config: PolicySFTConfig) -> str | None:
+    """``resume_from_checkpoint``: a folder, or ``last``/``true`` for the newest checkpoint in ``output_dir``."""
+    wanted = config.resume_from_checkpoint
+    if wanted is None or str(wanted).lower() in ("false", "none", ""):
+        return None
+    if str(wanted).lower() in ("last", "true"):
+        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint={wanted}: no checkpoint-* folder in {config.output_dir}")
+        return last
+    return str(wanted)
+
+
+def _token_counts(dataset: Any) -> dict[str, int]:
+    """Tokens per epoch in the tokenized training set: all of them, and those with a loss (the completions)."""
+    total = sum(len(ids) for ids in dataset["input_ids"])
+    completion = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
+    return {"train_tokens_per_epoch": total, "completion_tokens_per_epoch": completion}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready config value (TrainingArguments keeps some as enums)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def model_card(metrics: dict[str, Any]) -> str:
+    """The checkpoint's README: what it is, how it was made (command, seed, data, time) and what it scores."""
+    config = metrics["config"]
+    lines = [
+        f"# Ponder policy: SFT on `{metrics['task']}` (preset `{metrics['preset']}`)",
+        "",
+        f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide `LlamaForCausalLM` "
+        f"({metrics['num_parameters']:,} parameters, head_dim {metrics['head_dim']}, "
+        f"saved in {config['save_dtype']}, {metrics['model_bytes'] / 1e6:.1f} MB) with a character-level tokenizer "
+        "and chat template, trained from random weights by `training/sft.py` on the task's reference solutions "
+        "(loss on the completion only). No pretrained weights, no downloaded data.",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        metrics.get("command") or "(run from Python, not the command line)",
+        "```",
+        "",
+        f"- seed {metrics['seed']}; {metrics['num_train_problems']:,} training problems "
+        f"(per level: {', '.join(f'L{k} {v:,}' for k, v in metrics['train_problems_per_level'].items())}), "
+        f"{config['num_train_epochs']:g} epoch(s), {metrics['optimizer_steps']:,} optimizer steps of "
+        f"{config['per_device_train_batch_size']} problems",
+        f"- {metrics['tokens_seen']:,} tokens trained on ({metrics['completion_tokens_per_epoch']:,} completion "
+        f"tokens with a loss per epoch), {metrics['tokens_per_s']:,} tokens/s",
+        f"- training {metrics['train_time_s'] / 60:.1f} min; the whole command (data, training, evaluation) "
+        f"{metrics['total_time_s'] / 60:.1f} min, on {_machine()}",
+        f"- final training loss {metrics['final_loss']:.4f}"
+        + (f", validation loss {metrics['final_eval_loss']:.4f}" if metrics.get("final_eval_loss") is not None else ""),
+        "",
+    ]
+    test = metrics.get("test")
+    if test:
+        from training.evaluate_policy import markdown_table
+
+        lines += markdown_table(test)
+    lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
