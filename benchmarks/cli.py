@@ -1,0 +1,41 @@
+"""``ponder bench BENCHMARK [options]``: the benchmark suite's command line.
+
+- ``accuracy``: accuracy against generated tokens per strategy and budget (:mod:`benchmarks.accuracy`)
+- ``load``: bounded load and soak against a running or spawned server (:mod:`benchmarks.load`)
+- ``overhead``: Ponder's latency against vLLM's own server on the same model (:mod:`benchmarks.overhead`)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "accuracy": ("benchmarks.accuracy", "accuracy against generated tokens, per strategy and budget N"),
+    "load": ("benchmarks.load", "bounded load and soak: latency percentiles, errors, memory"),
+    "overhead": ("benchmarks.overhead", "Ponder's latency against vLLM's own server (none, best_of_n)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: ponder bench BENCHMARK [options]   (ponder bench BENCHMARK --help for its options)", "",
+             "benchmarks:"]
+    lines += [f"  {name:<10} {help}" for name, (_, help) in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] not in BENCHMARKS:
+        print(f"ponder bench: error: unknown benchmark {argv[0]!r}; benchmarks: {', '.join(BENCHMARKS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

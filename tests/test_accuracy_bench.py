@@ -1,0 +1,125 @@
+"""``ponder bench accuracy``: the grid, the records, resuming, the results files, and the command's errors.
+
+The answers come through the server's own request path (ChatService) on the scripted fake engine, which solves
+arith problems right for three samples in four (sample index 3 answers wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from benchmarks import accuracy
+from benchmarks.cli import main as bench_main
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.serving import ChatService
+from tests.fakes import FakeEngine, FakeScorer
+from training.tasks.arith import parse_question, reference_solution
+
+
+def solve(prompt: str, index: int) -> str:
+    question = prompt.split("user: ", 1)[1].split("\n", 1)[0]
+    text = reference_solution(*parse_question(question))
+    if index % 4 == 3:  # a wrong final answer with the same number of words
+        text = text.rsplit("\\boxed{", 1)[0] + "\\boxed{-7}"
+    return text
+
+
+def fake_client() -> tuple[accuracy.InProcessClient, FakeEngine]:
+    engine = FakeEngine(solve)
+    service = ChatService(engine, FakeScorer(), ServerConfig(max_num_samples=256), Metrics())
+    return accuracy.InProcessClient(service, engine, None), engine
+
+
+def args_for(tmp_path, *extra: str):
+    argv = ["--dataset", "arith", "--level", "1,2", "--strategies", "greedy,self_consistency,best_of_n",
+            "--n", "1,4", "--limit", "6", "--output", str(tmp_path / "out"), "--no-plot", *extra]
+    args = accuracy.build_parser().parse_args(argv)
+    accuracy.validate(args)
+    return args
+
+
+def test_grid_runs_strategies_without_n_once():
+    configs = accuracy.grid(["arith"], [1], ["greedy", "best_of_n"], [1, 4], [0, 1])
+    assert sorted((c.strategy, c.n, c.seed) for c in configs) == [
+        ("best_of_n", 1, 0), ("best_of_n", 1, 1), ("best_of_n", 4, 0), ("best_of_n", 4, 1),
+        ("greedy", 1, 0), ("greedy", 1, 1)]
+
+
+def test_strategy_request_maps_n_to_each_strategys_budget():
+    assert accuracy.strategy_request("greedy", 1, {}) == ("none", {}, 0.0)
+    assert accuracy.strategy_request("best_of_n", 8, {"aggregation": "min"}) == (
+        "best_of_n", {"num_samples": 8, "aggregation": "min"}, None)
+    assert accuracy.strategy_request("mcts", 16, {})[1] == {"num_iterations": 16}
+
+
+def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):
+    client, engine = fake_client()
+    rows = asyncio.run(accuracy.run(args_for(tmp_path), client))
+    keys = {(r["level"], r["strategy"], r["n"]) for r in rows}
+    assert keys == {(lv, s, n) for lv in (1, 2) for s, n in
+                    [("greedy", 1), ("self_consistency", 1), ("self_consistency", 4), ("best_of_n", 1),
+                     ("best_of_n", 4)]}
+    by = {(r["level"], r["strategy"], r["n"]): r for r in rows}
+    for level in (1, 2):
+        assert by[(level, "greedy", 1)]["accuracy"] == 1.0  # sample 0 is always right
+        assert by[(level, "self_consistency", 4)]["accuracy"] == 1.0  # three right answers out-vote one wrong
+        greedy_tokens = by[(level, "greedy", 1)]["completion_tokens_mean"]
+        assert by[(level, "best_of_n", 4)]["completion_tokens_mean"] == pytest.approx(4 * greedy_tokens)
+    for row in rows:
+        assert row["num_problems"] == 6 and row["num_seeds"] == 1 and row["errors"] == 0
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text()) == rows
+    assert "| arith | 1 | best_of_n | 4 | 100.0% |" in (out / "results.md").read_text()
+    records = accuracy.load_records(out / "records.jsonl")
+    assert len(records) == 2 * 5 * 6 and all(r["gold"] == r["answer"] for r in records if r["strategy"] == "greedy")
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_answers(tmp_path):
+    client, engine = fake_client()
+    asyncio.run(accuracy.run(args_for(tmp_path), client))
+    path = tmp_path / "out" / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])  # lost the last answers mid-write
+    client, engine = fake_client()
+    rows = asyncio.run(accuracy.run(args_for(tmp_path), client))
+    assert len(engine.calls) == 5  # only the five lost answers ran again
+    assert sum(r["num_problems"] for r in rows) == 2 * 5 * 6
+
+
+def test_plot_and_bootstrap():
+    assert accuracy.bootstrap_ci([1.0] * 10) == (1.0, 1.0)
+    low, high = accuracy.bootstrap_ci([0.0, 1.0] * 50)
+    assert 0.35 < low < 0.5 < high < 0.65
+
+
+def test_plot_writes_a_png(tmp_path):
+    rows = [{"dataset": "arith", "level": 3, "strategy": s, "n": n, "accuracy": a, "ci_low": a - 0.1,
+             "ci_high": a + 0.1, "completion_tokens_mean": t}
+            for s, n, a, t in [("greedy", 1, 0.3, 40), ("best_of_n", 4, 0.5, 160), ("best_of_n", 16, 0.6, 640)]]
+    path = accuracy.plot(rows, tmp_path / "a.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "nope"], "unknown task 'nope'"),
+    (["--dataset", "arith", "--strategies", "bogus"], "unknown strategy 'bogus'"),
+    (["--dataset", "arith", "--level", "99"], "has no level [99]"),
+    (["--dataset", "arith", "--n", "0"], "--n needs budgets"),
+    (["--dataset", "arith", "--param", "best_of_n"], "expected STRATEGY.KEY=VALUE"),
+    (["--dataset", "gsm8k", "--data-file", "/nonexistent.jsonl"], "nonexistent"),
+])
+def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert bench_main(["accuracy", *argv, "--output", str(tmp_path / "o"), "--no-prm", "--model", "/nope"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bench_cli_lists_benchmarks(capsys):
+    assert bench_main([]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert bench_main(["nope"]) == 2
