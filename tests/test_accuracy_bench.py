@@ -54,6 +54,7 @@ def test_strategy_request_maps_n_to_each_strategys_budget():
     assert accuracy.strategy_request("best_of_n", 8, {"aggregation": "min"}) == (
         "best_of_n", {"num_samples": 8, "aggregation": "min"}, None)
     assert accuracy.strategy_request("mcts", 16, {})[1] == {"num_iterations": 16}
+    assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16}, None)
 
 
 def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):
@@ -72,6 +73,7 @@ def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):
     for row in rows:
         assert row["num_problems"] == 6 and row["num_seeds"] == 1 and row["errors"] == 0
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+        assert row["tokens_per_s"] is not None  # each configuration's batch was timed
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text()) == rows
     assert "| arith | 1 | best_of_n | 4 | 100.0% |" in (out / "results.md").read_text()
