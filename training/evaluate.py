@@ -67,8 +67,14 @@ def load_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     """Rows as ``{"problem", "steps", "label", "outcome", "level"}`` from ProcessBench JSONL or stepwise labels."""
     from training.label import load_rows
 
+    if str(path) == "champ":  # CHAMP's 540 annotated solutions, from the installed package
+        from training.champ import champ_items
+
+        rows: Any = champ_items()
+    else:
+        rows = load_rows(path)
     items = []
-    for row in load_rows(path):
+    for row in rows:
         if "steps" in row and "label" in row:  # ProcessBench
             label = int(row["label"])
             outcome = row.get("final_answer_correct")
@@ -265,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("prm", "orm"):
         p = sub.add_parser(kind, help=f"first-error-step F1 (prm) or outcome accuracy (orm) of a {kind.upper()}")
         p.add_argument("--model", required=True, help="reward model checkpoint folder")
-        p.add_argument("--data", required=True, help="ProcessBench JSONL or `ponder label` output (folder/JSONL)")
+        p.add_argument("--data", required=True,
+                       help="ProcessBench JSONL, `ponder label` output (folder/JSONL), or `champ` (CHAMP's 540 "
+                       "annotated solutions)")
         p.add_argument("--threshold", type=float, default=0.5, help="score below which a step (solution) is wrong")
         p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="score in torch or on vLLM")
         p.add_argument("--limit", type=int, help="evaluate the first LIMIT solutions only")
@@ -288,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         from training.prm import PRM_ARCH
 
         if (PRM_ARCH in _architectures(args.model)) != (args.kind == "prm"):
-            print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}")
+            print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
+                  file=sys.stderr)
             return 2
         result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit)
         print("\n".join(markdown_table(result)))
