@@ -1,0 +1,265 @@
+r"""``ponder train dpo``: Direct Preference Optimization of an SFT policy on verified pairs of its own solutions.
+
+DPO (Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward Model") fits
+the policy to preferences with a classification loss on the log-ratio to a frozen reference model, here the SFT
+policy itself: ``-log sigmoid(beta * [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)])``. No reward model
+and no sampling during training.
+
+The preferences come from the task's verifier, as in iterative reasoning preference optimization (Pang et al. 2024):
+for every train-split problem the policy samples ``num_samples`` solutions on the vLLM engine (one engine session
+samples them and measures the SFT policy's greedy test accuracy, the "before"), the task grades each final answer,
+and a right and a wrong solution of the same problem make one pair (up to ``pairs_per_problem`` per problem; a
+problem whose samples are all right or all wrong gives none). Each pair is one row of TRL's conversational
+preference format, the prompt being the user message the server sends::
+
+    {"prompt": [{"role": "user", "content": task.prompt(problem)}],
+     "chosen": [{"role": "assistant", "content": right}], "rejected": [{"role": "assistant", "content": wrong}]}
+
+Other sources: ``--pairs_from PATH`` reads graded solutions written by ``ponder label`` (its ``prompt``,
+``completion``, ``outcome`` and ``problem_id`` columns), and ``--source reference`` pairs each reference solution
+with a copy given one planted error (:func:`training.label.plant_error`; no engine, for tests and smoke runs).
+After training: the same outputs as ``ponder train sft`` (see :mod:`training.tuning`), with the gain over the SFT
+policy per level.
+
+    ponder train dpo --policy models/default-policy --output_dir runs/dpo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import DPOConfig
+
+from training.label import chat_prompt, load_rows, plant_error, sample_solutions
+from training.tasks import Problem, TaskSpec, get_task
+from training.tuning import (
+    PolicyTuningArgs,
+    check_tuning_args,
+    eval_kwargs,
+    evaluate,
+    finish,
+    load_policy,
+    require_policy,
+)
+from training.tuning import train_problems as load_train_problems
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the dataclass defaults: ~10-15 min on 2 CPU cores for the 4-layer, 256-wide default policy
+    "tiny": {  # seconds, no vLLM: reference solutions against planted errors; learns nothing useful
+        "source": "reference",
+        "num_train_problems": 16,
+        "levels": [1, 2],
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "save_steps": 1000,
+        "eval_after_training": False,
+        "eval_problems_per_level": 10,
+    },
+}
+
+
+@dataclass
+class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
+    """``ponder train dpo``: TRL's ``DPOConfig`` plus the policy, the pair source and the evaluation."""
+
+    # ---- preference pairs
+    source: str = field(
+        default="policy",
+        metadata={
+            "help": "Solutions to pair: policy samples (vLLM), or reference solutions against planted errors.",
+            "choices": ["policy", "reference"],
+        },
+    )
+    pairs_from: str | None = field(
+        default=None, metadata={"help": "Read graded solutions from a `ponder label` output instead of sampling."}
+    )
+    num_samples: int = field(default=4, metadata={"help": "Solutions sampled per problem (k; source=policy)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the solutions."})
+    pairs_per_problem: int = field(
+        default=2, metadata={"help": "Most (right, wrong) pairs per problem, spread over distinct solutions."}
+    )
+
+    # ---- DPOConfig / TrainingArguments defaults for a tiny policy on a CPU
+    output_dir: str | None = field(default="runs/dpo", metadata={"help": "Checkpoints, final model and metrics."})
+    beta: float = field(default=0.1, metadata={"help": "DPO's beta: the strength of the pull toward the reference."})
+    learning_rate: float = field(
+        default=5e-5, metadata={"help": "Peak AdamW learning rate (40x below the SFT policy's: tuning, not learning)."}
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (none: stay near the SFT policy)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the pairs."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Pairs per optimizer step."})
+    max_length: int | None = field(
+        default=512, metadata={"help": "Longest prompt + solution in tokens (characters: ~150 + ~120 at level 6)."}
+    )
+    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept during the run."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none)."})
+
+    def __post_init__(self) -> None:
+        check_tuning_args(self)
+        if min(self.num_samples, self.pairs_per_problem) < 1:
+            raise ValueError("num_samples and pairs_per_problem must be at least 1")
+        if self.source == "policy" and self.num_samples < 2 and self.pairs_from is None:
+            raise ValueError("source=policy needs num_samples >= 2 to find a right and a wrong solution")
+        super().__post_init__()
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> PolicyDPOConfig:
+        """The ``preset``'s values, then ``overrides``: ``PolicyDPOConfig.from_preset("tiny", policy=...)``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+# ---- pairs --------------------------------------------------------------------------------------------------------
+def graded_rows(task: TaskSpec, problems: Sequence[Problem], solutions: Sequence[Sequence[str]]) -> list[dict]:
+    """One row per distinct non-empty solution, in ``ponder label``'s columns: the verifier's verdict in ``outcome``.
+
+    >>> from training.tasks import get_task
+    >>> task = get_task("arith")
+    >>> problem = task.load("train", limit=1, level=1)[0]
+    >>> [row["outcome"] for row in graded_rows(task, [problem], [[problem.solution, "\\\\boxed{-1}", ""]])]
+    [True, False]
+    """
+    return [
+        {
+            "prompt": task.prompt(problem),
+            "completion": text,
+            "outcome": task.grade(problem, text),
+            "problem_id": problem.id,
+            "level": problem.meta.get("level", 0),
+        }
+        for problem, texts in zip(problems, solutions, strict=True)
+        for text in dict.fromkeys(texts)
+        if text.strip()
+    ]
+
+
+def preference_pairs(rows: Sequence[dict[str, Any]], pairs_per_problem: int = 1) -> list[dict[str, Any]]:
+    """TRL conversational preference rows: a right solution chosen over a wrong one of the same problem.
+
+    Up to ``pairs_per_problem`` pairs per problem, taken along the diagonals of the right x wrong grid so that
+    they use distinct solutions before reusing one. Problems without both a right and a wrong solution give none.
+
+    >>> rows = [{"problem_id": "a", "prompt": "1 + 1?", "level": 1, "completion": c, "outcome": ok}
+    ...         for c, ok in [("2", True), ("3", False), ("4", False)]]
+    >>> [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in preference_pairs(rows, 2)]
+    [('2', '3'), ('2', '4')]
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["problem_id"], []).append(row)
+    pairs = []
+    for group in groups.values():
+        right = list(dict.fromkeys(r["completion"] for r in group if r["outcome"]))
+        wrong = list(dict.fromkeys(r["completion"] for r in group if not r["outcome"]))
+        grid = [(i, j) for i in range(len(right)) for j in range(len(wrong))]
+        grid.sort(key=lambda ij: (ij[1] - ij[0]) % len(wrong))  # diagonals first: distinct solutions
+        for i, j in grid[:pairs_per_problem]:
+            pairs.append(
+                {
+                    "prompt": [{"role": "user", "content": group[0]["prompt"]}],
+                    "chosen": [{"role": "assistant", "content": right[i]}],
+                    "rejected": [{"role": "assistant", "content": wrong[j]}],
+                    "problem_id": group[0]["problem_id"],
+                    "level": group[0]["level"],
+                }
+            )
+    return pairs
+
+
+def reference_solutions(problems: Sequence[Problem], seed: int) -> list[list[str]]:
+    """Per problem: its reference solution and a copy with one planted error (arith only)."""
+    rng = random.Random(f"dpo/{seed}")
+    return [[p.solution, plant_error(p, rng)] for p in problems]
+
+
+async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> tuple[list, dict]:
+    """One vLLM session on the SFT policy: ``num_samples`` solutions per problem, then its greedy test accuracy."""
+    from server.engine.vllm_engine import VLLMEngine
+    from strategies.base import SamplingSpec
+    from training.evaluate_policy import evaluate_levels
+
+    require_policy(config.policy)
+    engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
+    try:
+        prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
+        spec = SamplingSpec(temperature=config.temperature, max_tokens=task.max_tokens)  # engine-seeded, see label.py
+        solutions = await sample_solutions(engine, prompts, config.num_samples, spec, round_size=256)
+        before = (
+            await evaluate_levels(engine, engine.tokenizer, **eval_kwargs(config)) if config.eval_after_training else {}
+        )
+    finally:
+        await engine.shutdown()
+    return solutions, before
+
+
+def collect_rows(config: PolicyDPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Graded solutions from the configured source, and the SFT policy's accuracy ({} when not evaluated)."""
+    task = get_task(config.task)
+    if config.pairs_from is not None:
+        return list(load_rows(config.pairs_from)), evaluate(config.policy, config) if config.eval_after_training else {}
+    problems = load_train_problems(config)
+    if config.source == "policy":
+        solutions, before = asyncio.run(sample_policy(config, task, problems))
+        return graded_rows(task, problems, solutions), before
+    before = evaluate(config.policy, config) if config.eval_after_training else {}
+    return graded_rows(task, problems, reference_solutions(problems, config.seed)), before
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]:
+    """Collect pairs, train with TRL's ``DPOTrainer`` against the frozen SFT policy, save, evaluate, report."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    started = time.perf_counter()
+    rows, before = collect_rows(config)
+    pairs = preference_pairs(rows, config.pairs_per_problem)
+    if not pairs:
+        raise ValueError(f"no problem among {len(rows)} graded solutions has both a right and a wrong one: no pairs")
+    model, tokenizer = load_policy(config.policy)
+    reference, _ = load_policy(config.policy)  # frozen: DPOTrainer never steps it
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    trainer = DPOTrainer(
+        model=model, ref_model=reference, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
+    result = trainer.train()
+    levels = sorted({p["level"] for p in pairs})
+    metrics: dict[str, Any] = {
+        "method": "DPO",
+        "trainer": "DPOTrainer",
+        "paper": "Direct Preference Optimization (Rafailov et al. 2023)",
+        "data": f"{len(pairs):,} (right, wrong) pairs of {_source(config)} solutions to "
+        f"{len({p['problem_id'] for p in pairs}):,} train-split problems, graded by the task's verifier.",
+        "started": started,
+        "task": config.task,
+        "preset": config.preset,
+        "seed": config.seed,
+        "graded_solutions": len(rows),
+        "solutions_right": sum(r["outcome"] for r in rows) / len(rows),
+        "problems": len({r["problem_id"] for r in rows}),
+        "pairs": len(pairs),
+        "pairs_per_level": {str(lv): sum(p["level"] == lv for p in pairs) for lv in levels},
+        "train_time_s": round(result.metrics["train_runtime"], 1),
+        "before": before,
+    }
+    return finish(trainer, tokenizer, config, metrics, command)
+
+
+def _source(config: PolicyDPOConfig) -> str:
+    if config.pairs_from is not None:
+        return f"`{config.pairs_from}`'s"
+    if config.source == "reference":
+        return "reference and planted-error"
+    return f"the policy's sampled (k={config.num_samples}, T={config.temperature})"
