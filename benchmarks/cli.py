@@ -14,6 +14,7 @@ BENCHMARKS = {
     "accuracy": ("benchmarks.accuracy", "accuracy against generated tokens, per strategy and budget N"),
     "load": ("benchmarks.load", "bounded load and soak: latency percentiles, errors, memory"),
     "overhead": ("benchmarks.overhead", "Ponder's latency against vLLM's own server (none, best_of_n)"),
+    "serve": ("benchmarks.serve", "serving speed by concurrency: Ponder, vLLM's own server, optillm on it"),
 }
 
 

@@ -1,0 +1,480 @@
+"""Serving speed side by side: Ponder, vLLM's own OpenAI server (plain ``n`` sampling, the floor) and optillm
+pointed at that vLLM server (its ``bon``, ``self_consistency`` and ``mcts`` approaches), same model, same workload.
+
+Every target gets the same fixed workload of chat prompts (``arith`` test problems, or short ``chat`` questions),
+``--requests`` per concurrency level (``--concurrency 1,4,16,32``) from a bounded pool of async clients on loopback.
+Per target and level: latency p50/p95/p99 of the successful requests, requests/s, generated tokens/s (the sum of
+``usage.completion_tokens`` over the wall time; for optillm that includes its own rating and judging calls, which it
+counts in ``completion_tokens``), errors and the peak number of requests in flight.
+
+Then the batch measurement (``--batch 32``): ``--batch`` concurrent Ponder requests with N samples each against the
+same ``--batch`` x N samples sent straight to vLLM's server as ``--batch`` concurrent requests with ``n=N``; the
+ratio of their generated tokens/s is Ponder's aggregate throughput relative to the floor.
+
+Targets, each optional: ``--ponder-url`` (alias ``--url``) or ``--spawn-ponder``; ``--vllm-url`` or ``--spawn-vllm``;
+``--optillm-url`` or ``--spawn-optillm`` (on the vLLM target; install it first with
+``benchmarks/install_optillm.sh``). Spawned servers run one side at a time (Ponder, then vLLM with optillm), on the
+same ``--model`` and KV-cache fraction. Writes ``OUTPUT/serve.json``, ``OUTPUT/serve.md`` and ``OUTPUT/serve.png``.
+
+The figures (embedded tiny default models; SmolLM2 with ``--model ~/.cache/ponder/smollm2-135m-instruct``):
+
+    benchmarks/install_optillm.sh
+    ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --ponder-strategy best_of_n --n 8 \\
+        --concurrency 1,4,16,32 --requests 64 --batch 32 --output results/serve-tiny
+    python -m benchmarks.serve --url http://127.0.0.1:8000 --vllm-url http://127.0.0.1:8001 --output results/serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.load import PROMPTS, percentiles
+
+APPROACHES = ("bon", "self_consistency", "mcts")  # optillm's approaches that overlap with Ponder's strategies
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server to load, and what every request to it carries besides the prompt and the sampling settings."""
+
+    name: str  # the label in tables and plots
+    url: str
+    body: dict[str, Any]  # model, and n / strategy / optillm approach
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: tuple[str, ...]
+    max_tokens: int = 64
+    temperature: float = 0.8
+    timeout: float = 600.0  # per request, client side
+
+    def body(self, target: Target, index: int) -> dict[str, Any]:
+        prompt = self.prompts[index % len(self.prompts)]
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, **target.body,
+                "messages": [{"role": "user", "content": prompt}]}
+
+
+@dataclass
+class Outcome:
+    latency_s: float = 0.0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Gauge:
+    """Requests in flight now, and the most seen at once."""
+
+    now: int = 0
+    peak: int = 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
+# ---- the load generator -------------------------------------------------------------------------------------------
+async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], gauge: Gauge) -> Outcome:
+    """One chat completion; any status but 200, a transport error or a body without usage is an error."""
+    outcome = Outcome()
+    started = time.perf_counter()
+    with gauge.held():
+        try:
+            response = await client.post(target.url.rstrip("/") + "/v1/chat/completions", json=body,
+                                         headers=target.headers)
+            if response.status_code != 200:
+                outcome.error = f"{response.status_code}: {response.text[:200]}"
+            else:
+                outcome.completion_tokens = int(response.json()["usage"]["completion_tokens"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"[:200]
+    outcome.latency_s = time.perf_counter() - started
+    return outcome
+
+
+async def run_level(client: httpx.AsyncClient, target: Target, workload: Workload, concurrency: int,
+                    requests: int) -> dict[str, Any]:
+    """``requests`` requests from ``concurrency`` clients at once, each sending its next one when answered."""
+    pending = list(range(requests))[::-1]
+    outcomes: list[Outcome] = []
+    gauge = Gauge()
+
+    async def client_loop() -> None:
+        while pending:
+            outcomes.append(await one(client, target, workload.body(target, pending.pop()), gauge))
+
+    started = time.perf_counter()
+    await asyncio.gather(*[client_loop() for _ in range(min(concurrency, requests))])
+    return aggregate(outcomes, time.perf_counter() - started, concurrency) | {"peak_in_flight": gauge.peak}
+
+
+def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dict[str, Any]:
+    """One level's figures: latency percentiles of the successful requests, rates over the wall time, errors."""
+    ok = [o for o in outcomes if o.error is None]
+    tokens = sum(o.completion_tokens for o in ok)
+    return {"concurrency": concurrency, "requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
+            "wall_s": wall, "latency_s": percentiles([o.latency_s for o in ok]),
+            "requests_per_s": len(ok) / wall if wall else None, "tokens_per_s": tokens / wall if wall else None,
+            "completion_tokens": tokens, "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok])
+            if ok else None, "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
+
+
+async def measure(target: Target, workload: Workload, levels: Sequence[int], requests: int, warmup: int,
+                  batch: int = 0, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+    """A target's figures at every concurrency level (after ``warmup`` requests one at a time), and its batch run."""
+    limits = httpx.Limits(max_connections=max([*levels, batch]) + 4, max_keepalive_connections=max([*levels, batch]))
+    async with httpx.AsyncClient(timeout=workload.timeout, limits=limits, transport=transport) as client:
+        if warmup:
+            await run_level(client, target, workload, 1, warmup)
+        result: dict[str, Any] = {"url": target.url, "body": target.body, "levels": []}
+        for level in levels:
+            print(f"serve: {target.name}: concurrency {level}", file=sys.stderr)
+            result["levels"].append(await run_level(client, target, workload, level, requests))
+        if batch:
+            print(f"serve: {target.name}: batch of {batch}", file=sys.stderr)
+            result["batch"] = await run_level(client, target, workload, batch, batch)
+    return result
+
+
+def batch_ratio(targets: dict[str, dict[str, Any]], ponder: str | None, vllm: str | None) -> dict[str, Any] | None:
+    """Ponder's batch against vLLM's: aggregate generated tokens/s and wall times, and their ratios."""
+    if not (ponder in targets and vllm in targets and "batch" in targets[ponder] and "batch" in targets[vllm]):
+        return None
+    p, v = targets[ponder]["batch"], targets[vllm]["batch"]
+    return {"ponder": ponder, "vllm": vllm, "requests": p["requests"],
+            "ponder_tokens_per_s": p["tokens_per_s"], "vllm_tokens_per_s": v["tokens_per_s"],
+            "ponder_wall_s": p["wall_s"], "vllm_wall_s": v["wall_s"],
+            "tokens_per_s_ratio": p["tokens_per_s"] / v["tokens_per_s"] if v["tokens_per_s"] else None,
+            "wall_ratio": p["wall_s"] / v["wall_s"] if v["wall_s"] else None,
+            "errors": p["errors"] + v["errors"]}
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    o = report["options"]
+    lines = ["# Serving speed", "",
+             f"{o['requests']} requests per level, max_tokens {o['max_tokens']}, temperature {o['temperature']}, "
+             f"N = {o['n']}, workload {o['workload']} ({o['prompts']} prompts), model {o.get('model') or 'as served'}.",
+             "", "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in report["targets"].items():
+        lines += [f"| {name} | {lv['concurrency']} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
+                  f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
+                  f"{_f(lv['tokens_per_s'], 1)} |" for lv in t["levels"]]
+    b = report.get("batch")
+    if b:
+        lines += ["", f"**Batch**: {b['requests']} concurrent requests of N = {o['n']} samples each. {b['ponder']}: "
+                      f"{_f(b['ponder_tokens_per_s'], 1)} generated tokens/s in {_f(b['ponder_wall_s'], 2)} s; "
+                      f"{b['vllm']}: {_f(b['vllm_tokens_per_s'], 1)} tokens/s in {_f(b['vllm_wall_s'], 2)} s. "
+                      f"Throughput ratio {_f(b['tokens_per_s_ratio'], 2)}, wall-time ratio {_f(b['wall_ratio'], 2)}"
+                      f" ({b['errors']} errors)."]
+    errors = [(n, e) for n, t in report["targets"].items() for lv in t["levels"] for e in lv["first_errors"]]
+    if errors:
+        lines += ["", "First errors:", ""] + [f"- {n}: {e}" for n, e in errors[:10]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """Latency (p50 solid, p95 dashed), requests/s and generated tokens/s against concurrency, a line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    levels = sorted({lv["concurrency"] for t in report["targets"].values() for lv in t["levels"]})
+    for name, t in report["targets"].items():
+        x = [lv["concurrency"] for lv in t["levels"]]
+        line, = axes[0].plot(x, [lv["latency_s"]["p50"] for lv in t["levels"]], marker="o", label=name)
+        axes[0].plot(x, [lv["latency_s"]["p95"] for lv in t["levels"]], ls="--", color=line.get_color())
+        axes[1].plot(x, [lv["requests_per_s"] for lv in t["levels"]], marker="o", label=name)
+        axes[2].plot(x, [lv["tokens_per_s"] for lv in t["levels"]], marker="o", label=name)
+    for ax, label in zip(axes, ("latency, s (p50 solid, p95 dashed)", "requests/s", "generated tokens/s"),
+                         strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(level) for level in levels])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(report: dict[str, Any], output: Path, make_plot: bool = True) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / "serve.md").write_text(markdown(report))
+    if make_plot and report["targets"]:
+        plot(report, output / "serve.png")
+
+
+# ---- targets ------------------------------------------------------------------------------------------------------
+def workload_prompts(name: str, count: int) -> tuple[str, ...]:
+    """``arith``: the arith task's test problems as its policy sees them; ``chat``: short questions."""
+    if name == "chat":
+        return PROMPTS
+    from training.tasks import get_task
+
+    task = get_task("arith")
+    return tuple(task.prompt(p) for p in task.load("test", limit=count, seed=0))
+
+
+def served_model(url: str, headers: dict[str, str]) -> str:
+    """The first model id a server lists at /v1/models."""
+    try:
+        response = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+        return response.raise_for_status().json()["data"][0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        raise UsageError(f"{url}: cannot list its models ({type(exc).__name__}: {exc})") from None
+
+
+def ponder_target(url: str, model: str, strategy: str, n: int, params: dict[str, Any],
+                  headers: dict[str, str]) -> Target:
+    from benchmarks.accuracy import strategy_request
+
+    if strategy == "none":
+        return Target(f"Ponder none n={n}", url, {"model": model, "n": n}, headers)
+    name, strategy_params, temperature = strategy_request(strategy, n, params)
+    body = {"model": model, "strategy": name, "strategy_params": strategy_params}
+    return Target(f"Ponder {strategy} N={n}", url, body | ({"temperature": temperature} if temperature else {}),
+                  headers)
+
+
+def vllm_target(url: str, model: str, n: int) -> Target:
+    return Target(f"vLLM n={n}", url, {"model": model, "n": n})
+
+
+def optillm_target(url: str, model: str, approach: str, n: int) -> Target:
+    """optillm picks the approach from ``optillm_approach``; a request's ``n`` would repeat the whole approach, so
+    none is sent. Its budgets (optillm 0.4.0): ``bon`` takes N from the server flag ``--best-of-n`` (set when spawned),
+    ``mcts`` takes ``mcts_simulations`` per request, ``self_consistency`` always draws 5 samples, one after another."""
+    budget = {"bon": f"N={n}", "mcts": f"simulations={n}", "self_consistency": "5 samples, fixed"}[approach]
+    body = {"model": model, "optillm_approach": approach} | ({"mcts_simulations": n} if approach == "mcts" else {})
+    return Target(f"optillm {approach} {budget}", url, body)
+
+
+# ---- spawned servers ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def ponder_side(args: argparse.Namespace) -> Iterator[str | None]:
+    """The Ponder URL: the one given, a spawned ``ponder serve``, or None."""
+    if not args.spawn_ponder:
+        yield args.ponder_url
+        return
+    from benchmarks.servers import ponder_cmd, running
+
+    extra = ["--api-key", args.api_key] if args.api_key else []
+    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, *extra), args.output / "ponder.log",
+                 env=kv_env()) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def vllm_side(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
+    """(vLLM URL, optillm URL): given, spawned (optillm on the vLLM server), or None."""
+    from benchmarks.servers import running, vllm_cmd
+
+    with contextlib.ExitStack() as stack:
+        vllm_url = args.vllm_url
+        if args.spawn_vllm:
+            vllm_url = stack.enter_context(running(vllm_cmd(args.model, args.memory_fraction),
+                                                   args.output / "vllm.log", env=kv_env())).url
+        optillm_url = args.optillm_url
+        if args.spawn_optillm:
+            optillm_url = stack.enter_context(running(optillm_cmd(args.optillm_cmd, vllm_url, args.n),
+                                                      args.output / "optillm.log", env=optillm_env(),
+                                                      timeout=300)).url
+        yield vllm_url, optillm_url
+
+
+def optillm_cmd(optillm: str, vllm_url: str, n: int) -> list[str]:
+    """optillm as a proxy to the vLLM server on loopback, on a free port; ``bon`` draws ``n`` samples."""
+    return [optillm, "--base-url", vllm_url.rstrip("/") + "/v1", "--host", "127.0.0.1", "--port", "{port}",
+            "--best-of-n", str(n), "--log", "warning"]
+
+
+def optillm_env() -> dict[str, str]:
+    """OPENAI_API_KEY selects its OpenAI client (on --base-url); an OPTILLM_API_KEY would select its own local
+    transformers engine instead, so it is blanked."""
+    return {"OPENAI_API_KEY": "sk-none", "OPTILLM_API_KEY": "", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def kv_env() -> dict[str, str]:
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every target, one side at a time; returns the report."""
+    workload = Workload(workload_prompts(args.workload, args.prompts), args.max_tokens, args.temperature,
+                        args.timeout)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    targets: dict[str, dict[str, Any]] = {}
+    ponder_name = vllm_name = None
+    with ponder_side(args) as url:
+        if url:
+            target = ponder_target(url, served_model(url, headers), args.ponder_strategy, args.n,
+                                   args.ponder_params, headers)
+            ponder_name = target.name
+            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
+                                                       args.warmup, args.batch))
+    with vllm_side(args) as (vllm_url, optillm_url):
+        model = served_model(vllm_url, {}) if vllm_url else None
+        if vllm_url:
+            target = vllm_target(vllm_url, model, args.n)
+            vllm_name = target.name
+            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
+                                                       args.warmup, args.batch))
+        for approach in args.optillm_approaches if optillm_url else ():
+            target = optillm_target(optillm_url, model or served_model(optillm_url, {}), approach, args.n)
+            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
+                                                       args.warmup))
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+    return {"options": options | {"prompts": len(workload.prompts)}, "targets": targets,
+            "batch": batch_ratio(targets, ponder_name, vllm_name)}
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """Mistakes are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers of at least 1, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="ponder bench serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ponder-url", "--url", help="a running Ponder server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--spawn-ponder", action="store_true", help="start `ponder serve` on --model/--prm for the run")
+    p.add_argument("--vllm-url", help="a running vLLM OpenAI server")
+    p.add_argument("--spawn-vllm", action="store_true", help="start vLLM's own OpenAI server on --model")
+    p.add_argument("--optillm-url", help="a running optillm proxy on the vLLM target's server (started with "
+                   "--best-of-n N for bon)")
+    p.add_argument("--spawn-optillm", action="store_true", help="start optillm with the vLLM target as its base URL")
+    p.add_argument("--optillm-cmd", default=".venv-optillm/bin/optillm",
+                   help="optillm's console script (benchmarks/install_optillm.sh puts it there)")
+    p.add_argument("--optillm-approaches", type=_names, default=list(APPROACHES),
+                   help=f"comma-separated, of: {', '.join(APPROACHES)}")
+    p.add_argument("--model", help="policy folder for spawned servers (default: the embedded default policy)")
+    p.add_argument("--prm", help="reward model folder for a spawned Ponder (default: the embedded default PRM)")
+    p.add_argument("--no-prm", action="store_true", help="spawn Ponder without a reward model")
+    p.add_argument("--memory-fraction", type=float, default=0.2, help="KV-cache fraction of spawned servers")
+    p.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"), help="Ponder's bearer key")
+    p.add_argument("--ponder-strategy", default="best_of_n", help="Ponder's strategy (default best_of_n)")
+    p.add_argument("--ponder-params", type=json.loads, default={}, help="more strategy_params, a JSON object")
+    p.add_argument("--n", type=int, default=8, help="samples per request: Ponder's N, vLLM's n, optillm's budget")
+    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32], help="levels, comma-separated")
+    p.add_argument("--requests", type=int, default=64, help="requests per level and target")
+    p.add_argument("--warmup", type=int, default=2, help="requests one at a time before the levels, not counted")
+    p.add_argument("--batch", type=int, default=32,
+                   help="concurrent N-sample requests for the Ponder/vLLM batch ratio (0: skip)")
+    p.add_argument("--workload", choices=("arith", "chat"), default="arith")
+    p.add_argument("--prompts", type=int, default=64, help="distinct arith prompts, used in turn")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--timeout", type=float, default=600.0, help="client-side timeout per request, seconds")
+    p.add_argument("--output", type=Path, default=Path("results/serve"))
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Cross-option checks and defaults; UsageError for a mistake."""
+    if args.ponder_url and args.spawn_ponder or args.vllm_url and args.spawn_vllm \
+            or args.optillm_url and args.spawn_optillm:
+        raise UsageError("give a target's URL or spawn it, not both")
+    if not (args.ponder_url or args.spawn_ponder or args.vllm_url or args.spawn_vllm):
+        raise UsageError("no target: give --ponder-url/--spawn-ponder and/or --vllm-url/--spawn-vllm")
+    if (args.optillm_url or args.spawn_optillm) and not (args.vllm_url or args.spawn_vllm):
+        raise UsageError("optillm runs on the vLLM target: give --vllm-url or --spawn-vllm too")
+    unknown = [a for a in args.optillm_approaches if a not in APPROACHES]
+    if unknown or not args.optillm_approaches:
+        raise UsageError(f"unknown optillm approach {unknown}; known: {', '.join(APPROACHES)}")
+    if args.spawn_optillm and not Path(args.optillm_cmd).is_file():
+        raise UsageError(f"--optillm-cmd {args.optillm_cmd}: not found; run benchmarks/install_optillm.sh")
+    if min(args.n, args.requests, args.prompts) < 1 or min(args.warmup, args.batch) < 0:
+        raise UsageError("--n, --requests and --prompts must be at least 1, --warmup and --batch at least 0")
+    if not isinstance(args.ponder_params, dict):
+        raise UsageError("--ponder-params must be a JSON object")
+    validate_models(args)
+
+
+def validate_models(args: argparse.Namespace) -> None:
+    import strategies
+
+    known = {s.name for s in strategies.available()}
+    if args.ponder_strategy not in known:
+        raise UsageError(f"unknown strategy {args.ponder_strategy!r}; known: {', '.join(sorted(known))}")
+    for flag in ("model", "prm"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
+            raise UsageError(f"--{flag} {getattr(args, flag)!r}: no such checkpoint folder")
+    if (args.spawn_ponder or args.spawn_vllm) and not args.model or args.spawn_ponder and not (args.prm or args.no_prm):
+        from server.default_models import ensure_default_models
+
+        defaults = ensure_default_models()
+        args.model = args.model or str(defaults.policy)
+        args.prm = None if args.no_prm else args.prm or str(defaults.prm)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        validate(args)
+        args.output.mkdir(parents=True, exist_ok=True)
+        report = run(args)
+    except UsageError as exc:
+        print(f"ponder bench serve: error: {exc}", file=sys.stderr)
+        return 2
+    write(report, args.output, make_plot=not args.no_plot)
+    print(markdown(report), end="")
+    print(f"wrote {args.output / 'serve.json'}, serve.md" + ("" if args.no_plot else ", serve.png"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
