@@ -51,10 +51,24 @@ def _orm() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
     return prm.OutcomeRewardModelConfig, prm.PRESETS, prm.train
 
 
+def _dpo() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    from training import dpo
+
+    return dpo.PolicyDPOConfig, dpo.PRESETS, dpo.train
+
+
+def _grpo() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    from training import grpo
+
+    return grpo.PolicyGRPOConfig, grpo.PRESETS, grpo.train
+
+
 TRAINERS: dict[str, Trainer] = {
     "sft": Trainer("supervised fine-tuning of a policy from scratch on a task's reference solutions", _sft),
     "prm": Trainer("process reward model (token classification at each step tag) on stepwise labels", _prm),
     "orm": Trainer("outcome reward model (one score per solution) on the same labels", _orm),
+    "dpo": Trainer("DPO of an SFT policy on (right, wrong) pairs of its own verified samples", _dpo),
+    "grpo": Trainer("GRPO of an SFT policy, rewarded by the task's verifier", _grpo),
 }
 
 

@@ -187,12 +187,19 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"learning rate {config['learning_rate']:g}, beta {config['beta']:g}",
         f"- training {metrics['train_time_s'] / 60:.1f} min; the whole command {metrics['total_time_s'] / 60:.1f} min",
         f"- final training loss {metrics['final_loss']:.4f}" if metrics.get("final_loss") is not None else "",
+        _last_log_line(metrics.get("last_log", {})),
         "",
     ]
     if "after" in metrics:
         lines += gain_table(metrics["before"], metrics["after"])
     lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
     return "\n".join(lines)
+
+
+def _last_log_line(log: dict[str, float]) -> str:
+    """The last logged batch's DPO reward accuracy and margin, or GRPO's mean reward (blank when none)."""
+    shown = [f"{key} {log[key]:.3g}" for key in ("rewards/accuracies", "rewards/margins", "reward") if key in log]
+    return f"- last logged batch: {', '.join(shown)}" if shown else ""
 
 
 def gain_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -1,0 +1,195 @@
+r"""``ponder train grpo``: Group Relative Policy Optimization of an SFT policy, rewarded by the task's verifier.
+
+GRPO (Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models") is
+PPO without a value model: for every prompt the policy samples a group of ``num_generations`` completions, each is
+rewarded, and a completion's advantage is its reward minus the group's mean, divided by the group's standard
+deviation. A group whose completions all score the same teaches nothing, so the problems worth training on are
+those the policy sometimes solves. TRL's ``GRPOTrainer`` runs it; its defaults follow later work: no KL penalty
+(``beta=0``: no reference model, a third less compute) and DAPO's token-level loss normalisation
+(``loss_type=dapo``; ``--loss_type grpo`` gives the paper's per-sequence mean).
+
+The reward is DeepSeekMath's rule-based outcome reward: 1 when the task's verifier (:meth:`TaskSpec.grade`) accepts
+the completion's final answer, else 0, plus optionally ``format_reward_weight`` times a format reward (1 when the
+completion ends in a ``\boxed{}`` answer, DeepSeek-R1's format reward in this task's layout). Prompts are the user
+message the server sends, ``[{"role": "user", "content": task.prompt(problem)}]``, for train-split problems.
+Generation runs through transformers on the CPU (``use_vllm`` stays off). The run measures greedy test accuracy per
+level before (the SFT policy) and after on the vLLM engine and writes the same outputs as ``ponder train dpo``
+(:mod:`training.tuning`).
+
+    ponder train grpo --policy models/default-policy --output_dir runs/grpo
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig
+
+from training.tasks import Problem, TaskSpec, get_task
+from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finish, load_policy
+from training.tuning import train_problems as load_train_problems
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the dataclass defaults: ~10-15 min on 2 CPU cores for the 4-layer, 256-wide default policy
+    "tiny": {  # seconds: 2 steps of 2 prompts x 4 completions, no vLLM; learns nothing useful
+        "num_train_problems": 4,
+        "levels": [1],
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 24,
+        "logging_steps": 1,
+        "save_steps": 1000,
+        "eval_after_training": False,
+        "eval_problems_per_level": 10,
+    },
+}
+
+BOXED_AT_END = re.compile(r"\\boxed\{[^{}]+\}\s*$")
+
+
+@dataclass
+class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
+    """``ponder train grpo``: TRL's ``GRPOConfig`` plus the policy, the reward and the evaluation."""
+
+    num_train_problems: int = field(
+        default=800, metadata={"help": "Train-split prompts, shared equally between the levels (one epoch)."}
+    )
+    format_reward_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the format reward (the completion ends in a \\boxed{} answer); 0: verifier only "
+            "(the SFT policy already writes the format)."
+        },
+    )
+
+    # ---- GRPOConfig / TrainingArguments defaults for a tiny policy on a CPU
+    output_dir: str | None = field(default="runs/grpo", metadata={"help": "Checkpoints, final model and metrics."})
+    num_generations: int | None = field(default=8, metadata={"help": "Completions per prompt (the group, G)."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Completions per optimizer step: 4 prompts x 8 completions."}
+    )
+    max_completion_length: int | None = field(
+        default=192, metadata={"help": "Longest completion in tokens (characters: ~120 at arith level 6)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the group's completions."})
+    beta: float = field(default=0.0, metadata={"help": "KL penalty to the SFT policy (DeepSeekMath: 0.04); 0: none."})
+    learning_rate: float = field(
+        default=2e-5, metadata={"help": "Peak AdamW learning rate (100x below the SFT policy's: tuning, not learning)."}
+    )
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (none: stay near the SFT policy)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the prompts."})
+    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})
+    logging_steps: float = field(default=5, metadata={"help": "Log the loss and rewards every this many steps."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept during the run."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers (none)."})
+
+    def __post_init__(self) -> None:
+        check_tuning_args(self)
+        if self.format_reward_weight < 0:
+            raise ValueError("format_reward_weight must not be negative")
+        if self.use_vllm:
+            raise ValueError("use_vllm: generation runs through transformers here (vLLM on the CPU is not supported)")
+        self.reward_weights = [1.0, self.format_reward_weight] if self.format_reward_weight else None
+        super().__post_init__()
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> PolicyGRPOConfig:
+        """The ``preset``'s values, then ``overrides``: ``PolicyGRPOConfig.from_preset("tiny", policy=...)``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+# ---- data and rewards ---------------------------------------------------------------------------------------------
+def prompt_rows(task: TaskSpec, problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    """TRL conversational prompt-only rows; ``problem_id`` reaches the reward functions as a keyword argument."""
+    return [{"prompt": [{"role": "user", "content": task.prompt(p)}], "problem_id": p.id} for p in problems]
+
+
+def completion_text(completion: str | list[dict[str, str]]) -> str:
+    """The text of a completion: TRL passes a conversational one as ``[{"role": "assistant", "content": ...}]``."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+class VerifierReward:
+    """DeepSeekMath's outcome reward: 1.0 when the task's verifier accepts the final answer, else 0.0.
+
+    >>> from training.tasks import get_task
+    >>> task = get_task("arith")
+    >>> problem = task.load("train", limit=1, level=1)[0]
+    >>> reward = VerifierReward(task, [problem])
+    >>> reward([[{"role": "assistant", "content": problem.solution}], "\\\\boxed{-1}"], [problem.id] * 2)
+    [1.0, 0.0]
+    """
+
+    def __init__(self, task: TaskSpec, problems: Sequence[Problem]) -> None:
+        self.__name__ = "correct"  # TRL logs it as rewards/correct/mean
+        self.task = task
+        self.problems = {p.id: p for p in problems}
+
+    def __call__(self, completions: Sequence[Any], problem_id: Sequence[str], **_: Any) -> list[float]:
+        return [
+            float(self.task.grade(self.problems[pid], completion_text(c)))
+            for c, pid in zip(completions, problem_id, strict=True)
+        ]
+
+
+def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
+    r"""1.0 when the completion ends in a ``\boxed{}`` answer, else 0.0.
+
+    >>> format_reward(["1 + 2 = 3\n\n\\boxed{3}", "1 + 2 = 3", "\\boxed{3} and more"])
+    [1.0, 0.0, 0.0]
+    """
+    return [float(BOXED_AT_END.search(completion_text(c)) is not None) for c in completions]
+
+
+def reward_functions(task: TaskSpec, problems: Sequence[Problem], format_weight: float) -> list[Any]:
+    """The verifier's reward, and the format reward when it has a weight (the config sets ``reward_weights``)."""
+    return [VerifierReward(task, problems), *([format_reward] if format_weight else [])]
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+def train(config: PolicyGRPOConfig, command: str | None = None) -> dict[str, Any]:
+    """Measure the SFT policy, train with TRL's ``GRPOTrainer`` on the verifier's reward, save, evaluate, report."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    started = time.perf_counter()
+    task = get_task(config.task)
+    problems = load_train_problems(config)
+    model, tokenizer = load_policy(config.policy)
+    before = evaluate(config.policy, config) if config.eval_after_training else {}
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(task, problems, config.format_reward_weight),
+        args=config,
+        train_dataset=Dataset.from_list(prompt_rows(task, problems)),
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    metrics: dict[str, Any] = {
+        "method": "GRPO",
+        "trainer": "GRPOTrainer",
+        "paper": "Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath)",
+        "data": f"{len(problems):,} train-split prompts, {config.num_generations} completions each, rewarded by the "
+        "task's verifier" + (f" (+ {config.format_reward_weight:g} x format)." if config.format_reward_weight else "."),
+        "started": started,
+        "task": config.task,
+        "preset": config.preset,
+        "seed": config.seed,
+        "num_train_problems": len(problems),
+        "train_time_s": round(result.metrics["train_runtime"], 1),
+        "first_logged_reward": rewards[0] if rewards else None,
+        "last_logged_reward": rewards[-1] if rewards else None,
+        "before": before,
+    }
+    return finish(trainer, tokenizer, config, metrics, command)
