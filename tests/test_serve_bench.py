@@ -1,0 +1,177 @@
+"""`ponder bench serve` (benchmarks/serve.py, benchmarks/loadgen.py): aggregation, report and plot on synthetic
+data; the load generator against the app in-process on the fake engine (request counts, errors, bounded
+concurrency); optillm's request and command as read from its source; the command's mistakes. Needs neither vLLM
+nor optillm."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from benchmarks.cli import main as bench_main
+from benchmarks.loadgen import Outcome, Target, Workload, aggregate, measure
+from benchmarks.serve import build_report, markdown, optillm_cmd, optillm_target, ponder_target, vllm_target, write
+from server.app import create_app
+from server.config import ServerConfig
+from tests.fakes import FakeEngine, FakeScorer, tokens
+
+SOLUTION = "3 + 4 = 7\n\n\\boxed{7}"
+PROMPTS = ("What is 3 + 4?", "What is 2 + 2?", "What is 5 - 1?")
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """Wraps a transport: counts requests, the most in flight at once, and refuses every ``refuse_every``-th one."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, refuse_every: int = 0) -> None:
+        self.inner, self.refuse_every = inner, refuse_every
+        self.seen = self.now = self.peak = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen += 1
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            if self.refuse_every and self.seen % self.refuse_every == 0:
+                raise httpx.ConnectError("connection refused", request=request)
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.now -= 1
+
+
+def ponder_app(delay: float = 0.05, **config) -> httpx.ASGITransport:
+    engine = FakeEngine(lambda prompt, i: SOLUTION, delay=delay)
+    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine,
+                     scorer=FakeScorer())
+    return httpx.ASGITransport(app=app)
+
+
+def best_of_n(n: int = 4) -> Target:
+    return ponder_target("http://ponder", "tiny", "best_of_n", n, {}, {})
+
+
+# ---- aggregation, report, plot on synthetic data ------------------------------------------------------------------
+def test_aggregate_percentiles_rates_and_errors():
+    outcomes = [Outcome(latency_s=float(i), completion_tokens=10) for i in range(1, 101)]
+    outcomes += [Outcome(latency_s=0.5, error="503: busy"), Outcome(latency_s=9.0, error="ConnectError: refused")]
+    level = aggregate(outcomes, wall=20.0, concurrency=4)
+    assert (level["requests"], level["ok"], level["errors"]) == (102, 100, 2)
+    assert level["latency_s"]["p50"] == pytest.approx(50.5) and level["latency_s"]["max"] == 100.0
+    assert level["latency_s"]["p95"] == pytest.approx(95.05) and level["latency_s"]["p99"] == pytest.approx(99.01)
+    assert level["requests_per_s"] == 5.0 and level["tokens_per_s"] == 50.0 and level["completion_tokens"] == 1000
+    assert level["first_errors"] == ["503: busy", "ConnectError: refused"]
+
+
+def test_aggregate_of_only_errors_has_no_latency():
+    level = aggregate([Outcome(1.0, error="500: boom")], wall=1.0, concurrency=1)
+    assert level["ok"] == 0 and level["latency_s"]["p50"] is None and level["completion_tokens_mean"] is None
+
+
+def synthetic_target(scale: float) -> dict:
+    levels = [aggregate([Outcome(latency_s=scale * c, completion_tokens=64) for _ in range(8)], wall=scale * 8 / c,
+                        concurrency=c) for c in (1, 4, 16)]
+    batch = aggregate([Outcome(latency_s=scale, completion_tokens=256)] * 32, wall=scale * 4, concurrency=32)
+    return {"url": "http://x", "body": {}, "levels": levels, "batch": batch}
+
+
+def test_report_markdown_batch_ratio_and_plot(tmp_path):
+    targets = {"Ponder best_of_n N=8": synthetic_target(2.0), "vLLM n=8": synthetic_target(1.0)}
+    options = {"requests": 8, "max_tokens": 64, "temperature": 0.8, "n": 8, "workload": "arith", "prompts": 3}
+    report = build_report(options, targets, "Ponder best_of_n N=8", "vLLM n=8")
+    assert report["batch"]["tokens_per_s_ratio"] == pytest.approx(0.5) and report["batch"]["wall_ratio"] == 2.0
+    text = markdown(report)
+    assert text.count("| Ponder best_of_n N=8 |") == 3 and text.count("| vLLM n=8 |") == 3
+    assert "Throughput ratio 0.50, wall-time ratio 2.00" in text
+    write(report, tmp_path)
+    assert json.loads((tmp_path / "serve.json").read_text())["batch"]["requests"] == 32
+    assert (tmp_path / "serve.md").read_text() == text
+    assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_batch_ratio_without_both_sides():
+    targets = {"vLLM n=8": synthetic_target(1.0)}
+    assert build_report({}, targets, None, "vLLM n=8")["batch"] is None
+
+
+# ---- the load generator against the app in-process ----------------------------------------------------------------
+async def test_levels_send_every_request_within_the_concurrency_bound():
+    transport = Counting(ponder_app())
+    result = await measure(best_of_n(4), Workload(PROMPTS, max_tokens=16), [1, 4], requests=12, warmup=1, batch=6,
+                           transport=transport)
+    assert transport.seen == 1 + 12 + 12 + 6  # warm-up, two levels, the batch
+    assert [lv["concurrency"] for lv in result["levels"]] == [1, 4]
+    for level in [*result["levels"], result["batch"]]:
+        assert level["ok"] == level["requests"] and level["errors"] == 0
+        assert level["completion_tokens_mean"] == 4 * tokens(SOLUTION)  # usage counts all N samples
+        assert level["peak_in_flight"] <= level["concurrency"]
+    assert result["levels"][0]["peak_in_flight"] == 1 and transport.peak <= 6
+    assert result["levels"][1]["requests"] == 12 and result["batch"]["requests"] == 6
+
+
+async def test_concurrency_is_bounded_by_the_level_not_the_request_count():
+    transport = Counting(ponder_app(delay=0.2))
+    result = await measure(best_of_n(2), Workload(PROMPTS), [3], requests=15, warmup=0, transport=transport)
+    assert transport.seen == 15 and 1 < transport.peak <= 3 and result["levels"][0]["peak_in_flight"] <= 3
+
+
+async def test_transport_errors_and_error_statuses_are_counted():
+    transport = Counting(ponder_app(), refuse_every=3)
+    result = await measure(best_of_n(2), Workload(PROMPTS), [3], requests=9, warmup=0, transport=transport)
+    level = result["levels"][0]
+    assert (level["ok"], level["errors"]) == (6, 3) and level["first_errors"][0].startswith("ConnectError")
+    result = await measure(best_of_n(2), Workload(PROMPTS), [2], requests=4, warmup=0,
+                           transport=ponder_app(max_messages=0))  # every request is over the cap: 400s
+    level = result["levels"][0]
+    assert level["errors"] == 4 and level["ok"] == 0 and level["first_errors"][0].startswith("400: ")
+
+
+async def test_a_200_without_usage_is_an_error():
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
+    result = await measure(vllm_target("http://v", "m", 2), Workload(PROMPTS), [2], 4, 0, transport=transport)
+    assert result["levels"][0]["errors"] == 4 and result["levels"][0]["first_errors"] == ["KeyError: 'usage'"]
+
+
+def test_every_target_sends_the_same_workload():
+    workload = Workload(PROMPTS, max_tokens=32, temperature=0.7)
+    for target in (best_of_n(8), vllm_target("http://v", "m", 8), optillm_target("http://o", "m", "bon", 8)):
+        bodies = [workload.body(target, i) for i in range(4)]
+        assert [b["messages"][0]["content"] for b in bodies] == [*PROMPTS, PROMPTS[0]]
+        assert all(b["max_tokens"] == 32 and b["temperature"] == 0.7 for b in bodies)
+    assert best_of_n(8).body["strategy_params"] == {"num_samples": 8} and vllm_target("u", "m", 8).body["n"] == 8
+
+
+# ---- optillm, as its 0.4.0 source reads -------------------------------------------------------------------------
+def test_optillm_requests_and_command():
+    bon = optillm_target("http://o", "model", "bon", 8)
+    assert bon.body == {"model": "model", "optillm_approach": "bon"}  # no n: it would repeat the whole approach
+    assert optillm_target("http://o", "model", "mcts", 8).body["mcts_simulations"] == 8
+    cmd = optillm_cmd(".venv-optillm/bin/optillm", "http://127.0.0.1:9000/", 8)
+    assert cmd[cmd.index("--base-url") + 1] == "http://127.0.0.1:9000/v1" and cmd[cmd.index("--best-of-n") + 1] == "8"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "{port}" in cmd
+
+
+# ---- the command's mistakes -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    ([], "no target"),
+    (["--url", "http://a", "--spawn-ponder"], "not both"),
+    (["--optillm-url", "http://o", "--url", "http://a"], "optillm runs on the vLLM target"),
+    (["--vllm-url", "http://v", "--optillm-approaches", "moa"], "unknown optillm approach"),
+    (["--spawn-vllm", "--spawn-optillm", "--optillm-cmd", "/nope/optillm"], "install_optillm.sh"),
+    (["--url", "http://a", "--concurrency", "0,4"], "--concurrency"),
+    (["--url", "http://a", "--n", "0"], "--n"),
+    (["--url", "http://a", "--ponder-strategy", "nope"], "unknown strategy 'nope'"),
+    (["--spawn-vllm", "--model", "/nope"], "no such checkpoint folder"),
+    (["--url", "http://a", "--ponder-params", "[1]"], "JSON object"),
+    (["--url", "http://a", "--bogus"], "unrecognized arguments"),
+])
+def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert bench_main(["serve", *argv, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ponder bench serve: error: ") and message in err and err.count("\n") == 1
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(tmp_path, capsys):
+    assert bench_main(["serve", "--url", "http://127.0.0.1:9", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9: cannot list its models" in err and err.count("\n") == 1
