@@ -1,0 +1,164 @@
+"""DPO: the pair builder, the pair sources, a few real TRL steps on a tiny policy through the CLI, the saved folder.
+
+Offline and CPU-only: the pairs come from reference solutions against planted errors (``--source reference``) or
+from a ``ponder label`` file, so no vLLM engine starts here.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training import cli, dpo, tuning
+from training.dpo import PolicyDPOConfig, collect_rows, graded_rows, preference_pairs, reference_solutions
+from training.label import save_rows
+from training.tasks import get_task
+from training.tiny_models import save_tiny_policy
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer, 64-wide Llama (head_dim 32) with the character tokenizer and chat template."""
+    return save_tiny_policy(tmp_path_factory.mktemp("policy"), hidden=64, layers=1, heads=2)
+
+
+@pytest.mark.parametrize("module", [dpo, tuning])
+def test_doctests(module):
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0
+
+
+def _row(pid: str, text: str, right: bool, level: int = 1) -> dict:
+    return {"problem_id": pid, "prompt": f"question {pid}", "level": level, "completion": text, "outcome": right}
+
+
+def test_pairs_put_a_right_solution_over_a_wrong_one_of_the_same_problem():
+    task = get_task("arith")
+    problems = task.load("train", limit=3, level=2)
+    wrong = [f"\\boxed{{{int(p.answer) + 1}}}" for p in problems]
+    solutions = [[problems[0].solution, wrong[0]], [problems[1].solution], [wrong[2], wrong[2] + " "]]
+    rows = graded_rows(task, problems, solutions)
+    pairs = preference_pairs(rows, pairs_per_problem=4)
+    assert [p["problem_id"] for p in pairs] == [problems[0].id]  # all right / all wrong: no pair
+    pair = pairs[0]
+    assert pair["prompt"] == [{"role": "user", "content": task.prompt(problems[0])}]
+    assert pair["chosen"] == [{"role": "assistant", "content": problems[0].solution}]
+    assert pair["rejected"] == [{"role": "assistant", "content": wrong[0]}]
+    assert task.grade(problems[0], pair["chosen"][0]["content"])
+    assert not task.grade(problems[0], pair["rejected"][0]["content"])
+
+
+def test_pairs_use_distinct_solutions_first_and_respect_the_cap():
+    rows = [_row("a", t, ok) for t, ok in [("r0", True), ("r1", True), ("w0", False), ("w1", False), ("w2", False)]]
+    rows += [_row("b", "r0", True), _row("b", "r0", True), _row("b", "w0", False)]  # duplicates count once
+    pairs = preference_pairs(rows, pairs_per_problem=2)
+    got = [(p["problem_id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+    assert got == [("a", "r0", "w0"), ("a", "r1", "w1"), ("b", "r0", "w0")]
+    assert len(preference_pairs(rows, pairs_per_problem=100)) == 2 * 3 + 1  # every right x wrong combination
+
+
+def test_graded_rows_drop_empty_and_duplicate_solutions():
+    task = get_task("arith")
+    problem = task.load("train", limit=1, level=1)[0]
+    rows = graded_rows(task, [problem], [[problem.solution, problem.solution, "  ", "\\boxed{-7}"]])
+    assert [(r["completion"], r["outcome"]) for r in rows] == [(problem.solution, True), ("\\boxed{-7}", False)]
+    assert rows[0]["prompt"] == task.prompt(problem) and rows[0]["level"] == 1
+
+
+def test_reference_source_pairs_every_problem_with_a_planted_error():
+    task = get_task("arith")
+    problems = task.load("train", limit=6, level=[2, 3])
+    pairs = preference_pairs(graded_rows(task, problems, reference_solutions(problems, seed=0)))
+    assert len(pairs) == len(problems)
+
+
+def test_pairs_from_a_ponder_label_file(tmp_path, tiny_policy):
+    rows = [_row("a", "r", True), _row("a", "w", False), _row("b", "w", False)]
+    path = save_rows(
+        [{**r, "completions": [r["completion"]], "labels": [r["outcome"]]} for r in rows], tmp_path / "l.jsonl"
+    )
+    config = PolicyDPOConfig.from_preset(
+        "tiny", policy=str(tiny_policy), pairs_from=str(path), output_dir=str(tmp_path)
+    )
+    read, before = collect_rows(config)
+    assert before == {}  # eval_after_training is off in the tiny preset
+    pairs = preference_pairs(read)
+    assert [(p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("question a", "r", "w")
+    ]
+
+
+def test_dpo_trains_the_policy_and_saves_a_servable_folder(tmp_path, tiny_policy):
+    out = tmp_path / "dpo"
+    argv = [
+        "dpo",
+        "--preset",
+        "tiny",
+        "--policy",
+        str(tiny_policy),
+        "--output_dir",
+        str(out),
+        "--save_dtype",
+        "float32",
+    ]
+    assert cli.main(argv) == 0
+    initial = load_file(str(tiny_policy / "model.safetensors"))
+    saved = load_file(str(out / "model.safetensors"))
+    assert saved.keys() == initial.keys()
+    assert all(not torch.equal(initial[k], saved[k]) for k in initial)  # every tensor moved (no weight decay)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    assert model(ids).logits.shape[:2] == ids.shape and model.config.use_cache
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pairs"] == 16 and metrics["optimizer_steps"] == 4 and metrics["pairs_per_level"] == {"1": 8, "2": 8}
+    assert "rewards/margins" in metrics["last_log"] and metrics["config"]["source"] == "reference"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "README.md").read_text()
+    assert "ponder train dpo --preset tiny" in card and "Rafailov et al. 2023" in card
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_gain_table_compares_before_and_after():
+    before = {"levels": {"1": {"greedy": 0.5, "num_problems": 4}, "2": {"greedy": 0.25, "num_problems": 4}}}
+    after = {
+        "split": "test",
+        "seed": 0,
+        "levels": {"1": {"greedy": 0.75, "num_problems": 4}, "2": before["levels"]["2"]},
+    }
+    table = tuning.gain_table(before, after)
+    assert "| 1 | 4 | 50.0% | 75.0% | +25.0 |" in table and "| mean | | | | +12.5 |" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["dpo", "--num_samples", "1"], "num_samples >= 2"),
+        (["dpo", "--pairs_per_problem", "0"], "at least 1"),
+        (["dpo", "--source", "nope"], "invalid choice: 'nope'"),
+        (["dpo", "--levels", "9"], "has no level [9]"),
+        (["dpo", "--preset", "huge"], "unknown preset 'huge'"),
+    ],
+)
+def test_cli_mistakes_are_one_line_exit_2(argv, says, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_missing_policy_fails_before_training(tmp_path):
+    config = PolicyDPOConfig.from_preset("tiny", policy=str(tmp_path / "none"), output_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no policy checkpoint"):
+        dpo.train(config)
