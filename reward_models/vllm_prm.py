@@ -77,7 +77,10 @@ class VLLMPoolingScorer:
 
     async def _pool(self, texts: Sequence[str], request_id: str) -> list[torch.Tensor]:
         """The pooled output of every text, submitted all at once; one failure cancels the rest."""
-        encoded = [encode_prompt(self.tokenizer, text) for text in texts]
+        return await self._pool_ids([encode_prompt(self.tokenizer, text) for text in texts], request_id)
+
+    async def _pool_ids(self, encoded: Sequence[list[int]], request_id: str) -> list[torch.Tensor]:
+        """The pooled output of every tokenized prompt, submitted all at once; one failure cancels the rest."""
         for ids in encoded:
             if len(ids) > self.max_model_len:
                 raise ScorerError(

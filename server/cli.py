@@ -29,6 +29,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prm", help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
                                  "ORM (default: the embedded default PRM when --model is not given)")
     p.add_argument("--no-prm", action="store_true", help="serve without a reward model")
+    p.add_argument("--prm-format", choices=("qwen", "math_shepherd", "rlhflow"),
+                   help="how the PRM reads steps: qwen (*ForProcessRewardModel), math_shepherd or rlhflow (a causal "
+                        "LM judging each step by its '+'/'-' token); default: from the checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=("vllm", "openai"), default="vllm",
@@ -126,7 +129,8 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
             if prm is not None:
                 from reward_models import load_scorer
 
-                scorer = await _maybe_await(load_scorer(str(prm), memory_fraction=args.prm_memory_fraction))
+                scorer = await _maybe_await(load_scorer(str(prm), memory_fraction=args.prm_memory_fraction,
+                                                         format=args.prm_format))
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
             print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
             os._exit(1)
@@ -150,6 +154,8 @@ def serve(args: argparse.Namespace) -> None:
         raise CLIError("--max-queued-requests and --shutdown-grace must not be negative")
     if not 0 < args.memory_fraction < 1 or not 0 < args.prm_memory_fraction < 1:
         raise CLIError("--memory-fraction and --prm-memory-fraction must be between 0 and 1")
+    if args.prm_format and args.no_prm:
+        raise CLIError("--prm-format names how to read a reward model; it cannot go with --no-prm")
     _check_port(args.host, args.port)
     policy, prm = _resolve_models(args)
     name = args.served_model_name or (args.remote_model if args.backend == "openai" else policy.name)

@@ -1,0 +1,241 @@
+"""Causal-LM PRMs (Math-Shepherd and RLHFlow formats) on the real vLLM CPU engine, against a plain torch forward.
+
+The stand-ins are tiny random ``LlamaForCausalLM`` checkpoints in each format (:mod:`training.tiny_causal_prm`);
+one engine per format starts once for the module (~30-60 s each on 2 cores). The reference scores follow each
+model's published recipe literally: Math-Shepherd's card (logits at the ``ки`` tag ids, softmax over [+, -]) and
+RLHFlow's (the logits that predict each assistant ``+``, found with a parallel conversation as search-and-learn
+does), so the adapter's rendering and position finding are checked too, not only the arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from reward_models import load_scorer
+from reward_models.causal_prm import CausalLMProcessRewardModel, CausalPRMFormat
+from server.cli import build_parser
+from strategies.base import Scorer
+from training.tiny_causal_prm import MATH_SHEPHERD_STEP_TAG, save_tiny_causal_prm
+from training.tiny_models import STEP_TAG, save_tiny_prm
+
+TAG = MATH_SHEPHERD_STEP_TAG
+ITEMS = [
+    ("What is 2+3?", ["2+3=5", "So the answer is 5."]),
+    ("Compute 7*6.", ["7*6=42", "42-0=42", "The answer is 42."]),
+    ("No steps", []),
+    ("One step, with a tag: " + TAG, [f"a step that mentions {TAG} and ends in +", "then -"]),
+    ("Multi-line step", ["x = 1\ny = 2", "x + y = 3"]),
+]
+
+
+def session_loop(test):
+    """Run an async test on the session loop, where the module's engines live (pyproject)."""
+    return pytest.mark.asyncio(loop_scope="session")(test)
+
+
+def e2e(test):
+    return pytest.mark.e2e(session_loop(test))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-causal-prm")
+    return {
+        "math_shepherd": save_tiny_causal_prm(root / "ms", "math_shepherd", seed=1),
+        "rlhflow": save_tiny_causal_prm(root / "rlhflow", "rlhflow", seed=2),
+        "qwen": save_tiny_prm(root / "qwen"),
+    }
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def math_shepherd(tiny: dict[str, Path]):
+    scorer = await load_scorer(tiny["math_shepherd"], kv_cache_gib=0.5, dtype="float32")  # format from config.json
+    yield scorer
+    await scorer.shutdown()
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def rlhflow(tiny: dict[str, Path]):
+    scorer = await load_scorer(tiny["rlhflow"], format="rlhflow", kv_cache_gib=0.5, dtype="float32")
+    yield scorer
+    await scorer.shutdown()
+
+
+def label_probabilities(path: Path, ids: list[int]) -> torch.Tensor:
+    """P(+) / (P(+) + P(-)) of the next token at every position of ``ids``, from a plain transformers forward."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    candidates = [tokenizer.convert_tokens_to_ids("+"), tokenizer.convert_tokens_to_ids("-")]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]  # (T, V)
+    return logits[:, candidates].softmax(dim=-1)[:, 0]  # (T,)
+
+
+def reference_math_shepherd(path: Path, question: str, steps: list[str]) -> tuple[str, list[float]]:
+    """The Math-Shepherd card's recipe: f"{question} {output}", steps closed by " ки", read at the tag ids."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = f"{question} " + "\n".join(f"{step} {TAG}" for step in steps)
+    ids = tokenizer.encode(text)  # with BOS, as the card encodes
+    probs = label_probabilities(path, ids)
+    return text, probs[torch.tensor(ids) == tokenizer.convert_tokens_to_ids(TAG)].tolist()
+
+
+def reference_rlhflow(path: Path, question: str, steps: list[str]) -> tuple[str, list[float]]:
+    """RLHFlow's recipe: user turns answered "+", read where each "+" is predicted (a parallel conversation with a
+    marker token as the answers locates them, as search-and-learn's batched RLHFlow scorer does)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    conversation, marked = [], []
+    for i, step in enumerate(steps):
+        user = {"role": "user", "content": f"{question} {step}" if i == 0 else step}
+        conversation += [user, {"role": "assistant", "content": "+"}]
+        marked += [user, {"role": "assistant", "content": STEP_TAG}]  # a special token, in no step
+    text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    marked_ids = tokenizer.apply_chat_template(marked, tokenize=True, return_dict=False)
+    assert len(ids) == len(marked_ids)
+    probs = label_probabilities(path, ids)
+    return text, probs[:-1][torch.tensor(marked_ids[1:]) == tokenizer.convert_tokens_to_ids(STEP_TAG)].tolist()
+
+
+REFERENCES = {"math_shepherd": reference_math_shepherd, "rlhflow": reference_rlhflow}
+
+
+async def check_against_torch(scorer: CausalLMProcessRewardModel, path: Path, fmt: str) -> None:
+    assert isinstance(scorer, CausalLMProcessRewardModel) and isinstance(scorer, Scorer) and scorer.kind == "prm"
+    assert scorer.format.name == fmt
+    submitted: list[int] = []  # prompt lengths of the engine requests one score() call makes
+    encode = scorer._llm.encode
+
+    def spy(prompt, params, request_id, *args, **kwargs):
+        submitted.append(len(prompt["prompt_token_ids"]))
+        return encode(prompt, params, request_id, *args, **kwargs)
+
+    scorer._llm.encode = spy
+    try:
+        scores = await scorer.score(ITEMS, fmt)
+    finally:
+        scorer._llm.encode = encode
+    assert [len(s) for s in scores] == [len(steps) for _, steps in ITEMS]
+    expected_lengths = []
+    for (question, steps), got in zip(ITEMS, scores, strict=True):
+        if not steps:
+            continue
+        clean_question = question.replace(TAG, "") if fmt == "math_shepherd" else question
+        clean_steps = [step.replace(TAG, "") for step in steps] if fmt == "math_shepherd" else steps
+        text, expected = REFERENCES[fmt](path, clean_question, clean_steps)
+        assert scorer.render(question, steps)[0] == text
+        expected_lengths.append(len(scorer.encode(question, steps)[0]))
+        assert len(expected) == len(steps)
+        assert all(0.0 <= p <= 1.0 for p in got)
+        assert got == pytest.approx(expected, abs=1e-3)
+    assert sorted(submitted) == sorted(expected_lengths)  # one request (one forward) per solution, not per step
+    assert scorer.num_running() == 0 and scorer.healthy()
+
+
+@e2e
+async def test_math_shepherd_scores_equal_a_torch_forward(math_shepherd, tiny: dict) -> None:
+    await check_against_torch(math_shepherd, tiny["math_shepherd"], "math_shepherd")
+
+
+@e2e
+async def test_rlhflow_scores_equal_a_torch_forward(rlhflow, tiny: dict) -> None:
+    await check_against_torch(rlhflow, tiny["rlhflow"], "rlhflow")
+
+
+@e2e
+async def test_no_steps_and_no_items_cost_nothing(math_shepherd) -> None:
+    assert await math_shepherd.score([("q", []), ("r", [])], "empty") == [[], []]
+    assert await math_shepherd.score([], "none") == []
+
+
+def test_math_shepherd_render_marks_the_label_after_each_tag() -> None:
+    scorer = CausalLMProcessRewardModel.__new__(CausalLMProcessRewardModel)  # rendering needs no engine
+    scorer.format = CausalPRMFormat("math_shepherd")
+    text, anchors = scorer.render("Q?", ["a", "b"])
+    assert text == f"Q? a {TAG}\nb {TAG}"
+    assert [text[:a] for a in anchors] == [f"Q? a {TAG}", text]
+
+
+def test_format_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="unknown causal PRM format 'qwen'"):
+        CausalPRMFormat("qwen")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="different"):
+        CausalPRMFormat("rlhflow", good_token="+", bad_token="+")
+
+
+@session_loop
+async def test_load_scorer_dispatch_errors(tiny: dict, tmp_path: Path) -> None:
+    """Every wrong pairing of checkpoint and format fails before any engine starts."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    config = json.loads((tiny["math_shepherd"] / "config.json").read_text())
+    del config["ponder_prm_format"]
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is a causal LM.*format='math_shepherd' or 'rlhflow'"):
+        await load_scorer(bare)
+    with pytest.raises(ValueError, match="PRM format 'qwen' needs a \\*ForProcessRewardModel"):
+        await load_scorer(tiny["math_shepherd"], format="qwen")
+    with pytest.raises(ValueError, match="PRM format 'rlhflow' needs a causal LM"):
+        await load_scorer(tiny["qwen"], format="rlhflow")
+    with pytest.raises(ValueError, match="unknown PRM format 'shepherd'"):
+        await load_scorer(tiny["math_shepherd"], format="shepherd")
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs a causal LM"):
+        await load_scorer(bare, format="math_shepherd")
+
+
+def test_serve_parses_prm_format() -> None:
+    args = build_parser().parse_args(["serve", "--prm", "/some/prm", "--prm-format", "math_shepherd"])
+    assert args.prm_format == "math_shepherd"
+    assert build_parser().parse_args(["serve"]).prm_format is None  # auto: from the checkpoint
+
+
+def ponder(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_serve_rejects_a_bad_prm_format() -> None:
+    result = ponder("serve", "--prm-format", "shepherd")
+    assert result.returncode == 2 and "argument --prm-format: invalid choice: 'shepherd'" in result.stderr
+    result = ponder("serve", "--no-prm", "--prm-format", "rlhflow")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "ponder: error: --prm-format names how to read a reward model; it cannot go with --no-prm"
+    )
+
+
+@session_loop
+async def test_serve_threads_prm_format_to_load_scorer(tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reward_models
+    import server.engine.vllm_engine as vllm_engine
+    from server.cli import _loader
+
+    calls: list[tuple[str, dict]] = []
+
+    async def fake_load_scorer(path: str, **kwargs: object) -> str:
+        calls.append((path, kwargs))
+        return "scorer"
+
+    async def fake_create(model: str, **kwargs: object) -> str:
+        return "engine"
+
+    monkeypatch.setattr(reward_models, "load_scorer", fake_load_scorer)
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
+    argv = ["serve", "--model", "/p", "--prm", str(tiny["rlhflow"]), "--prm-format", "rlhflow"]
+    args = build_parser().parse_args(argv)
+    assert isinstance(args, argparse.Namespace)
+    assert await _loader(args, Path("/p"), tiny["rlhflow"])() == ("engine", "scorer")
+    assert calls == [(str(tiny["rlhflow"]), {"memory_fraction": 0.1, "format": "rlhflow"})]
