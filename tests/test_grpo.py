@@ -1,0 +1,128 @@
+"""GRPO: the verifier and format rewards, the prompt rows, two real TRL steps on a tiny policy, the saved folder.
+
+Offline and CPU-only (generation through transformers). A random tiny policy never answers right, so every group
+would score the same and GRPO's advantages, hence its gradient, would be zero: the training test adds a reward
+that differs within every group (the completion's length) beside the real ones, and checks through TRL's logs that
+the verifier's reward was computed on every completion.
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training import cli, grpo
+from training.grpo import PolicyGRPOConfig, VerifierReward, completion_text, format_reward, prompt_rows
+from training.tasks import get_task
+from training.tiny_models import save_tiny_policy
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_policy(tmp_path_factory.mktemp("policy"), hidden=64, layers=1, heads=2)
+
+
+def test_doctests():
+    failures, tried = doctest.testmod(grpo)
+    assert tried > 0 and failures == 0
+
+
+def test_verifier_reward_is_one_for_a_right_final_answer_and_zero_otherwise():
+    task = get_task("arith")
+    problems = task.load("train", limit=2, level=3)
+    reward = VerifierReward(task, problems)
+    first, second = problems
+    completions = [
+        [{"role": "assistant", "content": first.solution}],  # TRL's conversational completion
+        first.solution.rsplit("\\boxed", 1)[0] + f"\\boxed{{{int(first.answer) + 1}}}",  # right steps, wrong answer
+        second.solution,
+        "",
+        "no answer at all",
+    ]
+    ids = [first.id, first.id, second.id, second.id, second.id]
+    assert reward(completions, problem_id=ids, trainer_state=None) == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert reward.__name__ == "correct"
+
+
+def test_format_reward_wants_a_boxed_answer_at_the_end():
+    texts = ["1 + 2 = 3\n\n\\boxed{3}\n", "\\boxed{}", "3", "\\boxed{3}\n\nmore", "\\boxed{-4}"]
+    assert format_reward([[{"role": "assistant", "content": t}] for t in texts]) == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert completion_text("plain") == "plain"
+
+
+def test_prompt_rows_are_the_servers_user_message_with_the_problem_id():
+    task = get_task("arith")
+    problems = task.load("train", limit=2, level=1)
+    rows = prompt_rows(task, problems)
+    assert rows == [{"prompt": [{"role": "user", "content": task.prompt(p)}], "problem_id": p.id} for p in problems]
+
+
+def test_format_reward_weight_sets_trls_reward_weights(tiny_policy, tmp_path):
+    task = get_task("arith")
+    config = PolicyGRPOConfig.from_preset("tiny", policy=str(tiny_policy), output_dir=str(tmp_path))
+    assert config.reward_weights is None and len(grpo.reward_functions(task, [], 0.0)) == 1
+    weighted = PolicyGRPOConfig.from_preset(
+        "tiny", policy=str(tiny_policy), output_dir=str(tmp_path), format_reward_weight=0.2
+    )
+    assert weighted.reward_weights == [1.0, 0.2] and grpo.reward_functions(task, [], 0.2)[1] is format_reward
+
+
+def test_grpo_trains_the_policy_and_saves_a_servable_folder(tiny_policy, tmp_path, monkeypatch):
+    seen: list[str] = []
+
+    def length_reward(completions, problem_id, **_):  # differs within every group: a gradient from a random policy
+        seen.extend(problem_id)
+        return [len(completion_text(c)) / 24 for c in completions]
+
+    real = grpo.reward_functions
+    monkeypatch.setattr(grpo, "reward_functions", lambda *args: [*real(*args), length_reward])
+    out = tmp_path / "grpo"
+    argv = ["grpo", "--preset", "tiny", "--policy", str(tiny_policy), "--output_dir", str(out)]
+    assert cli.main([*argv, "--save_dtype", "float32"]) == 0
+    initial = load_file(str(tiny_policy / "model.safetensors"))
+    saved = load_file(str(out / "model.safetensors"))
+    changed = [k for k in initial if not torch.equal(initial[k], saved[k])]
+    assert changed == list(initial)  # every tensor moved, by the gradient alone (no weight decay)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 2 and metrics["num_train_problems"] == 4
+    problems = get_task("arith").load("train", limit=4, seed=42, level=1)
+    assert len(seen) == 2 * 8 and set(seen) <= {p.id for p in problems}  # 2 steps x (2 prompts x 4 completions)
+    assert metrics["last_log"]["rewards/correct/mean"] == 0.0 and metrics["last_log"]["reward_std"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("<s><|user|>\nhi</s>\n<|assistant|>\n", add_special_tokens=False, return_tensors="pt").input_ids
+    assert model(ids).logits.shape[:2] == ids.shape and tokenizer.chat_template
+    card = (out / "README.md").read_text()
+    assert "ponder train grpo --preset tiny" in card and "Shao et al. 2024" in card
+    assert (out / "loss.png").is_file() and not list(out.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["grpo", "--use_vllm", "true"], "use_vllm"),
+        (["grpo", "--format_reward_weight", "-1"], "must not be negative"),
+        (["grpo", "--task", "nope"], "unknown task 'nope'"),
+    ],
+)
+def test_cli_mistakes_are_one_line_exit_2(argv, says, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_presets_and_defaults():
+    tiny = cli.parse_config("grpo", ["--preset", "tiny"])
+    assert (tiny.num_generations, tiny.per_device_train_batch_size, tiny.eval_after_training) == (4, 8, False)
+    default = cli.parse_config("grpo", [])
+    assert (default.num_generations, default.num_train_problems, default.beta) == (8, 800, 0.0)
+    assert default.policy.endswith("models/default-policy") and not default.gradient_checkpointing
