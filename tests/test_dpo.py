@@ -6,6 +6,7 @@ from a ``ponder label`` file, so no vLLM engine starts here.
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import json
 import os
@@ -162,3 +163,23 @@ def test_missing_policy_fails_before_training(tmp_path):
     config = PolicyDPOConfig.from_preset("tiny", policy=str(tmp_path / "none"), output_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no policy checkpoint"):
         dpo.train(config)
+
+
+@pytest.mark.e2e
+def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_policy, tmp_path):
+    config = PolicyDPOConfig.from_preset(
+        "tiny",
+        source="policy",
+        policy=str(tiny_policy),
+        output_dir=str(tmp_path),
+        num_samples=3,
+        eval_after_training=True,
+        eval_levels=[1],
+        eval_problems_per_level=2,
+        eval_kv_cache_gib=0.25,
+    )
+    task = get_task("arith")
+    problems = task.load("train", limit=4, level=1)
+    solutions, before = asyncio.run(dpo.sample_policy(config, task, problems))
+    assert [len(s) for s in solutions] == [3] * 4 and all(isinstance(t, str) for s in solutions for t in s)
+    assert before["levels"]["1"]["num_problems"] == 2 and 0 <= before["levels"]["1"]["greedy"] <= 1

@@ -126,3 +126,21 @@ def test_presets_and_defaults():
     default = cli.parse_config("grpo", [])
     assert (default.num_generations, default.num_train_problems, default.beta) == (8, 800, 0.0)
     assert default.policy.endswith("models/default-policy") and not default.gradient_checkpointing
+
+
+@pytest.mark.e2e
+def test_accuracy_before_and_after_on_vllm(tiny_policy, tmp_path):
+    """The whole command with its evaluation: the SFT policy and the tuned one measured on the same test problems."""
+    config = PolicyGRPOConfig.from_preset(
+        "tiny",
+        policy=str(tiny_policy),
+        output_dir=str(tmp_path),
+        eval_after_training=True,
+        eval_levels=[1, 2],
+        eval_problems_per_level=3,
+        eval_kv_cache_gib=0.25,
+    )
+    metrics = grpo.train(config, command="ponder train grpo --preset tiny")
+    assert set(metrics["before"]["levels"]) == set(metrics["after"]["levels"]) == {"1", "2"}
+    assert metrics["before"]["levels"]["1"]["num_problems"] == 3 and set(metrics["gain"]["levels"]) == {"1", "2"}
+    assert "| level | problems | SFT policy | after | gain |" in (tmp_path / "README.md").read_text()
