@@ -124,7 +124,7 @@ def test_presets_and_defaults():
     tiny = cli.parse_config("grpo", ["--preset", "tiny"])
     assert (tiny.num_generations, tiny.per_device_train_batch_size, tiny.eval_after_training) == (4, 8, False)
     default = cli.parse_config("grpo", [])
-    assert (default.num_generations, default.num_train_problems, default.beta) == (8, 800, 0.0)
+    assert (default.num_generations, default.num_train_problems, default.beta) == (8, 320, 0.0)
     assert default.policy.endswith("models/default-policy") and not default.gradient_checkpointing
 
 

@@ -49,7 +49,7 @@ from training.tuning import (
 from training.tuning import train_problems as load_train_problems
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},  # the dataclass defaults: ~10-15 min on 2 CPU cores for the 4-layer, 256-wide default policy
+    "default": {},  # the dataclass defaults: sized (from step times under load) for ~10-15 min on 2 idle CPU cores
     "tiny": {  # seconds, no vLLM: reference solutions against planted errors; learns nothing useful
         "source": "reference",
         "num_train_problems": 16,
@@ -96,7 +96,7 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the pairs."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Pairs per optimizer step."})
     max_length: int | None = field(
-        default=512, metadata={"help": "Longest prompt + solution in tokens (characters: ~150 + ~120 at level 6)."}
+        default=512, metadata={"help": "Longest prompt + solution in tokens (characters: <= 190 + 94 at level 6)."}
     )
     bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})

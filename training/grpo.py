@@ -34,7 +34,7 @@ from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finis
 from training.tuning import train_problems as load_train_problems
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},  # the dataclass defaults: ~10-15 min on 2 CPU cores for the 4-layer, 256-wide default policy
+    "default": {},  # the dataclass defaults: sized (from step times under load) for ~10-15 min on 2 idle CPU cores
     "tiny": {  # seconds: 2 steps of 2 prompts x 4 completions, no vLLM; learns nothing useful
         "num_train_problems": 4,
         "levels": [1],
@@ -56,7 +56,8 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
     """``ponder train grpo``: TRL's ``GRPOConfig`` plus the policy, the reward and the evaluation."""
 
     num_train_problems: int = field(
-        default=800, metadata={"help": "Train-split prompts, shared equally between the levels (one epoch)."}
+        default=320,  # 80 steps: generation through transformers costs most of a CPU step
+        metadata={"help": "Train-split prompts, shared equally between the levels (one epoch)."},
     )
     format_reward_weight: float = field(
         default=0.0,
@@ -73,7 +74,7 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
         default=32, metadata={"help": "Completions per optimizer step: 4 prompts x 8 completions."}
     )
     max_completion_length: int | None = field(
-        default=192, metadata={"help": "Longest completion in tokens (characters: ~120 at arith level 6)."}
+        default=128, metadata={"help": "Longest completion in tokens (characters: <= 94 at arith level 6)."}
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the group's completions."})
     beta: float = field(default=0.0, metadata={"help": "KL penalty to the SFT policy (DeepSeekMath: 0.04); 0: none."})

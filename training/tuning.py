@@ -38,7 +38,7 @@ class PolicyTuningArgs:
         default_factory=lambda: [1, 2, 3, 4, 5, 6], metadata={"help": "Task levels of the training problems."}
     )
     num_train_problems: int = field(
-        default=2000, metadata={"help": "Train-split problems, shared equally between the levels."}
+        default=1500, metadata={"help": "Train-split problems, shared equally between the levels."}
     )
     save_dtype: str = field(
         default="bfloat16",
