@@ -190,7 +190,6 @@ async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Seque
     from strategies.base import SamplingSpec
     from training.evaluate_policy import evaluate_levels
 
-    require_policy(config.policy)
     engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
     try:
         prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
@@ -207,6 +206,7 @@ async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Seque
 def collect_rows(config: PolicyDPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Graded solutions from the configured source, and the SFT policy's accuracy ({} when not evaluated)."""
     task = get_task(config.task)
+    require_policy(config.policy)  # before vLLM starts or any problem is graded
     if config.pairs_from is not None:
         return list(load_rows(config.pairs_from)), evaluate(config.policy, config) if config.eval_after_training else {}
     problems = load_train_problems(config)
