@@ -3,6 +3,7 @@
 - ``accuracy``: accuracy against generated tokens per strategy and budget (:mod:`benchmarks.accuracy`)
 - ``load``: bounded load and soak against a running or spawned server (:mod:`benchmarks.load`)
 - ``overhead``: Ponder's latency against vLLM's own server on the same model (:mod:`benchmarks.overhead`)
+- ``serve``: latency and throughput by concurrency for Ponder, vLLM's own server and optillm (:mod:`benchmarks.serve`)
 """
 
 from __future__ import annotations
