@@ -34,17 +34,19 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra
 
-# The embedded default models, from scratch with the bundled scripts (about 45 min on 2 CPU cores; see the cards):
-# the SFT policy, step labels from its own samples (train and val splits), the PRM on them (body from the policy).
+# The embedded default models, from scratch with the bundled scripts (about 45 min on 2 idle CPU cores; the cards in
+# models/*/README.md give each step's command, seed, data and time): the SFT policy, step labels from its own samples
+# (train and val splits), the PRM on them (body initialised from the policy), then copied into models/.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
-	$(PONDER) train sft --output_dir models/default-policy
-	$(PONDER) label --policy models/default-policy --split train --num_problems 3000 --num_samples 4 \
+	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25
+	$(PONDER) label --policy runs/policy-sft --split train --num_problems 2000 --num_samples 4 \
 		--output runs/labels/train
-	$(PONDER) label --policy models/default-policy --split val --num_problems 300 --num_samples 4 \
-		--output runs/labels/val
-	$(PONDER) train prm --train_data runs/labels/train --eval_data runs/labels/val \
-		--init_from models/default-policy --output_dir models/default-prm
+	$(PONDER) label --policy runs/policy-sft --split val --num_problems 300 --num_samples 4 --output runs/labels/val
+	$(PONDER) train prm --train_data runs/labels/train --eval_data runs/labels/val --init_from runs/policy-sft \
+		--output_dir runs/prm
+	rm -rf models/default-policy models/default-prm && mkdir -p models
+	cp -r runs/policy-sft models/default-policy && cp -r runs/prm models/default-prm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

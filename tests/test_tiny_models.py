@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from reward_models import load_scorer
+from server import default_models
 from server.default_models import ensure_default_models
 from training.tiny_models import (
     STEP_TAG,
@@ -111,7 +112,9 @@ def test_head_dim_below_32_is_refused(tmp_path) -> None:
         save_tiny_policy(tmp_path / "p", hidden=64, heads=4)
 
 
-def test_default_models_are_built_once_and_flagged(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def test_default_models_are_built_once_and_flagged(tmp_path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(default_models, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     with caplog.at_level(logging.WARNING, logger="ponder.models"):
         first = ensure_default_models(tmp_path)
     assert first.random_weights and "RANDOM-WEIGHT" in caplog.text
@@ -123,8 +126,20 @@ def test_default_models_are_built_once_and_flagged(tmp_path, caplog: pytest.LogC
 
 
 def test_default_models_respect_ponder_cache_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(default_models, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     monkeypatch.setenv("PONDER_CACHE_DIR", str(tmp_path))
     assert ensure_default_models().prm == tmp_path / "tiny-v1" / "prm"
+
+
+def test_shipped_models_are_preferred_to_the_stand_ins(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "models"
+    save_tiny_policy(shipped / "default-policy")
+    save_tiny_prm(shipped / "default-prm")
+    monkeypatch.setattr(default_models, "SHIPPED_DIR", shipped)
+    chosen = ensure_default_models(tmp_path / "cache")
+    assert (chosen.policy, chosen.prm, chosen.random_weights) == (shipped / "default-policy",
+                                                                   shipped / "default-prm", False)
+    assert not (tmp_path / "cache").exists()  # nothing built
 
 
 async def test_load_scorer_rejects_bad_paths(tiny: dict, tmp_path) -> None:
