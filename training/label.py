@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from strategies.base import Engine, SamplingSpec
 from training.tasks import Problem, TaskSpec, get_task
-from training.tasks.arith import apply, parse_question
+from training.tasks.arith import apply, format_step, parse_question
 
 DEFAULT_POLICY = str(Path(__file__).resolve().parents[1] / "models" / "default-policy")
 
@@ -123,7 +123,7 @@ def plant_error(problem: Problem, rng: random.Random) -> str:
         result = left // operand if result is None else result  # an inexact division: the policy floors it
         if index == at and kind == "result":
             result += rng.choice((-10, -2, -1, 1, 2, 10))
-        steps.append(f"{left} {op} {operand} = {result}")
+        steps.append(format_step(len(steps) + 1, op, operand, left, result))
         value = result
     return "\n\n".join([*steps, f"\\boxed{{{value}}}"])
 

@@ -209,9 +209,9 @@ def sft_rows(
     >>> task = get_task("arith")
     >>> row = sft_rows(task, task.load("train", limit=1, level=1))[0]
     >>> row["prompt"][0]["content"].splitlines()[0]
-    'Start with 20. Subtract 15. What is the result?'
+    'Start with 77. (1) Add 11. What is the result?'
     >>> row["completion"]
-    [{'role': 'assistant', 'content': '20 - 15 = 5\n\n\\boxed{5}'}]
+    [{'role': 'assistant', 'content': '(1) Add 11: 77 + 11 = 88\n\n\\boxed{88}'}]
     """
     missing = [p.id for p in problems if p.solution is None]
     if missing:

@@ -1,15 +1,22 @@
 r"""``arith``: seeded multi-step integer arithmetic chains, with steps a checker can label exactly.
 
-A problem is a chain of operations on a running value, in words::
+A problem is a chain of numbered operations on a running value, in words::
 
-    Start with 12. Add 7. Multiply by 3. Subtract 5. What is the result?
+    Start with 12. (1) Add 7. (2) Multiply by 3. (3) Subtract 5. What is the result?
 
-and its reference solution is one equation per operation, steps separated by a blank line, then the answer::
+and its reference solution is one step per operation, steps separated by a blank line, then the answer; a step
+restates the question's operation, then does it as an equation::
 
-    12 + 7 = 19\n\n19 * 3 = 57\n\n57 - 5 = 52\n\n\boxed{52}
+    (1) Add 7: 12 + 7 = 19\n\n(2) Multiply by 3: 19 * 3 = 57\n\n(3) Subtract 5: 57 - 5 = 52\n\n\boxed{52}
 
 A chain rather than a nested expression: every step has one right form (the previous result, the problem's operand),
 so :meth:`Arith.check_steps` labels steps exactly, and a character-level model only ever carries one value forward.
+The restatement makes reading the question a verbatim copy: after ``(2`` the model copies what follows ``(2`` in the
+question, character by character (the induction-head pattern small transformers learn first), and the equation
+then uses only what is on its own line and the line before. Without it (bare equations, numbered or not) a 4-layer
+character-level policy trained for 20 minutes here never learned to look the operation up: it wrote plausible
+chains that ignored the question (0-3% greedy at every level). The step checker reads the step's equation only, so
+bare equations are judged the same way.
 
 Levels (every value, start and intermediate results, stays in 0..max; division is always exact)::
 
@@ -79,8 +86,10 @@ Op = tuple[str, int]  # ("*", 3)
 
 _OPERATOR = {"×": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/", "−": "-"}
 _WORD_OP = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}
-_STEP = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
-_QUESTION = re.compile(r"Start with (\d+)\. ((?:(?:Add|Subtract|Multiply by|Divide by) \d+\. )+)What is the result\?")
+_STEP = re.compile(r"(?:\(\d+\) )?(Add|Subtract|Multiply by|Divide by) (\d+)\.")
+_QUESTION = re.compile(
+    r"Start with (\d+)\. ((?:(?:\(\d+\) )?(?:Add|Subtract|Multiply by|Divide by) \d+\. )+)What is the result\?"
+)
 _EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
@@ -130,15 +139,20 @@ def results(start: int, ops: Sequence[Op]) -> list[int]:
 
 
 def question_text(start: int, ops: Sequence[Op]) -> str:
-    """``Start with 12. Add 7. Multiply by 3. What is the result?``"""
-    said = " ".join(WORDS[op].format(operand) for op, operand in ops)
+    """``Start with 12. (1) Add 7. (2) Multiply by 3. What is the result?``"""
+    said = " ".join(f"({i}) " + WORDS[op].format(operand) for i, (op, operand) in enumerate(ops, 1))
     return f"Start with {start}. {said} What is the result?"
 
 
+def format_step(number: int, op: str, operand: int, left: int, result: int) -> str:
+    """``(2) Multiply by 3: 19 * 3 = 57``: the question's numbered operation restated, then its equation."""
+    return f"({number}) {WORDS[op].format(operand)[:-1]}: {left} {op} {operand} = {result}"
+
+
 def reference_solution(start: int, ops: Sequence[Op]) -> str:
-    """One equation per operation, then ``\\boxed{answer}``; steps joined by a blank line."""
+    """One step per operation (:func:`format_step`), then ``\\boxed{answer}``; steps joined by a blank line."""
     lefts = [start, *results(start, ops)]
-    steps = [f"{lefts[i]} {op} {operand} = {lefts[i + 1]}" for i, (op, operand) in enumerate(ops)]
+    steps = [format_step(i + 1, op, operand, lefts[i], lefts[i + 1]) for i, (op, operand) in enumerate(ops)]
     return "\n\n".join([*steps, f"\\boxed{{{lefts[-1]}}}"])
 
 
