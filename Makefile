@@ -39,7 +39,8 @@ test: $(STAMP)
 # (train and val splits), the PRM on them (body initialised from the policy), then copied into models/.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
-	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25
+	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25 --learning_rate 1e-3 --adam_beta2 0.99 \
+		--warmup_steps 100 --save_steps 100
 	$(PONDER) label --policy runs/policy-sft --split train --num_problems 2000 --num_samples 4 \
 		--output runs/labels/train
 	$(PONDER) label --policy runs/policy-sft --split val --num_problems 300 --num_samples 4 --output runs/labels/val

@@ -53,6 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "intermediate_size": 384,
         "eval_problems_per_level": 50,
         "eval_num_samples": 4,
+        "warmup_steps": 20,
     },
     "tiny": {  # seconds: tests and smoke runs; learns nothing useful
         "num_train_problems": 64,
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 2,
         "intermediate_size": 128,
         "per_device_train_batch_size": 8,
+        "warmup_steps": 1,
         "logging_steps": 2,
         "save_steps": 4,
         "eval_steps": 4,
@@ -146,10 +148,14 @@ class PolicySFTConfig(SFTConfig):
     # ---- TrainingArguments / SFTConfig defaults tuned for a tiny model from scratch on a CPU
     output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints, final model and metrics."})
     learning_rate: float = field(
-        default=2e-3, metadata={"help": "Peak AdamW learning rate (tiny model, from scratch)."}
+        default=1e-3, metadata={"help": "Peak AdamW learning rate (tiny model, from scratch; nanoGPT's char model)."}
+    )
+    adam_beta2: float = field(
+        default=0.99, metadata={"help": "AdamW beta2 (0.99 as nanoGPT's small models: 0.999 with 2e-3 never learned "
+                                "to read the question here)."}
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
-    warmup_steps: float = field(default=0.03, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    warmup_steps: float = field(default=100, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training problems."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Problems per optimizer step."})
