@@ -41,11 +41,11 @@ PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
 	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25 --learning_rate 1e-3 --adam_beta2 0.99 \
 		--warmup_steps 100 --save_steps 100
-	$(PONDER) label --policy runs/policy-sft --split train --num_problems 2000 --num_samples 4 \
+	$(PONDER) label --policy runs/policy-sft --split train --num_problems 1500 --num_samples 4 \
 		--output runs/labels/train
 	$(PONDER) label --policy runs/policy-sft --split val --num_problems 300 --num_samples 4 --output runs/labels/val
 	$(PONDER) train prm --train_data runs/labels/train --eval_data runs/labels/val --init_from runs/policy-sft \
-		--output_dir runs/prm
+		--num_train_epochs 1 --output_dir runs/prm
 	rm -rf models/default-policy models/default-prm && mkdir -p models
 	cp -r runs/policy-sft models/default-policy && cp -r runs/prm models/default-prm
 
