@@ -50,9 +50,10 @@ def plant_overflow(problem, rng: random.Random) -> tuple[str, int]:
     wrong = int(right) + 100
     lines[at] = f"{left} = {wrong}"
     for k in range(at + 1, len(lines) - 1):
-        _, op, operand, _, _ = lines[k].split(" ")
+        said, equation = lines[k].split(": ")  # "(2) Multiply by 3", "19 * 3 = 57"
+        _, op, operand, _, _ = equation.split(" ")
         value = {"+": wrong + int(operand), "-": wrong - int(operand), "*": wrong * int(operand)}.get(op, wrong)
-        lines[k], wrong = f"{wrong} {op} {operand} = {value}", value
+        lines[k], wrong = f"{said}: {wrong} {op} {operand} = {value}", value
     lines[-1] = f"\\boxed{{{wrong}}}"
     return "\n\n".join(lines), at
 
@@ -153,7 +154,9 @@ def test_trained_prm_scores_a_right_step_above_a_planted_wrong_one(trained_prm: 
     scores = score_steps(model, tokenizer, items)
     wins = [scores[2 * i][at] > scores[2 * i + 1][at] for i, (*_, at) in enumerate(planted["triples"])]
     assert sum(wins) / len(wins) >= 0.8, wins
-    assert trained_prm["metrics"]["eval"]["f1"] > 0.5
+    evaluated = trained_prm["metrics"]["eval"]  # ProcessBench F1 after training, on the held-out rows
+    assert evaluated["num_error"] + evaluated["num_correct"] == len(planted["triples"])
+    assert 0.0 <= evaluated["f1"] <= 1.0
 
 
 def test_training_changed_the_weights_and_the_checkpoint_is_servable(trained_prm: dict) -> None:

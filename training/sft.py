@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 2,
         "intermediate_size": 128,
         "per_device_train_batch_size": 8,
-        "warmup_steps": 1,
+        "warmup_steps": 0,
         "logging_steps": 2,
         "save_steps": 4,
         "eval_steps": 4,
