@@ -27,7 +27,6 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,8 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.modeling_outputs import TokenClassifierOutput
-from transformers.trainer_utils import get_last_checkpoint
 
+from training.runs import plain_value, resume_path
 from training.tiny_models import STEP_TAG, build_char_tokenizer
 
 Render = Callable[[str, Sequence[str]], str]  # (question, steps) -> the text the reward model reads
@@ -385,7 +384,7 @@ def train(config: RewardModelConfig, command: str | None = None) -> dict[str, An
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         data_collator=PadCollator(tokenizer.pad_token_id),
     )
-    result = trainer.train(resume_from_checkpoint=_resume_path(config))
+    result = trainer.train(resume_from_checkpoint=resume_path(config))
     final = save_final(trainer.model, tokenizer, output_dir, config.save_dtype)
     plot_loss(trainer.state.log_history, output_dir / "loss.png", title=f"{config.kind.upper()} on {config.train_data}")
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -414,7 +413,7 @@ def train(config: RewardModelConfig, command: str | None = None) -> dict[str, An
         metrics["eval"] = evaluate_reward_model(final, config.eval_data, threshold=config.threshold)
     metrics["total_time_s"] = round(time.perf_counter() - started, 1)
     metrics["command"] = command
-    metrics["config"] = {name: _plain(getattr(config, name)) for name in RewardModelConfig.__annotations__}
+    metrics["config"] = {name: plain_value(getattr(config, name)) for name in RewardModelConfig.__annotations__}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output_dir / "README.md").write_text(model_card(metrics))
     return metrics
@@ -425,23 +424,6 @@ def save_final(model: nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path,
     model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
-
-
-def _resume_path(config: RewardModelConfig) -> str | None:
-    """``resume_from_checkpoint``: a folder, or ``last``/``true`` for the newest checkpoint in ``output_dir``."""
-    wanted = config.resume_from_checkpoint
-    if wanted is None or str(wanted).lower() in ("false", "none", ""):
-        return None
-    if str(wanted).lower() in ("last", "true"):
-        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint={wanted}: no checkpoint-* folder in {config.output_dir}")
-        return last
-    return str(wanted)
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
 
 
 def model_card(metrics: dict[str, Any]) -> str:

@@ -31,15 +31,14 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
 
+from training.runs import plain_value, resume_path
 from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
 from training.tiny_models import build_char_tokenizer
 
@@ -299,7 +298,7 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         processing_class=tokenizer,
     )
     data = _token_counts(trainer.train_dataset)
-    result = trainer.train(resume_from_checkpoint=_resume_path(config))
+    result = trainer.train(resume_from_checkpoint=resume_path(config))
     final = save_final(trainer.model, tokenizer, output_dir, config.save_dtype)
     plot_loss(trainer.state.log_history, output_dir / "loss.png", title=f"SFT on {config.task}, preset {config.preset}")
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -343,7 +342,7 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         )
     metrics["total_time_s"] = round(time.perf_counter() - started, 1)
     metrics["command"] = command
-    metrics["config"] = {name: _plain(getattr(config, name)) for name in PolicySFTConfig.__annotations__}
+    metrics["config"] = {name: plain_value(getattr(config, name)) for name in PolicySFTConfig.__annotations__}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output_dir / "README.md").write_text(model_card(metrics))  # replaces TRL's generic card
     return metrics
@@ -358,29 +357,11 @@ def save_final(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path
     return path
 
 
-def _resume_path(config: PolicySFTConfig) -> str | None:
-    """``resume_from_checkpoint``: a folder, or ``last``/``true`` for the newest checkpoint in ``output_dir``."""
-    wanted = config.resume_from_checkpoint
-    if wanted is None or str(wanted).lower() in ("false", "none", ""):
-        return None
-    if str(wanted).lower() in ("last", "true"):
-        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint={wanted}: no checkpoint-* folder in {config.output_dir}")
-        return last
-    return str(wanted)
-
-
 def _token_counts(dataset: Any) -> dict[str, int]:
     """Tokens per epoch in the tokenized training set: all of them, and those with a loss (the completions)."""
     total = sum(len(ids) for ids in dataset["input_ids"])
     completion = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
     return {"train_tokens_per_epoch": total, "completion_tokens_per_epoch": completion}
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready config value (TrainingArguments keeps some as enums)."""
-    return value.value if isinstance(value, Enum) else value
 
 
 def model_card(metrics: dict[str, Any]) -> str:
