@@ -70,19 +70,26 @@ def test_api_keys_from_flag_and_environment(stack):
     assert httpx.get(f"{stack.server.url}/health").status_code == 200  # open for supervisors
 
 
+def _metrics(stack) -> str:
+    return httpx.get(f"{stack.server.url}/metrics", headers={"Authorization": "Bearer secret-3"}).text
+
+
 def test_sigterm_drains_in_flight_requests(stack):
     """Last in this module: SIGTERM while a request runs; the request completes, then the server exits."""
     outcome = {}
 
     def long_request():
         outcome["reply"] = stack.client.chat.completions.create(
-            model="remote-tiny", messages=QUESTION, max_tokens=400, temperature=1.0,
-            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 16}})
+            model="remote-tiny", messages=QUESTION, max_tokens=1500, temperature=1.0,
+            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 32}})
         outcome["finished"] = time.monotonic()
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    time.sleep(0.5)  # the request is in flight
+    deadline = time.monotonic() + 30
+    while "ponder_requests_in_flight 1.0" not in _metrics(stack) and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait until the server has the request, whatever this machine's speed
+    assert "finished" not in outcome, "the request ended before SIGTERM could be sent; make it longer"
     stack.server.proc.send_signal(signal.SIGTERM)
     terminated = time.monotonic()
     worker.join(timeout=120)
