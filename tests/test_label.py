@@ -108,6 +108,10 @@ def test_rows_round_trip_through_datasets(tmp_path: Path) -> None:
     for target in (tmp_path / "folder", tmp_path / "rows.jsonl"):
         loaded = load_rows(save_rows(rows, target))
         assert loaded[0]["completions"] == rows[0]["completions"] and loaded[0]["labels"] == rows[0]["labels"]
+    joined = load_rows(f"{tmp_path / 'folder'},{tmp_path / 'rows.jsonl'}")
+    assert len(joined) == 2 * len(rows) and joined[len(rows)]["labels"] == rows[0]["labels"]
+    with pytest.raises(FileNotFoundError, match="no label data at"):
+        load_rows(f"{tmp_path / 'folder'},{tmp_path / 'missing.jsonl'}")
 
 
 def test_label_cli_on_reference_solutions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -124,6 +124,18 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     assert not list(out.glob("checkpoint-*"))  # removed once the run finished
 
 
+def test_init_from_trains_further_from_a_finished_policy(trained, tmp_path):
+    out, _, _ = trained
+    start = load_file(str(out / "model.safetensors"))
+    metrics = sft.train(tiny_config(tmp_path, init_from=str(out), seed=7, hidden_size=128, num_hidden_layers=3))
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert saved.keys() == start.keys() and any(not torch.equal(start[k], saved[k]) for k in start)
+    assert (metrics["num_hidden_layers"], metrics["hidden_size"]) == (1, 64)  # the shape flags are ignored
+    assert f"trained further from the policy in `{out}`" in (tmp_path / "README.md").read_text()
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        sft.starting_policy(tiny_config(tmp_path, init_from=str(tmp_path / "nothing")))
+
+
 def test_loss_curves_and_plot(tmp_path):
     history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 0.2, "eval_loss": 0.3}, {"train_loss": 1.0, "step": 2}]
     assert plots.loss_curves(history) == {"loss": ([1, 2], [3.0, 0.2]), "eval_loss": ([2], [0.3])}

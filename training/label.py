@@ -267,15 +267,25 @@ def save_rows(rows: list[dict[str, Any]], output: str | Path) -> Path:
 
 
 def load_rows(path: str | Path) -> Any:
-    """A ``datasets.Dataset`` of stepwise rows from a ``save_to_disk`` folder or a JSON/JSONL file."""
-    from datasets import Dataset, load_from_disk
+    """A ``datasets.Dataset`` of stepwise rows from a ``save_to_disk`` folder or a JSON/JSONL file; several
+    sources joined by commas (``runs/labels/train,runs/labels/planted``) are concatenated on their shared columns."""
+    from datasets import Dataset, concatenate_datasets, load_from_disk
 
-    path = Path(path)
-    if path.is_dir():
-        return load_from_disk(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"no label data at {path}")
-    return Dataset.from_json(str(path))
+    parts = [Path(p) for p in str(path).split(",") if p.strip()]
+    if not parts:
+        raise FileNotFoundError("no label data given")
+    datasets = []
+    for part in parts:
+        if part.is_dir():
+            datasets.append(load_from_disk(str(part)))
+        elif part.is_file():
+            datasets.append(Dataset.from_json(str(part)))
+        else:
+            raise FileNotFoundError(f"no label data at {part}")
+    if len(datasets) == 1:
+        return datasets[0]
+    shared = [c for c in datasets[0].column_names if all(c in d.column_names for d in datasets)]
+    return concatenate_datasets([d.select_columns(shared) for d in datasets])
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class RewardModelConfig(TrainingArguments):
         metadata={"help": "prm: per-step scores; orm: one score per solution.", "choices": ["prm", "orm"]},
     )
     train_data: str = field(
-        default="data/prm/train", metadata={"help": "Stepwise label data (`ponder label` output: folder or JSONL)."}
+        default="data/prm/train",
+        metadata={"help": "Stepwise label data (`ponder label` output: folder or JSONL; several joined by commas)."},
     )
     eval_data: str | None = field(
         default=None, metadata={"help": "Held-out label data: eval_loss during training, F1 / accuracy after."}

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig
 
 from training.runs import plain_value, resume_path
@@ -109,6 +109,13 @@ class PolicySFTConfig(SFTConfig):
     )
     num_val_problems: int = field(
         default=300, metadata={"help": "Validation problems (val split) for eval_loss during training; 0: none."}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this policy folder (a finished `ponder train sft` run) instead of random weights: "
+            "more training on fresh problems (pick another --seed); the model-shape flags are then ignored."
+        },
     )
     # ---- model shape: a fresh LlamaForCausalLM
     hidden_size: int = field(default=256, metadata={"help": "Model width."})
@@ -275,6 +282,18 @@ def build_policy(config: PolicySFTConfig, tokenizer: PreTrainedTokenizerFast) ->
     return LlamaForCausalLM(llama)
 
 
+def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The policy ``init_from`` names (in float32, for training) or a fresh one, and its tokenizer."""
+    if not config.init_from:
+        tokenizer = build_char_tokenizer()
+        return build_policy(config, tokenizer), tokenizer
+    folder = Path(config.init_from)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: {folder} holds no model (no config.json)")
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]:
     """Train, save the final model + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the model card
@@ -287,9 +306,8 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     task = get_task(config.task)
-    tokenizer = build_char_tokenizer()
     train_problems, val_problems = training_problems(config)
-    model = build_policy(config, tokenizer)
+    model, tokenizer = starting_policy(config)
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -313,7 +331,10 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         },
         **data,
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
-        "head_dim": config.hidden_size // config.num_attention_heads,
+        "head_dim": trainer.model.config.hidden_size // trainer.model.config.num_attention_heads,
+        "num_hidden_layers": trainer.model.config.num_hidden_layers,
+        "hidden_size": trainer.model.config.hidden_size,
+        "init_from": config.init_from,
         "model_bytes": sum(f.stat().st_size for f in final.glob("*.safetensors")),
         "optimizer_steps": trainer.state.global_step,
         "train_time_s": round(result.metrics["train_runtime"], 1),
@@ -367,13 +388,15 @@ def _token_counts(dataset: Any) -> dict[str, int]:
 def model_card(metrics: dict[str, Any]) -> str:
     """The checkpoint's README: what it is, how it was made (command, seed, data, time) and what it scores."""
     config = metrics["config"]
+    origin = (f"trained further from the policy in `{metrics['init_from']}` (see its card; fresh problems, "
+              f"seed {metrics['seed']})" if metrics.get("init_from") else "trained from random weights")
     lines = [
         f"# Ponder policy: SFT on `{metrics['task']}` (preset `{metrics['preset']}`)",
         "",
-        f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide `LlamaForCausalLM` "
+        f"A {metrics['num_hidden_layers']}-layer, {metrics['hidden_size']}-wide `LlamaForCausalLM` "
         f"({metrics['num_parameters']:,} parameters, head_dim {metrics['head_dim']}, "
         f"saved in {config['save_dtype']}, {metrics['model_bytes'] / 1e6:.1f} MB) with a character-level tokenizer "
-        "and chat template, trained from random weights by `training/sft.py` on the task's reference solutions "
+        f"and chat template, {origin} by `training/sft.py` on the task's reference solutions "
         "(loss on the completion only). No pretrained weights, no downloaded data.",
         "",
         "## How it was made",
