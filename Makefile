@@ -38,16 +38,20 @@ test: $(STAMP)
 # models/*/README.md give each step's command, seed, data and time): the SFT policy, step labels from its own samples
 # (train and val splits), the PRM on them (body initialised from the policy), then copied into models/.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
-models: $(STAMP)
+models: $(STAMP)  # about 2 h on 2 CPU cores: SFT 2 x 40k problems, labels, PRM (the cards hold each step's time)
 	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25 --learning_rate 1e-3 --adam_beta2 0.99 \
 		--warmup_steps 100 --save_steps 100
-	$(PONDER) label --policy runs/policy-sft --split train --num_problems 1500 --num_samples 4 \
-		--output runs/labels/train
-	$(PONDER) label --policy runs/policy-sft --split val --num_problems 300 --num_samples 4 --output runs/labels/val
-	$(PONDER) train prm --train_data runs/labels/train --eval_data runs/labels/val --init_from runs/policy-sft \
-		--num_train_epochs 1 --output_dir runs/prm
+	$(PONDER) train sft --init_from runs/policy-sft --seed 43 --output_dir runs/policy-sft2 --logging_steps 25 \
+		--learning_rate 7e-4 --adam_beta2 0.99 --warmup_steps 50 --save_steps 100
+	$(PONDER) label --policy runs/policy-sft2 --split train --num_problems 1500 --num_samples 4 --mc_rollouts 4 \
+		--output runs/labels2/train
+	$(PONDER) label --source reference --split train --num_problems 2000 --seed 1 --output runs/labels2/planted
+	$(PONDER) label --policy runs/policy-sft2 --split val --num_problems 300 --num_samples 4 \
+		--output runs/labels2/val
+	$(PONDER) train prm --train_data runs/labels2/train,runs/labels2/planted --eval_data runs/labels2/val \
+		--init_from runs/policy-sft2 --num_train_epochs 1 --output_dir runs/prm2
 	rm -rf models/default-policy models/default-prm && mkdir -p models
-	cp -r runs/policy-sft models/default-policy && cp -r runs/prm models/default-prm
+	cp -r runs/policy-sft2 models/default-policy && cp -r runs/prm2 models/default-prm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
