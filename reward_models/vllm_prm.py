@@ -24,7 +24,14 @@ from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from server.engine.errors import ScorerError
-from server.engine.vllm_engine import encode_prompt, engine_args, engine_input, start_llm, translate_errors
+from server.engine.vllm_engine import (
+    encode_prompt,
+    engine_args,
+    engine_input,
+    start_llm,
+    stop_llm,
+    translate_errors,
+)
 
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 151651 in its vocabulary)
@@ -125,7 +132,7 @@ class VLLMPoolingScorer:
     async def shutdown(self) -> None:
         if self._live and self.healthy():
             await self._llm.abort(list(self._live))
-        self._llm.shutdown()
+        stop_llm(self._llm)
 
 
 class VLLMProcessRewardModel(VLLMPoolingScorer):

@@ -225,3 +225,23 @@ async def test_orm_gives_one_probability_per_item(orm: VLLMOutcomeRewardModel, t
         with torch.no_grad():
             expected = torch.sigmoid(model(torch.tensor([ids])).logits[0, 0]).item()
         assert 0.0 <= p <= 1.0 and p == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dict) -> None:
+    """vLLM's AsyncLLM.__del__ shuts down a second time at interpreter exit; stop_llm makes that call a no-op."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio\n"
+        "from server.engine.vllm_engine import VLLMEngine\n"
+        "async def main():\n"
+        f"    engine = await VLLMEngine.create({str(tiny['policy'])!r}, kv_cache_gib=1)\n"
+        "    await engine.shutdown()\n"
+        "asyncio.run(main())\n"
+        "print('exited')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "exited" in done.stdout
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

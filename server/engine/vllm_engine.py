@@ -70,10 +70,18 @@ async def start_llm(args: AsyncEngineArgs) -> AsyncLLM:
     try:
         llm = await asyncio.shield(loading)
     except asyncio.CancelledError:
-        loading.add_done_callback(lambda done: done.exception() is None and done.result().shutdown())
+        loading.add_done_callback(lambda done: done.exception() is None and stop_llm(done.result()))
         raise
     log.info("vLLM engine for %s ready in %.1f s", args.model, time.perf_counter() - started)
     return llm
+
+
+def stop_llm(llm: AsyncLLM) -> None:
+    """Shut ``llm`` down once. vLLM's ``AsyncLLM.__del__`` calls ``shutdown`` again, and when that happens at
+    interpreter exit (module globals already gone) it prints a ``TypeError`` traceback; the no-op left on the
+    instance makes the second call harmless."""
+    llm.shutdown()
+    llm.shutdown = lambda *args, **kwargs: None  # type: ignore[method-assign]
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -191,7 +199,7 @@ class VLLMEngine:
         """Abort what is running and stop the engine core process."""
         if self._live and self.healthy():
             await self._llm.abort(list(self._live))
-        self._llm.shutdown()
+        stop_llm(self._llm)
 
     # ---- internals --------------------------------------------------------------------------------------------
     def _params(self, spec: SamplingSpec, prompt_len: int, kind: RequestOutputKind) -> SamplingParams:
