@@ -284,3 +284,13 @@ def test_init_from_a_policy_copies_its_body_and_leaves_the_head_random(tmp_path:
             RewardModelConfig.from_preset("tiny", output_dir="u", hidden_size=128, init_from=str(policy)),
             build_char_tokenizer(),
         )
+    deeper = build_model(
+        RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=3, init_from=str(policy)),
+        build_char_tokenizer(),
+    )
+    own, fresh = deeper.state_dict(), build_model(
+        RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=3), build_char_tokenizer()
+    ).state_dict()
+    key = "model.layers.{}.mlp.up_proj.weight"
+    assert torch.equal(own[key.format(0)], llama.state_dict()[key.format(0)])
+    assert torch.equal(own[key.format(2)], fresh[key.format(2)])  # the layers on top stay fresh

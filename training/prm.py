@@ -218,8 +218,10 @@ def build_model(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -
 def load_body(model: nn.Module, policy: str | Path) -> None:
     """Copy a policy's ``model.*`` weights (Llama and Qwen2 name them alike) into ``model``; the head stays random.
 
-    Only the q/k/v biases Qwen2 has and Llama lacks may be missing (they stay zero: the same function); any other
-    missing or misshapen weight is an error.
+    Only the q/k/v biases Qwen2 has and Llama lacks may be missing (they stay zero: the same function), and whole
+    layers above the policy's last: a deeper reward model gets the policy's layers at the bottom and fresh ones on
+    top, which can compare what the policy would have written with what the step says. Any other missing or
+    misshapen weight is an error.
     """
     from safetensors.torch import load_file
 
@@ -231,14 +233,18 @@ def load_body(model: nn.Module, policy: str | Path) -> None:
     wrong = [k for k, v in body.items() if k not in own or own[k].shape != v.shape]
     if wrong:
         raise ValueError(f"init_from {policy}: weights that do not fit this model's shape, e.g. {wrong[:3]}")
-    missing = [k for k in own if k.startswith("model.") and k not in body and not k.endswith("_proj.bias")]
+    depth = len({k.split(".")[2] for k in body if k.startswith("model.layers.")})
+    fresh = tuple(f"model.layers.{i}." for i in range(depth, getattr(model.config, "num_hidden_layers", depth)))
+    missing = [k for k in own if k.startswith("model.") and k not in body
+               and not k.endswith("_proj.bias") and not k.startswith(fresh)]
     if missing:
         raise ValueError(f"init_from {policy}: the policy lacks {missing[:3]}")
     with torch.no_grad():
         for key, value in body.items():
             own[key].copy_(value.to(own[key].dtype))
         for key in own:
-            if key.startswith("model.") and key.endswith("_proj.bias") and key not in body:
+            policy_bias = key.startswith("model.") and key.endswith("_proj.bias") and not key.startswith(fresh)
+            if policy_bias and key not in body:
                 own[key].zero_()
 
 
