@@ -2,18 +2,20 @@
 
 Serves sequence classifiers (``Qwen2ForSequenceClassification``, ``LlamaForSequenceClassification``, ...), which
 vLLM runs through its ``classify`` task: the last token's logits through the checkpoint's head, a sigmoid for one
-label and a softmax for more. The positive class is the last label. The input is the chat template over the same
-system prompt as the PRM, the question and the steps joined by ``step_separator``. Cost: one pooling request per
-item, all submitted at once.
+label and a softmax for more. The positive class is the last label. The input is the chat template over the system
+prompt the checkpoint's ``config.json`` names (:func:`configured_layout`; default Qwen's), the question and the
+steps joined by ``step_separator``. Cost: one pooling request per item, all submitted at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMPoolingScorer
+from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout
+from reward_models.vllm_prm import VLLMPoolingScorer
 
 
 class VLLMOutcomeRewardModel(VLLMPoolingScorer):
@@ -49,7 +51,8 @@ class VLLMOutcomeRewardModel(VLLMPoolingScorer):
             max_model_len=max_model_len,
             seed=seed,
         )
-        return cls(llm, model_name=path, step_separator=step_separator)
+        system, _ = configured_layout(Path(path))
+        return cls(llm, model_name=path, step_separator=step_separator, system_prompt=system)
 
     def render(self, question: str, steps: Sequence[str]) -> str:
         """The exact text the ORM reads."""

@@ -23,6 +23,7 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout
 from server.engine.errors import ScorerError
 from server.engine.vllm_engine import (
     encode_prompt,
@@ -33,7 +34,6 @@ from server.engine.vllm_engine import (
     translate_errors,
 )
 
-QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 151651 in its vocabulary)
 
 
@@ -141,9 +141,16 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
     kind = "prm"
     pooling_task = "token_classify"
 
-    def __init__(self, llm: AsyncLLM, model_name: str, step_tag: str, system_prompt: str | None = QWEN_PRM_SYSTEM):
+    def __init__(
+        self,
+        llm: AsyncLLM,
+        model_name: str,
+        step_tag: str,
+        system_prompt: str | None = QWEN_PRM_SYSTEM,
+        step_suffix: str = "",
+    ) -> None:
         super().__init__(llm, model_name, system_prompt)
-        self.step_tag = step_tag
+        self.step_tag, self.step_suffix = step_tag, step_suffix
 
     @classmethod
     async def create(
@@ -170,12 +177,13 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
             seed=seed,
             pooler_config=PoolerConfig(step_tag_id=step_tag_id),
         )
-        return cls(llm, model_name=path, step_tag=step_tag)
+        system, suffix = configured_layout(Path(path))
+        return cls(llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix)
 
     def render(self, question: str, steps: Sequence[str]) -> str:
-        """The exact text the PRM reads: the tag ends every step, and appears nowhere else."""
-        tag = self.step_tag
-        return self.chat(question.replace(tag, ""), "".join(step.replace(tag, "") + tag for step in steps))
+        """The exact text the PRM reads: ``step_suffix`` and the tag end every step; the tag appears nowhere else."""
+        tag, suffix = self.step_tag, self.step_suffix
+        return self.chat(question.replace(tag, ""), "".join(step.replace(tag, "") + suffix + tag for step in steps))
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         """Per-step probabilities for every (question, steps) item, scored in one batch."""

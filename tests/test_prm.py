@@ -24,6 +24,7 @@ from training.prm import (
     RewardModelConfig,
     build_model,
     encode,
+    layout_of,
     load_reward_model,
     prm_renderer,
     score_outcomes,
@@ -79,9 +80,13 @@ def test_labels_sit_on_the_step_tags_and_nowhere_else() -> None:
     row["labels"] = [True, False]
     (tokenized,), too_long = tokenize_rows([row], config, tokenizer)
     ids, labels = tokenized["input_ids"], tokenized["labels"]
-    text = prm_renderer(tokenizer)(row["prompt"], row["completions"])
+    text = prm_renderer(tokenizer, layout=layout_of(config))(row["prompt"], row["completions"])
     assert ids == encode(tokenizer, text) and too_long == 0
-    assert text.count(STEP_TAG) == 2 and text.index("5 + 3 = 8" + STEP_TAG) < text.index("\\boxed{8}" + STEP_TAG)
+    assert text.count(STEP_TAG) == 2 and text.index("5 + 3 = 8\n" + STEP_TAG) < text.index("\\boxed{8}\n" + STEP_TAG)
+    assert "<|system|>" not in text  # the policy's own layout: no system prompt, a newline and the tag per step
+    qwen = RewardModelConfig.from_preset("tiny", output_dir="unused", policy_layout=False)
+    qwen_text = prm_renderer(tokenizer, layout=layout_of(qwen))(row["prompt"], row["completions"])
+    assert "5 + 3 = 8" + STEP_TAG in qwen_text and "step by step" in qwen_text
     tag_id = tokenizer.convert_tokens_to_ids(STEP_TAG)
     assert [i for i, x in enumerate(labels) if x != -100] == [i for i, t in enumerate(ids) if t == tag_id]
     assert [x for x in labels if x != -100] == [1.0, 0.0]
@@ -97,6 +102,45 @@ def test_a_step_tag_inside_a_step_is_removed_and_long_rows_dropped() -> None:
     ]
     tokenized, too_long = tokenize_rows(rows, config, tokenizer)
     assert too_long == 1 and sum(x != -100 for x in tokenized[0]["labels"]) == 2
+
+
+def test_dense_labels_mark_every_step_character_until_the_first_error() -> None:
+    tokenizer = build_char_tokenizer()
+    config = RewardModelConfig.from_preset("tiny", output_dir="unused", dense_labels="arith")
+    prompt = "Start with 4. (1) Add 3. (2) Multiply by 2. What is the result?"
+    steps = ["(1) Add 3: 4 + 3 = 7", "(2) Multiply by 2: 7 * 2 = 15", "\\boxed{15}"]
+    wrong_at = len("(2) Multiply by 2: 7 * 2 = 1")  # the 5 of 15
+    assert TASK.error_offsets(prompt, steps) == [-1, wrong_at, 0]
+    assert TASK.error_offsets("not an arith question", steps) is None
+    row = {"prompt": prompt, "completions": steps, "labels": [True, False, False]}
+    (tokenized,), _ = tokenize_rows([row], config, tokenizer)
+    ids, labels = tokenized["input_ids"], tokenized["labels"]
+    tags = [i for i, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids(STEP_TAG)]
+    # each step is rendered as its text, a newline and the tag (the policy's own layout)
+    spans = ["".join("-" if x == -100 else str(int(x)) for x in labels[t - len(s) - 1 : t + 1]) for t, s in
+             zip(tags, steps, strict=True)]
+    assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "000", "0" * (len(steps[2]) + 2)]
+    assert all(x == -100 for x in labels[: tags[0] - len(steps[0]) - 1] + labels[tags[-1] + 1 :])  # prompt, template
+    plain = RewardModelConfig.from_preset("tiny", output_dir="unused")
+    assert sum(x != -100 for x in tokenize_rows([row], plain, tokenizer)[0][0]["labels"]) == 3  # tags only
+
+
+def test_a_policy_start_freezes_its_layers_and_reads_the_tag_as_a_newline(tmp_path: Path) -> None:
+    from training.tiny_models import save_tiny_policy
+
+    policy = save_tiny_policy(tmp_path / "policy", hidden=64, layers=1, heads=2)
+    tokenizer = build_char_tokenizer()
+    config = RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=2, init_from=str(policy))
+    model = build_model(config, tokenizer)
+    trains = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trains and all(n.startswith(("model.layers.1.", "model.norm.", "score.")) for n in trains)
+    table = model.model.embed_tokens.weight
+    assert torch.equal(table[tokenizer.convert_tokens_to_ids(STEP_TAG)], table[tokenizer.convert_tokens_to_ids("\n")])
+    loose = build_model(
+        RewardModelConfig.from_preset("tiny", output_dir="u", init_from=str(policy), freeze_init_layers=False),
+        tokenizer,
+    )
+    assert all(p.requires_grad for p in loose.parameters())
 
 
 def test_collator_pads_right_with_minus_100_and_orm_labels_are_a_column() -> None:
@@ -139,6 +183,7 @@ def trained_prm(planted: dict) -> dict:
         output_dir=str(output),
         max_steps=200,
         learning_rate=3e-3,
+        policy_layout=False,  # Qwen2.5-Math-PRM's layout; the policy layout is tested on the shipped default PRM
         logging_steps=20,
         eval_steps=100,
         save_steps=100,

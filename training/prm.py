@@ -42,7 +42,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from reward_models.layout import QWEN_PRM_SYSTEM, SUFFIX_KEY, SYSTEM_KEY
 from training.runs import plain_value, resume_path
+from training.tasks import get_task
 from training.tiny_models import STEP_TAG, build_char_tokenizer
 
 Render = Callable[[str, Sequence[str]], str]  # (question, steps) -> the text the reward model reads
@@ -83,6 +85,13 @@ class RewardModelConfig(TrainingArguments):
     label_column: str = field(
         default="labels", metadata={"help": "Column with the targets: labels, exact_labels, mc_hard_labels, ..."}
     )
+    dense_labels: str | None = field(
+        default=None,
+        metadata={
+            "help": "A task name (arith): besides the step tags, every completion token gets a label, whether the "
+            "solution is still right there (the task locates the first wrong character). Exact labels only."
+        },
+    )
     max_length: int = field(default=1024, metadata={"help": "Longer rendered rows are dropped (counted)."})
     step_tag: str = field(default=STEP_TAG, metadata={"help": "Step tag token (Qwen2.5-Math-PRM's <extra_0>)."})
     init_from: str | None = field(
@@ -90,6 +99,30 @@ class RewardModelConfig(TrainingArguments):
         metadata={
             "help": "Policy checkpoint (Llama or Qwen2, same shape and tokenizer) whose body initialises the reward "
             "model, as Qwen2.5-Math-PRM starts from its policy; None: random weights."
+        },
+    )
+    freeze_init_layers: bool = field(
+        default=True,
+        metadata={
+            "help": "With init_from: keep the policy's embeddings and layers fixed and train only the layers above "
+            "them, the final norm and the head. The fresh layers then read what the policy would write next beside "
+            "what the step says, instead of wearing the policy's arithmetic away; and the backward pass is short."
+        },
+    )
+    policy_layout: bool = field(
+        default=True,
+        metadata={
+            "help": "Read solutions as the policy writes them: no system prompt, each step closed by a newline and "
+            "the tag (which, starting as a newline, completes the blank line between steps), so a body copied from "
+            "the policy sees its own text. False: Qwen2.5-Math-PRM's layout (its system prompt, steps joined by the "
+            "tag). Saved in config.json, which the server reads."
+        },
+    )
+    tag_init: str | None = field(
+        default="\n",
+        metadata={
+            "help": "With init_from: the step tag's embedding starts as this token's (the policy never saw the tag; "
+            "as a newline it reads like the step delimiter it replaces). Empty: left as the policy has it."
         },
     )
     # ---- model shape: a fresh Qwen2 body
@@ -185,6 +218,8 @@ def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) 
         extra = {"step_tag": config.step_tag, "step_tag_id": step_tag_id, "architectures": [PRM_ARCH]}
     else:
         extra = {"problem_type": "multi_label_classification"}  # BCE in training, sigmoid in vLLM
+    system, suffix = layout_of(config)
+    extra |= {SYSTEM_KEY: system, SUFFIX_KEY: suffix}
     return Qwen2Config(
         vocab_size=-(-len(tokenizer) // 32) * 32,  # padded to a multiple of 32: friendlier matmul shapes
         hidden_size=config.hidden_size,
@@ -211,12 +246,36 @@ def build_model(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -
     qwen = model_config(config, tokenizer)
     model = Qwen2ForProcessRewardModel(qwen) if config.kind == "prm" else Qwen2ForSequenceClassification(qwen)
     if config.init_from:
-        load_body(model, config.init_from)
+        depth = load_body(model, config.init_from)
+        if config.tag_init and config.kind == "prm":
+            copy_embedding(model, tokenizer, config.step_tag, config.tag_init)
+        if config.freeze_init_layers:
+            freeze_policy_layers(model, depth)
     return model
 
 
-def load_body(model: nn.Module, policy: str | Path) -> None:
+def copy_embedding(model: nn.Module, tokenizer: PreTrainedTokenizerFast, token: str, source: str) -> None:
+    """Start ``token``'s input embedding as a copy of ``source``'s (both single tokens of the tokenizer)."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (token, source)]
+    if tokenizer.unk_token_id in ids:
+        raise ValueError(f"tag_init: {token!r} and {source!r} must each be one token of the tokenizer")
+    with torch.no_grad():
+        table = model.model.embed_tokens.weight
+        table[ids[0]] = table[ids[1]]
+
+
+def freeze_policy_layers(model: nn.Module, depth: int) -> None:
+    """No gradient for the embeddings and the ``depth`` layers copied from the policy; the rest trains."""
+    for name, param in model.named_parameters():
+        layer = name.split(".")[2] if name.startswith("model.layers.") else None
+        if name.startswith("model.embed_tokens.") or (layer is not None and int(layer) < depth):
+            param.requires_grad_(False)
+
+
+def load_body(model: nn.Module, policy: str | Path) -> int:
     """Copy a policy's ``model.*`` weights (Llama and Qwen2 name them alike) into ``model``; the head stays random.
+
+    Returns the number of layers copied.
 
     Only the q/k/v biases Qwen2 has and Llama lacks may be missing (they stay zero: the same function), and whole
     layers above the policy's last: a deeper reward model gets the policy's layers at the bottom and fresh ones on
@@ -246,6 +305,7 @@ def load_body(model: nn.Module, policy: str | Path) -> None:
             policy_bias = key.startswith("model.") and key.endswith("_proj.bias") and not key.startswith(fresh)
             if policy_bias and key not in body:
                 own[key].zero_()
+    return depth
 
 
 def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
@@ -259,22 +319,35 @@ def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerF
 
 
 # ---- rendering and labels -----------------------------------------------------------------------------------------
-def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG) -> Render:
-    """The serving adapter's ``render`` bound to a tokenizer, no engine started: train reads what serve reads."""
-    from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
+Layout = tuple[str | None, str]  # (system prompt, step suffix), as config.json records them
 
-    adapter = object.__new__(VLLMProcessRewardModel)  # render needs these three attributes, not the engine
-    adapter.tokenizer, adapter.system_prompt, adapter.step_tag = tokenizer, QWEN_PRM_SYSTEM, step_tag
+
+def layout_of(config: RewardModelConfig) -> Layout:
+    """The layout a run trains in: the policy's own text, or Qwen2.5-Math-PRM's."""
+    return (None, "\n" if config.kind == "prm" else "") if config.policy_layout else (QWEN_PRM_SYSTEM, "")
+
+
+def saved_layout(model: nn.Module) -> Layout:
+    """The layout a saved model was trained in (its config; Qwen's when it records none), as the server reads it."""
+    return getattr(model.config, SYSTEM_KEY, QWEN_PRM_SYSTEM), getattr(model.config, SUFFIX_KEY, "")
+
+
+def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
+    """The serving adapter's ``render`` bound to a tokenizer, no engine started: train reads what serve reads."""
+    from reward_models.vllm_prm import VLLMProcessRewardModel
+
+    adapter = object.__new__(VLLMProcessRewardModel)  # render needs these attributes, not the engine
+    adapter.tokenizer, adapter.step_tag = tokenizer, step_tag
+    adapter.system_prompt, adapter.step_suffix = layout
     return adapter.render
 
 
-def orm_renderer(tokenizer: Any) -> Render:
+def orm_renderer(tokenizer: Any, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
     """The ORM adapter's ``render``, bound to a tokenizer without starting an engine."""
     from reward_models.orm import VLLMOutcomeRewardModel
-    from reward_models.vllm_prm import QWEN_PRM_SYSTEM
 
     adapter = object.__new__(VLLMOutcomeRewardModel)
-    adapter.tokenizer, adapter.system_prompt, adapter.step_separator = tokenizer, QWEN_PRM_SYSTEM, "\n\n"
+    adapter.tokenizer, adapter.system_prompt, adapter.step_separator = tokenizer, layout[0], "\n\n"
     return adapter.render
 
 
@@ -302,10 +375,13 @@ def step_token_labels(input_ids: Sequence[int], step_labels: Sequence[float], st
 
 def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], int]:
     """``{"input_ids", "labels"}`` per row (token labels for a PRM, a float for an ORM), and how many were too long."""
+    layout = layout_of(config)
     if config.kind == "prm":
-        render, tag_id = prm_renderer(tokenizer, config.step_tag), tokenizer.convert_tokens_to_ids(config.step_tag)
+        render = prm_renderer(tokenizer, config.step_tag, layout)
+        tag_id = tokenizer.convert_tokens_to_ids(config.step_tag)
     else:
-        render = orm_renderer(tokenizer)
+        render = orm_renderer(tokenizer, layout)
+    task = get_task(config.dense_labels) if config.dense_labels and config.kind == "prm" else None
     out, too_long = [], 0
     for row in rows:
         ids = encode(tokenizer, render(row["prompt"], row["completions"]))
@@ -314,8 +390,35 @@ def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple
             continue
         target = row[config.label_column]
         labels = step_token_labels(ids, target, tag_id) if config.kind == "prm" else float(target)
+        offsets = task.error_offsets(row["prompt"], row["completions"]) if task else None
+        if offsets is not None:
+            labels = dense_token_labels(labels, [c + layout[1] for c in row["completions"]], offsets, tag_id, ids)
         out.append({"input_ids": ids, "labels": labels})
     return out, too_long
+
+
+def dense_token_labels(
+    labels: list[float], steps: Sequence[str], offsets: Sequence[int], tag_id: int, ids: Sequence[int]
+) -> list[float]:
+    """Add a label at every character of every step (char-level tokenizer: one token each) to the tag labels.
+
+    A step's characters before its first error (``offsets``, -1: none) are 1, the rest 0, so the label at a token
+    says whether the solution is still right there; the step tags keep the step labels. A tokenizer that is not
+    one token per character leaves the labels as they are.
+
+    >>> dense_token_labels([-100.0, -100.0, -100.0, 1.0, -100.0, -100.0, 0.0], ["ab", "cd"], [-1, 1], 9,
+    ...                    [5, 1, 2, 9, 3, 4, 9])
+    [-100.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    tags = [i for i, token in enumerate(ids) if token == tag_id]
+    starts = [tags[0] - len(steps[0]), *(t + 1 for t in tags[:-1])] if len(tags) == len(steps) else []
+    if not starts or starts[0] < 0 or any(t - a != len(s) for a, t, s in zip(starts, tags, steps, strict=True)):
+        return labels
+    out = list(labels)
+    for tag, step, offset in zip(tags, steps, offsets, strict=True):
+        for k in range(len(step)):
+            out[tag - len(step) + k] = 1.0 if offset == -1 or k < offset else 0.0
+    return out
 
 
 @dataclass
@@ -349,7 +452,7 @@ def score_steps(
     batch_size: int = 32,
 ) -> list[list[float]]:
     """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (softmax at the tag tokens)."""
-    render, tag_id = prm_renderer(tokenizer, step_tag), tokenizer.convert_tokens_to_ids(step_tag)
+    render, tag_id = prm_renderer(tokenizer, step_tag, saved_layout(model)), tokenizer.convert_tokens_to_ids(step_tag)
     collate, scores = PadCollator(tokenizer.pad_token_id), []
     for first in range(0, len(items), batch_size):
         ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
@@ -362,7 +465,7 @@ def score_steps(
 @torch.no_grad()
 def score_outcomes(model: nn.Module, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32):
     """P(right) of an ORM per (question, steps) item, as vLLM computes it (sigmoid of the last token's logit)."""
-    render, collate, scores = orm_renderer(tokenizer), PadCollator(tokenizer.pad_token_id), []
+    render, collate, scores = orm_renderer(tokenizer, saved_layout(model)), PadCollator(tokenizer.pad_token_id), []
     for first in range(0, len(items), batch_size):
         ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
         batch = collate([{"input_ids": x, "labels": 0.0} for x in ids])
@@ -406,6 +509,7 @@ def train(config: RewardModelConfig, command: str | None = None) -> dict[str, An
         "train_labels": labelled,
         "train_rows_too_long": train_too_long,
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "model_bytes": sum(f.stat().st_size for f in final.glob("*.safetensors")),
         "optimizer_steps": trainer.state.global_step,
         "train_time_s": round(result.metrics["train_runtime"], 1),
@@ -433,6 +537,19 @@ def save_final(model: nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path,
     return path
 
 
+def origin(config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """How the weights started: random, or the body of a policy (frozen or fine-tuned)."""
+    if not config.get("init_from"):
+        return "trained from random weights"
+    trainable = metrics.get("trainable_parameters", metrics["num_parameters"])
+    how = (
+        f"kept fixed; {trainable:,} parameters trained"
+        if config.get("freeze_init_layers") and trainable < metrics["num_parameters"]
+        else "fine-tuned with the rest"
+    )
+    return f"its embeddings and lower layers from the policy `{config['init_from']}` ({how})"
+
+
 def model_card(metrics: dict[str, Any]) -> str:
     """The checkpoint's README: what it is, how it was made, what it scores."""
     config, kind = metrics["config"], metrics["kind"]
@@ -447,7 +564,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         "",
         f"A {config['num_hidden_layers']}-layer, {config['hidden_size']}-wide {what}, "
         f"{metrics['num_parameters']:,} parameters, saved in {config['save_dtype']} "
-        f"({metrics['model_bytes'] / 1e6:.1f} MB), character-level tokenizer, trained from random weights by "
+        f"({metrics['model_bytes'] / 1e6:.1f} MB), character-level tokenizer, {origin(config, metrics)} by "
         "`training/prm.py`. No pretrained weights, no downloaded data.",
         "",
         "## How it was made",

@@ -258,6 +258,35 @@ class Arith(TaskSpec):
         groups = [generate(split, level, count, seed) for level, count in zip(levels, counts, strict=True)]
         return list(_interleave(groups))
 
+    def error_offsets(self, prompt: str, steps: Sequence[str]) -> list[int] | None:
+        r"""Where each step first departs from the canonical right step (:func:`format_step`, then ``\boxed{}``).
+
+        A step :func:`step_is_right` accepts is -1 even where its text differs (``3 * 19`` for ``19 * 3``); the
+        first wrong step's offset is its first character unlike the canonical one; every later step is 0.
+
+        >>> Arith().error_offsets("Start with 4. (1) Add 3. What is the result?", ["(1) Add 3: 4 + 3 = 8", "x"])
+        [19, 0]
+        """
+        found = _QUESTION.search(prompt)
+        if found is None:
+            return None
+        start, ops = parse_question(found.group(0))
+        values, offsets = [start, *results(start, ops)], []
+        for index, step in enumerate(steps):
+            if offsets and offsets[-1] != -1:
+                offsets.append(0)
+            elif step_is_right(step, index, start, ops):
+                offsets.append(-1)
+            else:
+                canonical = (
+                    format_step(index + 1, *ops[index], values[index], values[index + 1])
+                    if index < len(ops)
+                    else f"\\boxed{{{values[-1]}}}"
+                )
+                same = next((i for i, (a, b) in enumerate(zip(step, canonical, strict=False)) if a != b), None)
+                offsets.append(min(len(step) - 1, len(canonical)) if same is None else same)
+        return offsets
+
     def check_steps(self, problem: Problem, completion: str) -> list[bool]:
         start, ops = parse_question(problem.question)
         labels: list[bool] = []

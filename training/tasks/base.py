@@ -92,6 +92,14 @@ class TaskSpec:
         """The completion's steps, cut exactly as the reward-model strategies cut it."""
         return split_steps(completion, self.step_delimiter)
 
+    def error_offsets(self, prompt: str, steps: Sequence[str]) -> list[int] | None:
+        """Per step, the offset of its first wrong character (-1: the step is right, 0 after an earlier error).
+
+        Tasks whose steps have one canonical text locate errors to the character, which lets a PRM learn from a
+        label at every token (``ponder train prm --dense_labels``); the others return None.
+        """
+        return None
+
     def extract(self, completion: str) -> str | None:
         """The final answer the completion states (last \\boxed{}, "the answer is", last number), or None."""
         return extract_answer(completion)
