@@ -433,7 +433,7 @@ def default_models(args: argparse.Namespace) -> tuple[str, str | None]:
         raise UsageError(f"--prm {args.prm!r}: no such checkpoint folder")
     defaults = ensure_default_models() if not (args.model and (args.prm or args.no_prm)) else None
     model = args.model or str(defaults.policy)
-    prm = None if args.no_prm else (args.prm or str(defaults.prm))
+    prm = None if args.no_prm else (args.prm or (str(defaults.prm) if defaults.prm else None))
     return model, prm
 
 

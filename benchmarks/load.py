@@ -466,7 +466,7 @@ def spawned(args: argparse.Namespace, options: Options) -> dict[str, Any]:
         from server.default_models import ensure_default_models
 
         defaults = ensure_default_models()
-        args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm)
+        args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     extra = shlex.split(args.server_args) + (["--api-key", args.api_key] if args.api_key else [])
     args.output.mkdir(parents=True, exist_ok=True)
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         from server.default_models import ensure_default_models
 
         defaults = ensure_default_models()
-        args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm)
+        args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     args.output.mkdir(parents=True, exist_ok=True)
     n = args.num_samples
     sampling = {"messages": PROMPT, "max_tokens": args.max_tokens, "temperature": args.temperature}

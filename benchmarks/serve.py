@@ -375,7 +375,7 @@ def validate_models(args: argparse.Namespace) -> None:
 
         defaults = ensure_default_models()
         args.model = args.model or str(defaults.policy)
-        args.prm = None if args.no_prm else args.prm or str(defaults.prm)
+        args.prm = None if args.no_prm else args.prm or str(defaults.prm_or_stand_in())
 
 
 def main(argv: list[str] | None = None) -> int:

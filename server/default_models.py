@@ -1,9 +1,11 @@
 """The models ``ponder serve`` uses when none is named: the repo's trained defaults, else tiny random stand-ins.
 
-Trained defaults live in ``models/default-policy`` and ``models/default-prm`` at the repository root. Until they
-exist, the tiny random-weight models of :mod:`training.tiny_models` are built once (seconds) into
-``$PONDER_CACHE_DIR/tiny-v1/`` (default ``~/.cache/ponder/tiny-v1/``) so that the server starts anywhere with no
-download; they produce noise, which is logged as a warning.
+Trained defaults live in ``models/default-policy`` and ``models/default-prm`` at the repository root. A shipped
+policy without a shipped PRM is served alone: the strategies that need a reward model then answer that one is
+missing (a warning says so at start). With no shipped policy, the tiny random-weight models of
+:mod:`training.tiny_models` are built once (seconds) into ``$PONDER_CACHE_DIR/tiny-v1/`` (default
+``~/.cache/ponder/tiny-v1/``) so that the server starts anywhere with no download; they produce noise, which is
+logged as a warning.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ TINY_VERSION = "tiny-v1"  # bump when the tiny builders change, so stale caches 
 @dataclass(frozen=True)
 class DefaultModels:
     policy: Path
-    prm: Path
+    prm: Path | None  # None: a trained policy is shipped without a PRM
     random_weights: bool = False  # True: tiny random stand-ins, not trained models
+
+    def prm_or_stand_in(self, cache_dir: Path | None = None) -> Path:
+        """The PRM, or the tiny random-weight stand-in where none is shipped (benchmarks of the serving path)."""
+        from training.tiny_models import save_tiny_prm
+
+        return self.prm or _build_once(cache_root(cache_dir) / TINY_VERSION / "prm", save_tiny_prm)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -40,9 +48,15 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
     """Paths of the default policy and PRM, building the tiny stand-ins first if the repo ships none."""
-    shipped = DefaultModels(SHIPPED_DIR / "default-policy", SHIPPED_DIR / "default-prm")
-    if _is_checkpoint(shipped.policy) and _is_checkpoint(shipped.prm):
-        return shipped
+    policy, prm = SHIPPED_DIR / "default-policy", SHIPPED_DIR / "default-prm"
+    if _is_checkpoint(policy):
+        if not _is_checkpoint(prm):
+            log.warning(
+                "serving the trained default policy %s without a reward model: none is shipped yet (best_of_n, "
+                "weighted_best_of_n and the PRM-guided searches need --prm)",
+                policy,
+            )
+        return DefaultModels(policy, prm if _is_checkpoint(prm) else None)
     from training.tiny_models import save_tiny_policy, save_tiny_prm
 
     root = cache_root(cache_dir) / TINY_VERSION

@@ -104,7 +104,7 @@ def test_a_step_tag_inside_a_step_is_removed_and_long_rows_dropped() -> None:
     assert too_long == 1 and sum(x != -100 for x in tokenized[0]["labels"]) == 2
 
 
-def test_dense_labels_mark_every_step_character_until_the_first_error() -> None:
+def test_dense_labels_mark_every_step_character_up_to_the_first_error() -> None:
     tokenizer = build_char_tokenizer()
     config = RewardModelConfig.from_preset("tiny", output_dir="unused", dense_labels="arith")
     prompt = "Start with 4. (1) Add 3. (2) Multiply by 2. What is the result?"
@@ -119,8 +119,13 @@ def test_dense_labels_mark_every_step_character_until_the_first_error() -> None:
     # each step is rendered as its text, a newline and the tag (the policy's own layout)
     spans = ["".join("-" if x == -100 else str(int(x)) for x in labels[t - len(s) - 1 : t + 1]) for t, s in
              zip(tags, steps, strict=True)]
-    assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "000", "0" * (len(steps[2]) + 2)]
+    # right characters 1, the first wrong one 0, nothing after it; the tags keep the step labels
+    assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "0-0", "-" * (len(steps[2]) + 1) + "0"]
     assert all(x == -100 for x in labels[: tags[0] - len(steps[0]) - 1] + labels[tags[-1] + 1 :])  # prompt, template
+    weights = tokenized["label_weights"]  # a tag weighs 1, a right character 0.25, the first wrong one 25
+    assert [weights[i] for i in tags] == [1.0, 1.0, 1.0]
+    assert sorted({weights[i] for i, x in enumerate(labels) if x != -100 and i not in tags}) == [0.25, 25.0]
+    assert all(w == 0.0 for w, x in zip(weights, labels, strict=True) if x == -100)
     plain = RewardModelConfig.from_preset("tiny", output_dir="unused")
     assert sum(x != -100 for x in tokenize_rows([row], plain, tokenizer)[0][0]["labels"]) == 3  # tags only
 
@@ -150,8 +155,25 @@ def test_collator_pads_right_with_minus_100_and_orm_labels_are_a_column() -> Non
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100.0, 1.0, 0.0], [1.0, -100.0, -100.0]]
+    weighted = PadCollator(pad_token_id=0)(
+        [{"input_ids": [5, 6], "labels": [1.0, 0.0], "label_weights": [0.5, 2.0]},
+         {"input_ids": [5], "labels": [1.0], "label_weights": [1.0]}]
+    )
+    assert weighted["label_weights"].tolist() == [[0.5, 2.0], [1.0, 0.0]]
+    assert "label_weights" not in batch
     orm = PadCollator(pad_token_id=0)([{"input_ids": [5, 6], "labels": 1.0}, {"input_ids": [5], "labels": 0.0}])
     assert orm["labels"].tolist() == [[1.0], [0.0]]
+
+
+def test_step_loss_weights_positions_and_ignores_minus_100() -> None:
+    from training.prm import step_loss
+
+    logits = torch.tensor([[[0.0, 2.0], [1.0, 0.0], [0.5, 0.5]]])  # (B=1, T=3, 2)
+    labels = torch.tensor([[1.0, 0.0, -100.0]])
+    each = [-torch.log_softmax(logits[0, 0], -1)[1], -torch.log_softmax(logits[0, 1], -1)[0]]
+    assert step_loss(logits, labels) == pytest.approx(float(sum(each) / 2))
+    weighted = step_loss(logits, labels, torch.tensor([[1.0, 3.0, 5.0]]))
+    assert weighted == pytest.approx(float((each[0] + 3 * each[1]) / 4))
 
 
 def test_config_refuses_a_head_dim_vllm_cannot_serve() -> None:
@@ -279,6 +301,10 @@ def test_eval_prm_cli_on_a_processbench_fixture(trained_prm: dict, tmp_path: Pat
     assert result["num_error"] + result["num_correct"] == len(items)
     assert "| all (" in capsys.readouterr().out
     assert eval_main(["orm", "--model", str(trained_prm["path"]), "--data", str(data)]) == 2  # not an ORM
+    assert eval_main(["prm", "--model", str(tmp_path / "nothing"), "--data", str(data)]) == 2
+    assert eval_main(["prm", "--model", str(trained_prm["path"]), "--data", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("ponder eval prm: no reward model checkpoint") and "Traceback" not in "".join(err)
 
 
 def test_eval_reads_our_stepwise_labels(planted: dict) -> None:

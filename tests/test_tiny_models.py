@@ -142,6 +142,19 @@ def test_shipped_models_are_preferred_to_the_stand_ins(tmp_path, monkeypatch: py
     assert not (tmp_path / "cache").exists()  # nothing built
 
 
+def test_a_shipped_policy_without_a_prm_is_served_alone(tmp_path, caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "models"
+    save_tiny_policy(shipped / "default-policy")
+    monkeypatch.setattr(default_models, "SHIPPED_DIR", shipped)
+    with caplog.at_level(logging.WARNING, logger="ponder.models"):
+        chosen = ensure_default_models(tmp_path / "cache")
+    assert (chosen.policy, chosen.prm, chosen.random_weights) == (shipped / "default-policy", None, False)
+    assert "without a reward model" in caplog.text and not (tmp_path / "cache").exists()
+    stand_in = chosen.prm_or_stand_in(tmp_path / "cache")  # what the serving benchmarks score with
+    assert stand_in == tmp_path / "cache" / "tiny-v1" / "prm" and (stand_in / "config.json").is_file()
+
+
 async def test_load_scorer_rejects_bad_paths(tiny: dict, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no config.json"):
         await load_scorer(tmp_path / "missing")

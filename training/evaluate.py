@@ -288,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     bon.add_argument("--seed", type=int, default=0, help="seed of the problems and the engine")
     bon.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as exc:  # a missing or wrong checkpoint or data file: the user's mistake
+        print(f"ponder eval {args.kind}: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a parsed ``ponder eval`` command; 0 on success, 2 when the model is of the wrong kind."""
     if args.kind == "bon":
         result = asyncio.run(
             best_of_n_levels(args.policy, args.prm, args.orm, args.levels, args.limit, args.n, args.seed)

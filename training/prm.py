@@ -92,6 +92,13 @@ class RewardModelConfig(TrainingArguments):
             "solution is still right there (the task locates the first wrong character). Exact labels only."
         },
     )
+    dense_weights: list[float] = field(
+        default_factory=lambda: [0.25, 25.0],
+        metadata={
+            "help": "With dense_labels: loss weights of a right character and of the first wrong one (a step tag "
+            "weighs 1). A wrong character is one in a few hundred: without the weight the model learns to say 1."
+        },
+    )
     max_length: int = field(default=1024, metadata={"help": "Longer rendered rows are dropped (counted)."})
     step_tag: str = field(default=STEP_TAG, metadata={"help": "Step tag token (Qwen2.5-Math-PRM's <extra_0>)."})
     init_from: str | None = field(
@@ -196,19 +203,29 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        label_weights: torch.Tensor | None = None,
     ) -> TokenClassifierOutput:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
         logits = self.score(hidden)  # (B, T, 2)
-        return TokenClassifierOutput(loss=None if labels is None else step_loss(logits, labels), logits=logits)
+        loss = None if labels is None else step_loss(logits, labels, label_weights)
+        return TokenClassifierOutput(loss=loss, logits=logits)
 
 
-def step_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross entropy of the 2-way softmax against (possibly soft) targets at positions whose label is not -100."""
+def step_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy of the 2-way softmax against (possibly soft) targets at positions whose label is not -100,
+    averaged with ``weights`` (B, T) where given."""
     mask = labels != -100  # (B, T)
     target = labels[mask].float()  # (N,) probability that the step is right
     logp = torch.log_softmax(logits[mask].float(), dim=-1)  # (N, 2)
-    return -(target * logp[:, 1] + (1 - target) * logp[:, 0]).mean()
+    losses = -(target * logp[:, 1] + (1 - target) * logp[:, 0])
+    if weights is None:
+        return losses.mean()
+    w = weights[mask].float()
+    return (losses * w).sum() / w.sum().clamp_min(1e-8)
 
 
 def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
@@ -391,9 +408,19 @@ def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple
         target = row[config.label_column]
         labels = step_token_labels(ids, target, tag_id) if config.kind == "prm" else float(target)
         offsets = task.error_offsets(row["prompt"], row["completions"]) if task else None
-        if offsets is not None:
-            labels = dense_token_labels(labels, [c + layout[1] for c in row["completions"]], offsets, tag_id, ids)
-        out.append({"input_ids": ids, "labels": labels})
+        if offsets is None:
+            out.append({"input_ids": ids, "labels": labels})
+            continue
+        dense = dense_token_labels(labels, [c + layout[1] for c in row["completions"]], offsets, tag_id, ids)
+        right, wrong = config.dense_weights
+        weights = [
+            0.0 if x == -100 else 1.0 if t == tag_id else right if x == 1.0 else wrong
+            for t, x in zip(ids, dense, strict=True)
+        ]
+        out.append({"input_ids": ids, "labels": dense, "label_weights": weights})
+    if any("label_weights" in row for row in out):
+        for row in out:
+            row.setdefault("label_weights", [1.0] * len(row["input_ids"]))
     return out, too_long
 
 
@@ -402,13 +429,18 @@ def dense_token_labels(
 ) -> list[float]:
     """Add a label at every character of every step (char-level tokenizer: one token each) to the tag labels.
 
-    A step's characters before its first error (``offsets``, -1: none) are 1, the rest 0, so the label at a token
-    says whether the solution is still right there; the step tags keep the step labels. A tokenizer that is not
-    one token per character leaves the labels as they are.
+    Every character before the solution's first error (``offsets``, -1: none) is 1 and the first wrong character
+    is 0: whether the token is what a right solution writes there, given the text before it. Characters after
+    the first error carry no label (they may well follow from it correctly); the step tags keep the step labels,
+    which say whether the solution is still right there. A tokenizer that is not one token per character leaves
+    the labels as they are.
 
     >>> dense_token_labels([-100.0, -100.0, -100.0, 1.0, -100.0, -100.0, 0.0], ["ab", "cd"], [-1, 1], 9,
     ...                    [5, 1, 2, 9, 3, 4, 9])
     [-100.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    >>> dense_token_labels([-100.0, -100.0, -100.0, 0.0, -100.0, -100.0, 0.0], ["ab", "cd"], [0, 0], 9,
+    ...                    [5, 1, 2, 9, 3, 4, 9])
+    [-100.0, 0.0, -100.0, 0.0, -100.0, -100.0, 0.0]
     """
     tags = [i for i, token in enumerate(ids) if token == tag_id]
     starts = [tags[0] - len(steps[0]), *(t + 1 for t in tags[:-1])] if len(tags) == len(steps) else []
@@ -416,8 +448,10 @@ def dense_token_labels(
         return labels
     out = list(labels)
     for tag, step, offset in zip(tags, steps, offsets, strict=True):
-        for k in range(len(step)):
-            out[tag - len(step) + k] = 1.0 if offset == -1 or k < offset else 0.0
+        for k in range(len(step) if offset == -1 else offset + 1):
+            out[tag - len(step) + k] = 1.0 if k != offset else 0.0
+        if offset != -1:
+            break
     return out
 
 
@@ -433,6 +467,8 @@ class PadCollator:
         mask = torch.zeros_like(input_ids)
         token_labels = isinstance(features[0]["labels"], list)
         labels = torch.full((len(features), width), -100.0) if token_labels else torch.zeros(len(features), 1)
+        weighted = "label_weights" in features[0]
+        weights = torch.zeros(len(features), width)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             input_ids[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), 1
@@ -440,7 +476,10 @@ class PadCollator:
                 labels[i, :n] = torch.tensor(f["labels"])
             else:
                 labels[i, 0] = f["labels"]
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+            if weighted:
+                weights[i, :n] = torch.tensor(f["label_weights"])
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        return batch | {"label_weights": weights} if weighted else batch
 
 
 @torch.no_grad()
