@@ -33,9 +33,7 @@ class DefaultModels:
 
     def prm_or_stand_in(self, cache_dir: Path | None = None) -> Path:
         """The PRM, or the tiny random-weight stand-in where none is shipped (benchmarks of the serving path)."""
-        from training.tiny_models import save_tiny_prm
-
-        return self.prm or _build_once(cache_root(cache_dir) / TINY_VERSION / "prm", save_tiny_prm)
+        return self.prm or stand_in_prm(cache_dir)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -50,19 +48,18 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
     """Paths of the default policy and PRM, building the tiny stand-ins first if the repo ships none."""
     policy, prm = SHIPPED_DIR / "default-policy", SHIPPED_DIR / "default-prm"
     if _is_checkpoint(policy):
-        if not _is_checkpoint(prm):
+        shipped_prm = prm if _is_checkpoint(prm) else None
+        if shipped_prm is None:
             log.warning(
                 "serving the trained default policy %s without a reward model: none is shipped yet (best_of_n, "
                 "weighted_best_of_n and the PRM-guided searches need --prm)",
                 policy,
             )
-        return DefaultModels(policy, prm if _is_checkpoint(prm) else None)
-    from training.tiny_models import save_tiny_policy, save_tiny_prm
+        return DefaultModels(policy, shipped_prm)
+    from training.tiny_models import save_tiny_policy
 
     root = cache_root(cache_dir) / TINY_VERSION
-    models = DefaultModels(
-        _build_once(root / "policy", save_tiny_policy), _build_once(root / "prm", save_tiny_prm), random_weights=True
-    )
+    models = DefaultModels(_build_once(root / "policy", save_tiny_policy), stand_in_prm(cache_dir), random_weights=True)
     log.warning(
         "no trained default models in %s: serving tiny RANDOM-WEIGHT stand-ins from %s (their output is "
         "noise; pass --model/--prm to serve real ones)",
@@ -70,6 +67,13 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
         root,
     )
     return models
+
+
+def stand_in_prm(cache_dir: Path | None = None) -> Path:
+    """The tiny random-weight PRM, built once into the cache."""
+    from training.tiny_models import save_tiny_prm
+
+    return _build_once(cache_root(cache_dir) / TINY_VERSION / "prm", save_tiny_prm)
 
 
 def _is_checkpoint(path: Path) -> bool:

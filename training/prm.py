@@ -42,7 +42,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from reward_models.layout import QWEN_PRM_SYSTEM, SUFFIX_KEY, SYSTEM_KEY
+from reward_models.layout import QWEN_PRM_SYSTEM, SUFFIX_KEY, SYSTEM_KEY, Layout, layout_from
 from training.runs import plain_value, resume_path
 from training.tasks import get_task
 from training.tiny_models import STEP_TAG, build_char_tokenizer
@@ -336,9 +336,6 @@ def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerF
 
 
 # ---- rendering and labels -----------------------------------------------------------------------------------------
-Layout = tuple[str | None, str]  # (system prompt, step suffix), as config.json records them
-
-
 def layout_of(config: RewardModelConfig) -> Layout:
     """The layout a run trains in: the policy's own text, or Qwen2.5-Math-PRM's."""
     return (None, "\n" if config.kind == "prm" else "") if config.policy_layout else (QWEN_PRM_SYSTEM, "")
@@ -346,7 +343,7 @@ def layout_of(config: RewardModelConfig) -> Layout:
 
 def saved_layout(model: nn.Module) -> Layout:
     """The layout a saved model was trained in (its config; Qwen's when it records none), as the server reads it."""
-    return getattr(model.config, SYSTEM_KEY, QWEN_PRM_SYSTEM), getattr(model.config, SUFFIX_KEY, "")
+    return layout_from(model.config.to_dict())
 
 
 def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
@@ -468,7 +465,7 @@ class PadCollator:
         token_labels = isinstance(features[0]["labels"], list)
         labels = torch.full((len(features), width), -100.0) if token_labels else torch.zeros(len(features), 1)
         weighted = "label_weights" in features[0]
-        weights = torch.zeros(len(features), width)
+        weights = torch.zeros(len(features), width) if weighted else None
         for i, f in enumerate(features):
             n = len(f["input_ids"])
             input_ids[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), 1
