@@ -36,6 +36,7 @@ from typing import Any
 from trl import DPOConfig
 
 from training.label import chat_prompt, load_rows, plant_error, sample_solutions
+from training.runs import BF16_HELP
 from training.tasks import Problem, TaskSpec, get_task
 from training.tuning import (
     PolicyTuningArgs,
@@ -98,7 +99,7 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
     max_length: int | None = field(
         default=512, metadata={"help": "Longest prompt + solution in tokens (characters: <= 190 + 94 at level 6)."}
     )
-    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every this many steps."})

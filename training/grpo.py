@@ -29,6 +29,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from training.runs import BF16_HELP
 from training.tasks import Problem, TaskSpec, get_task
 from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finish, load_policy
 from training.tuning import train_problems as load_train_problems
@@ -85,7 +86,7 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (none: stay near the SFT policy)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the prompts."})
-    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (slower)."})
     logging_steps: float = field(default=5, metadata={"help": "Log the loss and rewards every this many steps."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every this many steps."})

@@ -43,7 +43,7 @@ from transformers import (
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from reward_models.layout import QWEN_PRM_SYSTEM, SUFFIX_KEY, SYSTEM_KEY, Layout, layout_from
-from training.runs import plain_value, resume_path
+from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import get_task
 from training.tiny_models import STEP_TAG, build_char_tokenizer
 
@@ -155,7 +155,7 @@ class RewardModelConfig(TrainingArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the training rows."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Solutions per optimizer step."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Solutions per eval batch."})
-    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
     eval_steps: float | None = field(default=100, metadata={"help": "eval_loss every this many steps (eval_data)."})
     save_steps: float = field(default=200, metadata={"help": "Checkpoint every this many steps."})
@@ -169,8 +169,7 @@ class RewardModelConfig(TrainingArguments):
                 f"hidden_size/num_attention_heads = {self.hidden_size}/{self.num_attention_heads}: "
                 "vLLM's CPU attention needs a whole head_dim of at least 32"
             )
-        if not torch.accelerator.is_available():  # transformers wants use_cpu for bf16 autocast on a CPU
-            self.use_cpu = True
+        settle_precision(self)
         self.eval_strategy = "steps" if self.eval_data else "no"
         super().__post_init__()
 

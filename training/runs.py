@@ -1,4 +1,4 @@
-"""What every ``ponder train`` run shares: resolving ``--resume_from_checkpoint`` and JSON-ready config values."""
+"""What every ``ponder train`` run shares: the precision, ``--resume_from_checkpoint`` and JSON-ready config values."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from transformers.trainer_utils import get_last_checkpoint
+
+from server.engine.hardware import accelerator_available, fast_bf16
+
+BF16_HELP = (
+    "bf16 autocast. Default: on where bf16 is native (a GPU, or a CPU with AVX512_BF16/AMX: about 2x float32), "
+    "off where it would be emulated (AVX2-only CPUs: over 10x slower than float32)."
+)
+
+
+def settle_precision(config: Any) -> None:
+    """Before TrainingArguments' own checks: ``use_cpu`` on a CPU-only machine (transformers wants it for autocast
+    there) and ``bf16`` left unset (None) resolved to whether this hardware computes bf16 fast."""
+    if not accelerator_available():
+        config.use_cpu = True
+    if config.bf16 is None:
+        config.bf16 = fast_bf16()
 
 
 def resume_path(config: Any) -> str | None:

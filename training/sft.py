@@ -38,7 +38,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig
 
-from training.runs import plain_value, resume_path
+from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
 from training.tiny_models import build_char_tokenizer
 
@@ -166,7 +166,7 @@ class PolicySFTConfig(SFTConfig):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training problems."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Problems per optimizer step."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Problems per eval_loss batch."})
-    bf16: bool | None = field(default=True, metadata={"help": "bf16 autocast (about 2x fp32 on an AVX-512 CPU)."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "Batches of similar lengths: little padding (levels differ)."}
     )
@@ -187,8 +187,7 @@ class PolicySFTConfig(SFTConfig):
             )
         if self.num_train_problems < 1:
             raise ValueError("num_train_problems must be at least 1")
-        if not torch.accelerator.is_available():  # CPU only: transformers wants use_cpu for bf16 autocast there
-            self.use_cpu = True
+        settle_precision(self)
         if self.include_num_input_tokens_seen in ("no", False):  # metrics.json reports the tokens trained on
             self.include_num_input_tokens_seen = "non_padding"
         if self.num_val_problems == 0:

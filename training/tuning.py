@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from training.label import DEFAULT_POLICY
+from training.runs import settle_precision
 from training.tasks import Problem, UnknownTaskError, get_task
 
 
@@ -68,8 +69,7 @@ def check_tuning_args(config: Any) -> None:
         task._levels(config.eval_levels)
     except UnknownTaskError as exc:
         raise ValueError(str(exc)) from None
-    if not torch.accelerator.is_available():  # CPU only: transformers wants use_cpu for bf16 autocast there
-        config.use_cpu = True
+    settle_precision(config)
 
 
 def require_policy(path: str | Path) -> None:

@@ -26,6 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.engine.errors import EngineError, EngineUnavailableError
+from server.engine.hardware import engine_dtype
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 log = logging.getLogger("ponder.engine")
@@ -48,7 +49,7 @@ def engine_args(
     return AsyncEngineArgs(
         model=model,
         tokenizer=model,
-        dtype=dtype,
+        dtype=engine_dtype(dtype),  # auto: float32 on a CPU without native bf16 (server/engine/hardware.py)
         seed=seed,
         max_model_len=max_model_len,
         tensor_parallel_size=tensor_parallel_size,
