@@ -6,7 +6,7 @@ No vLLM import here: the trainers share these with the serving adapters.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +30,48 @@ def configured_layout(path: Path) -> Layout:
     """:func:`layout_from` the ``config.json`` in the checkpoint folder ``path`` (Qwen's layout without one)."""
     config = path / "config.json"
     return layout_from(json.loads(config.read_text()) if config.is_file() else {})
+
+
+# ---- how a step's score is read -----------------------------------------------------------------------------------
+READ_KEY = "ponder_prm_step_read"
+STEP_READS = ("tag", "min")
+
+
+def step_read_from(values: Mapping[str, Any]) -> str:
+    """How a checkpoint's step scores are read: ``tag`` (the score at the step tag, Qwen2.5-Math-PRM's reading and the
+    default) or ``min`` (the lowest score over the step's tokens and its tag: a PRM trained with a label at every
+    token, whose per-token "still right here" detects a wrong character before its tag learns to say so)."""
+    read = values.get(READ_KEY, "tag")
+    if read not in STEP_READS:
+        raise ValueError(f"{READ_KEY}={read!r}: known readings are {', '.join(STEP_READS)}")
+    return read
+
+
+def configured_step_read(path: Path) -> str:
+    """:func:`step_read_from` the ``config.json`` in the checkpoint folder ``path`` (``tag`` without one)."""
+    config = path / "config.json"
+    return step_read_from(json.loads(config.read_text()) if config.is_file() else {})
+
+
+def step_spans(ids: Sequence[int], tag_id: int, first_start: int) -> list[tuple[int, int]]:
+    """``(start, tag)`` token positions of every step: the first starts at ``first_start``, each later one just after
+    the previous tag; each ends at (and includes) its own tag.
+
+    >>> step_spans([7, 1, 2, 9, 3, 9], tag_id=9, first_start=1)
+    [(1, 3), (4, 5)]
+    """
+    tags = [i for i, token in enumerate(ids) if token == tag_id]
+    return list(zip([first_start, *(t + 1 for t in tags[:-1])], tags, strict=True)) if tags else []
+
+
+def read_steps(token_scores: Sequence[float], spans: Sequence[tuple[int, int]], read: str) -> list[float]:
+    """One score per step from per-token scores: at the tag (``tag``) or the lowest over the span (``min``).
+
+    >>> read_steps([0.0, 0.9, 0.2, 0.8, 0.7, 0.6], [(1, 3), (4, 5)], "min")
+    [0.2, 0.6]
+    >>> read_steps([0.0, 0.9, 0.2, 0.8, 0.7, 0.6], [(1, 3), (4, 5)], "tag")
+    [0.8, 0.6]
+    """
+    if read == "tag":
+        return [float(token_scores[tag]) for _, tag in spans]
+    return [float(min(token_scores[start : tag + 1])) for start, tag in spans]

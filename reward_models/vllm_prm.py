@@ -23,7 +23,7 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout
+from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout, configured_step_read, read_steps, step_spans
 from server.engine.errors import ScorerError
 from server.engine.vllm_engine import (
     encode_prompt,
@@ -148,9 +148,11 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         step_tag: str,
         system_prompt: str | None = QWEN_PRM_SYSTEM,
         step_suffix: str = "",
+        step_read: str = "tag",
     ) -> None:
         super().__init__(llm, model_name, system_prompt)
-        self.step_tag, self.step_suffix = step_tag, step_suffix
+        self.step_tag, self.step_suffix, self.step_read = step_tag, step_suffix, step_read
+        self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
 
     @classmethod
     async def create(
@@ -168,6 +170,7 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         it from the checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
         step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
+        step_read = configured_step_read(Path(path))  # min: every token's score comes back, the steps' spans reduce it
         llm = await cls._start(
             path,
             memory_fraction=memory_fraction,
@@ -175,25 +178,37 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            pooler_config=PoolerConfig(step_tag_id=step_tag_id),
+            pooler_config=PoolerConfig(step_tag_id=step_tag_id if step_read == "tag" else None),
         )
         system, suffix = configured_layout(Path(path))
-        return cls(llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix)
+        return cls(
+            llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix, step_read=step_read
+        )
 
     def render(self, question: str, steps: Sequence[str]) -> str:
         """The exact text the PRM reads: ``step_suffix`` and the tag end every step; the tag appears nowhere else."""
         tag, suffix = self.step_tag, self.step_suffix
         return self.chat(question.replace(tag, ""), "".join(step.replace(tag, "") + suffix + tag for step in steps))
 
+    def encode_item(self, question: str, steps: Sequence[str]) -> tuple[list[int], int]:
+        """The token ids the PRM reads and the position where the first step starts."""
+        text = self.render(question, steps)
+        answer = "".join(step.replace(self.step_tag, "") + self.step_suffix + self.step_tag for step in steps)
+        return encode_prompt(self.tokenizer, text), len(encode_prompt(self.tokenizer, text[: text.rindex(answer)]))
+
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         """Per-step probabilities for every (question, steps) item, scored in one batch."""
         todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
-        pooled = await self._pool([self.render(*items[i]) for i in todo], request_id)
+        encoded = [self.encode_item(*items[i]) for i in todo]
+        pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
         scores: list[list[float]] = [[] for _ in items]
-        for i, data in zip(todo, pooled, strict=True):  # data: (num_steps, 2), already softmaxed
-            if data.shape[0] != len(items[i][1]):
-                raise ScorerError(f"the PRM scored {data.shape[0]} step tags for {len(items[i][1])} steps")
-            scores[i] = data[:, 1].tolist()
+        for i, (ids, first), data in zip(todo, encoded, pooled, strict=True):  # data: softmaxed, (tags or tokens, 2)
+            step_scores = data[:, 1].tolist()
+            if self.step_read != "tag":  # every token came back: reduce each step's span
+                step_scores = read_steps(step_scores, step_spans(ids, self.step_tag_id, first), self.step_read)
+            if len(step_scores) != len(items[i][1]):
+                raise ScorerError(f"the PRM scored {len(step_scores)} step tags for {len(items[i][1])} steps")
+            scores[i] = step_scores
         return scores
 
 

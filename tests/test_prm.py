@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,12 +120,13 @@ def test_dense_labels_mark_every_step_character_up_to_the_first_error() -> None:
     # each step is rendered as its text, a newline and the tag (the policy's own layout)
     spans = ["".join("-" if x == -100 else str(int(x)) for x in labels[t - len(s) - 1 : t + 1]) for t, s in
              zip(tags, steps, strict=True)]
-    # right characters 1, the first wrong one 0, nothing after it; the tags keep the step labels
-    assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "0-0", "-" * (len(steps[2]) + 1) + "0"]
+    # right characters 1, the first wrong one and the rest of its step 0, nothing after it; tags keep the step labels
+    assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "000", "-" * (len(steps[2]) + 1) + "0"]
     assert all(x == -100 for x in labels[: tags[0] - len(steps[0]) - 1] + labels[tags[-1] + 1 :])  # prompt, template
-    weights = tokenized["label_weights"]  # a tag weighs 1, a right character 0.25, the first wrong one 25
+    weights = tokenized["label_weights"]  # a tag weighs 1, a right character 0.25, the first wrong one 25, the rest 1
     assert [weights[i] for i in tags] == [1.0, 1.0, 1.0]
-    assert sorted({weights[i] for i, x in enumerate(labels) if x != -100 and i not in tags}) == [0.25, 25.0]
+    assert sorted({weights[i] for i, x in enumerate(labels) if x != -100 and i not in tags}) == [0.25, 1.0, 25.0]
+    assert weights[tags[1] - 2] == 25.0 and weights[tags[1] - 1] == 1.0  # the 5 of 15, then the step's newline
     assert all(w == 0.0 for w, x in zip(weights, labels, strict=True) if x == -100)
     plain = RewardModelConfig.from_preset("tiny", output_dir="unused")
     assert sum(x != -100 for x in tokenize_rows([row], plain, tokenizer)[0][0]["labels"]) == 3  # tags only
@@ -232,6 +234,7 @@ def test_training_changed_the_weights_and_the_checkpoint_is_servable(trained_prm
     assert (
         config["architectures"] == ["Qwen2ForProcessRewardModel"] and AutoConfig.from_pretrained(path).num_labels == 2
     )
+    assert config["ponder_prm_step_read"] == "tag"  # the default reading, recorded for the server
     assert config["step_tag"] == STEP_TAG and config["step_tag_id"] == build_char_tokenizer().convert_tokens_to_ids(
         STEP_TAG
     )
@@ -316,24 +319,38 @@ def test_eval_reads_our_stepwise_labels(planted: dict) -> None:
 
 # ---- served by vLLM ------------------------------------------------------------------------------------------------
 @pytest.mark.e2e
-def test_vllm_serves_the_trained_prm_with_the_training_time_scores(trained_prm: dict, planted: dict) -> None:
+def test_vllm_serves_the_trained_prm_with_the_training_time_scores(
+    trained_prm: dict, planted: dict, tmp_path: Path
+) -> None:
     from reward_models import load_scorer
 
     items = [(q, steps) for q, right, wrong, _ in planted["triples"][:8] for steps in (right, wrong)]
     model, tokenizer = load_reward_model(trained_prm["path"])
     expected = score_steps(model, tokenizer, items)
 
-    async def served() -> list[list[float]]:
-        scorer = await load_scorer(trained_prm["path"], kv_cache_gib=0.5, dtype="float32")
+    async def served(path: Path) -> list[list[float]]:
+        scorer = await load_scorer(path, kv_cache_gib=0.5, dtype="float32")
         try:
             return await scorer.score(items, "test")
         finally:
             await scorer.shutdown()
 
-    got = asyncio.run(served())
+    got = asyncio.run(served(trained_prm["path"]))
     assert [len(s) for s in got] == [len(s) for s in expected]
     for a, b in zip(got, expected, strict=True):
         assert a == pytest.approx(b, abs=1e-3)
+    # The same weights read as `min` (config.json says so): every token's score comes back from vLLM and each step
+    # gets the lowest over its span, as the training-time reading computes it.
+    as_min = tmp_path / "prm-min"
+    shutil.copytree(trained_prm["path"], as_min)
+    config = json.loads((as_min / "config.json").read_text())
+    (as_min / "config.json").write_text(json.dumps(config | {"ponder_prm_step_read": "min"}))
+    model_min, _ = load_reward_model(as_min)
+    expected_min = score_steps(model_min, tokenizer, items)
+    got_min = asyncio.run(served(as_min))
+    for a, b, tag in zip(got_min, expected_min, expected, strict=True):
+        assert a == pytest.approx(b, abs=1e-3) and all(m <= t + 1e-6 for m, t in zip(b, tag, strict=True))
+    assert any(m < t - 1e-3 for b, tag in zip(expected_min, expected, strict=True) for m, t in zip(b, tag, strict=True))
 
 
 def test_init_from_a_policy_copies_its_body_and_leaves_the_head_random(tmp_path: Path) -> None:

@@ -42,7 +42,18 @@ from transformers import (
 )
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from reward_models.layout import QWEN_PRM_SYSTEM, SUFFIX_KEY, SYSTEM_KEY, Layout, layout_from
+from reward_models.layout import (
+    QWEN_PRM_SYSTEM,
+    READ_KEY,
+    STEP_READS,
+    SUFFIX_KEY,
+    SYSTEM_KEY,
+    Layout,
+    layout_from,
+    read_steps,
+    step_read_from,
+    step_spans,
+)
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import get_task
 from training.tiny_models import STEP_TAG, build_char_tokenizer
@@ -95,8 +106,18 @@ class RewardModelConfig(TrainingArguments):
     dense_weights: list[float] = field(
         default_factory=lambda: [0.25, 25.0],
         metadata={
-            "help": "With dense_labels: loss weights of a right character and of the first wrong one (a step tag "
-            "weighs 1). A wrong character is one in a few hundred: without the weight the model learns to say 1."
+            "help": "With dense_labels: loss weights of a right character and of the first wrong one (the rest of "
+            "its step and the step tags weigh 1). A wrong character is one in a few hundred: without the weight the "
+            "model learns to say 1."
+        },
+    )
+    step_read: str = field(
+        default="tag",
+        metadata={
+            "help": "How the saved PRM's step scores are read (config.json records it; the server follows): tag, the "
+            "score at the step tag (Qwen2.5-Math-PRM's reading), or min, the lowest over the step's tokens and its "
+            "tag (for a PRM trained with dense_labels, whose every token says whether the solution is still right).",
+            "choices": list(STEP_READS),
         },
     )
     max_length: int = field(default=1024, metadata={"help": "Longer rendered rows are dropped (counted)."})
@@ -232,6 +253,7 @@ def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) 
     if config.kind == "prm":
         step_tag_id = tokenizer.convert_tokens_to_ids(config.step_tag)
         extra = {"step_tag": config.step_tag, "step_tag_id": step_tag_id, "architectures": [PRM_ARCH]}
+        extra[READ_KEY] = config.step_read
     else:
         extra = {"problem_type": "multi_label_classification"}  # BCE in training, sigmoid in vLLM
     system, suffix = layout_of(config)
@@ -345,14 +367,20 @@ def saved_layout(model: nn.Module) -> Layout:
     return layout_from(model.config.to_dict())
 
 
-def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
-    """The serving adapter's ``render`` bound to a tokenizer, no engine started: train reads what serve reads."""
+def prm_adapter(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, ""), read: str = "tag"):
+    """The serving adapter bound to a tokenizer, no engine started: train and eval read what serve reads."""
     from reward_models.vllm_prm import VLLMProcessRewardModel
 
-    adapter = object.__new__(VLLMProcessRewardModel)  # render needs these attributes, not the engine
-    adapter.tokenizer, adapter.step_tag = tokenizer, step_tag
+    adapter = object.__new__(VLLMProcessRewardModel)  # render and encode_item need these attributes, not the engine
+    adapter.tokenizer, adapter.step_tag, adapter.step_read = tokenizer, step_tag, read
+    adapter.step_tag_id = tokenizer.convert_tokens_to_ids(step_tag)
     adapter.system_prompt, adapter.step_suffix = layout
-    return adapter.render
+    return adapter
+
+
+def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
+    """The serving adapter's ``render`` bound to a tokenizer."""
+    return prm_adapter(tokenizer, step_tag, layout).render
 
 
 def orm_renderer(tokenizer: Any, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
@@ -408,11 +436,7 @@ def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple
             out.append({"input_ids": ids, "labels": labels})
             continue
         dense = dense_token_labels(labels, [c + layout[1] for c in row["completions"]], offsets, tag_id, ids)
-        right, wrong = config.dense_weights
-        weights = [
-            0.0 if x == -100 else 1.0 if t == tag_id else right if x == 1.0 else wrong
-            for t, x in zip(ids, dense, strict=True)
-        ]
+        weights = dense_token_weights(ids, dense, tag_id, config.dense_weights)
         out.append({"input_ids": ids, "labels": dense, "label_weights": weights})
     if any("label_weights" in row for row in out):
         for row in out:
@@ -423,20 +447,22 @@ def tokenize_rows(rows: Any, config: RewardModelConfig, tokenizer: Any) -> tuple
 def dense_token_labels(
     labels: list[float], steps: Sequence[str], offsets: Sequence[int], tag_id: int, ids: Sequence[int]
 ) -> list[float]:
-    """Add a label at every character of every step (char-level tokenizer: one token each) to the tag labels.
+    """Add a label at every character of the steps up to the end of the first wrong one (char-level tokenizer: one
+    token each) to the tag labels.
 
-    Every character before the solution's first error (``offsets``, -1: none) is 1 and the first wrong character
-    is 0: whether the token is what a right solution writes there, given the text before it. Characters after
-    the first error carry no label (they may well follow from it correctly); the step tags keep the step labels,
-    which say whether the solution is still right there. A tokenizer that is not one token per character leaves
-    the labels as they are.
+    Every character before the solution's first error (``offsets``, -1: none) is 1; the first wrong character and
+    the rest of its step are 0: whether the solution is still right through that token. Steps after the first wrong
+    one carry no character labels (their text may well follow from the error correctly); the step tags keep the
+    step labels. The zeros after the first wrong character teach the positions up to the step's tag to carry "an
+    error happened in this step" forward, which the tag's score must say. A tokenizer that is not one token per
+    character leaves the labels as they are.
 
     >>> dense_token_labels([-100.0, -100.0, -100.0, 1.0, -100.0, -100.0, 0.0], ["ab", "cd"], [-1, 1], 9,
     ...                    [5, 1, 2, 9, 3, 4, 9])
     [-100.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
-    >>> dense_token_labels([-100.0, -100.0, -100.0, 0.0, -100.0, -100.0, 0.0], ["ab", "cd"], [0, 0], 9,
-    ...                    [5, 1, 2, 9, 3, 4, 9])
-    [-100.0, 0.0, -100.0, 0.0, -100.0, -100.0, 0.0]
+    >>> dense_token_labels([-100.0, -100.0, -100.0, -100.0, 0.0, -100.0, 0.0], ["abc", "d"], [1, 0], 9,
+    ...                    [5, 1, 2, 7, 9, 4, 9])
+    [-100.0, 1.0, 0.0, 0.0, 0.0, -100.0, 0.0]
     """
     tags = [i for i, token in enumerate(ids) if token == tag_id]
     starts = [tags[0] - len(steps[0]), *(t + 1 for t in tags[:-1])] if len(tags) == len(steps) else []
@@ -444,11 +470,28 @@ def dense_token_labels(
         return labels
     out = list(labels)
     for tag, step, offset in zip(tags, steps, offsets, strict=True):
-        for k in range(len(step) if offset == -1 else offset + 1):
-            out[tag - len(step) + k] = 1.0 if k != offset else 0.0
+        for k in range(len(step)):
+            out[tag - len(step) + k] = 1.0 if offset == -1 or k < offset else 0.0
         if offset != -1:
             break
     return out
+
+
+def dense_token_weights(
+    ids: Sequence[int], labels: Sequence[float], tag_id: int, dense_weights: Sequence[float]
+) -> list[float]:
+    """Loss weights of :func:`dense_token_labels`' targets: a right character ``dense_weights[0]``, the first wrong
+    character ``dense_weights[1]``, the rest of its step and every tag 1; unlabelled positions 0.
+
+    >>> dense_token_weights([5, 1, 2, 7, 9, 4, 9], [-100.0, 1.0, 0.0, 0.0, 0.0, -100.0, 0.0], 9, [0.5, 20.0])
+    [0.0, 0.5, 20.0, 1.0, 1.0, 0.0, 1.0]
+    """
+    right, wrong = dense_weights
+    first_wrong = next((i for i, (t, x) in enumerate(zip(ids, labels, strict=True)) if x == 0.0 and t != tag_id), -1)
+    return [
+        0.0 if x == -100 else 1.0 if t == tag_id else right if x == 1.0 else wrong if i == first_wrong else 1.0
+        for i, (t, x) in enumerate(zip(ids, labels, strict=True))
+    ]
 
 
 @dataclass
@@ -486,14 +529,17 @@ def score_steps(
     step_tag: str = STEP_TAG,
     batch_size: int = 32,
 ) -> list[list[float]]:
-    """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (softmax at the tag tokens)."""
-    render, tag_id = prm_renderer(tokenizer, step_tag, saved_layout(model)), tokenizer.convert_tokens_to_ids(step_tag)
+    """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (the softmax at the tag tokens,
+    or the lowest over each step's tokens where the checkpoint's config says ``min``)."""
+    read = step_read_from(model.config.to_dict())
+    adapter = prm_adapter(tokenizer, step_tag, saved_layout(model), read)
     collate, scores = PadCollator(tokenizer.pad_token_id), []
     for first in range(0, len(items), batch_size):
-        ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
-        batch = collate([{"input_ids": x, "labels": [0.0] * len(x)} for x in ids])
+        encoded = [adapter.encode_item(q, steps) for q, steps in items[first : first + batch_size]]
+        batch = collate([{"input_ids": x, "labels": [0.0] * len(x)} for x, _ in encoded])
         probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).logits.float(), dim=-1)  # (B, T, 2)
-        scores += [probs[i, batch["input_ids"][i] == tag_id, 1].tolist() for i in range(len(ids))]
+        for row, (ids, start) in enumerate(encoded):
+            scores.append(read_steps(probs[row, :, 1].tolist(), step_spans(ids, adapter.step_tag_id, start), read))
     return scores
 
 
