@@ -34,10 +34,11 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra
 
-# The embedded default policy, from scratch with the bundled scripts (about 80 min on 2 idle CPU cores; the card in
-# models/default-policy/README.md gives the command, seed, data and time): SFT from random weights on 40k arith
-# problems, then 40k fresh ones from that checkpoint. No PRM is shipped yet: none trained here passes its held-out
-# check (README, "Training"), so `ponder serve` serves this policy alone unless given --prm.
+# The embedded defaults, from scratch with the bundled scripts (the cards in models/*/README.md give each command,
+# seed, data and time). The policy: SFT from random weights on 40k arith problems, then 40k fresh ones from that
+# checkpoint (about 80 min on 2 cores). The PRM: the policy's own samples labelled exactly by the task's checker,
+# reference solutions with planted errors, then a PRM on the frozen policy body with 3 fresh layers and a label at
+# every token (about 21 + 31 min). Its steps are read as the lowest token score (ponder_prm_step_read: min).
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
 	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25 --learning_rate 1e-3 --adam_beta2 0.99 \
@@ -45,6 +46,19 @@ models: $(STAMP)
 	$(PONDER) train sft --init_from runs/policy-sft --seed 43 --output_dir runs/policy-sft2 --logging_steps 25 \
 		--learning_rate 7e-4 --adam_beta2 0.99 --warmup_steps 50 --save_steps 100
 	rm -rf models/default-policy && mkdir -p models && cp -r runs/policy-sft2 models/default-policy
+	$(PONDER) label --policy models/default-policy --split train --levels 3 4 5 6 --num_problems 2400 \
+		--num_samples 4 --round_size 400 --output runs/labels/train
+	$(PONDER) label --policy models/default-policy --split val --num_problems 300 --num_samples 4 \
+		--output runs/labels/val
+	$(PONDER) label --source reference --split train --num_problems 12000 --seed 1 --output runs/labels/planted
+	$(PONDER) train prm $(PRM_RECIPE) --output_dir runs/prm
+	rm -rf models/default-prm && cp -r runs/prm models/default-prm
+
+# The default PRM's training command (models/default-prm/README.md).
+PRM_RECIPE := --train_data runs/labels/train,runs/labels/planted --eval_data runs/labels/val \
+	--init_from models/default-policy --num_hidden_layers 7 --dense_labels arith --dense_weights 0.5 10 \
+	--learning_rate 2e-3 --per_device_train_batch_size 16 --max_steps 750 --eval_steps 250 --save_steps 250 \
+	--logging_steps 25 --step_read min
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

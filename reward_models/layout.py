@@ -75,3 +75,26 @@ def read_steps(token_scores: Sequence[float], spans: Sequence[tuple[int, int]], 
     if read == "tag":
         return [float(token_scores[tag]) for _, tag in spans]
     return [float(min(token_scores[start : tag + 1])) for start, tag in spans]
+
+
+# ---- where a checkpoint's tokenizer lives -------------------------------------------------------------------------
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def tokenizer_path(model: str | Path) -> str:
+    """The folder to load a checkpoint's tokenizer from: its ``tokenizer/`` subfolder where it has one, else itself.
+
+    transformers 5 loads the tokenizer of any folder whose ``config.json`` says ``model_type: qwen2`` as
+    ``Qwen2Tokenizer``, whose byte-level pre-tokenizer replaces the one in ``tokenizer.json``: a character-level
+    vocabulary then loses every space and newline. Ponder's Qwen2-architecture reward models therefore keep their
+    tokenizer in a subfolder with no ``config.json``, which loads as the tokenizer it is (:func:`save_tokenizer`).
+    """
+    sub = Path(model) / TOKENIZER_SUBDIR
+    return str(sub) if (sub / "tokenizer_config.json").is_file() else str(model)
+
+
+def save_tokenizer(tokenizer: Any, model: str | Path) -> Path:
+    """Save ``tokenizer`` where :func:`tokenizer_path` finds it for the checkpoint folder ``model``."""
+    target = Path(model) / TOKENIZER_SUBDIR
+    tokenizer.save_pretrained(target)
+    return target

@@ -23,7 +23,14 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout, configured_step_read, read_steps, step_spans
+from reward_models.layout import (
+    QWEN_PRM_SYSTEM,
+    configured_layout,
+    configured_step_read,
+    read_steps,
+    step_spans,
+    tokenizer_path,
+)
 from server.engine.errors import ScorerError
 from server.engine.vllm_engine import (
     encode_prompt,
@@ -220,7 +227,7 @@ def _configured_step_tag(path: Path) -> str | None:
 def _single_token_id(path: str, step_tag: str) -> int:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(path))
     ids = tokenizer.encode(step_tag, add_special_tokens=False)
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
         raise ValueError(f"step tag {step_tag!r} is not a single token of the tokenizer at {path} ({ids})")

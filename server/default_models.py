@@ -3,8 +3,8 @@
 Trained defaults live in ``models/default-policy`` and ``models/default-prm`` at the repository root. A shipped
 policy without a shipped PRM is served alone: the strategies that need a reward model then answer that one is
 missing (a warning says so at start). With no shipped policy, the tiny random-weight models of
-:mod:`training.tiny_models` are built once (seconds) into ``$PONDER_CACHE_DIR/tiny-v1/`` (default
-``~/.cache/ponder/tiny-v1/``) so that the server starts anywhere with no download; they produce noise, which is
+:mod:`training.tiny_models` are built once (seconds) into ``$PONDER_CACHE_DIR/tiny-v2/`` (default
+``~/.cache/ponder/tiny-v2/``) so that the server starts anywhere with no download; they produce noise, which is
 logged as a warning.
 """
 
@@ -22,7 +22,7 @@ log = logging.getLogger("ponder.models")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_DIR = REPO_ROOT / "models"
-TINY_VERSION = "tiny-v1"  # bump when the tiny builders change, so stale caches are not reused
+TINY_VERSION = "tiny-v2"  # bump when the tiny builders change, so stale caches are not reused
 
 
 @dataclass(frozen=True)

@@ -118,17 +118,17 @@ def test_default_models_are_built_once_and_flagged(tmp_path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="ponder.models"):
         first = ensure_default_models(tmp_path)
     assert first.random_weights and "RANDOM-WEIGHT" in caplog.text
-    assert first.policy == tmp_path / "tiny-v1" / "policy" and (first.prm / "config.json").is_file()
+    assert first.policy == tmp_path / "tiny-v2" / "policy" and (first.prm / "config.json").is_file()
     stamp = (first.policy / "model.safetensors").stat().st_mtime_ns
     assert ensure_default_models(tmp_path) == first
     assert (first.policy / "model.safetensors").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in (tmp_path / "tiny-v1").iterdir()) == ["policy", "prm"]  # no staging left
+    assert sorted(p.name for p in (tmp_path / "tiny-v2").iterdir()) == ["policy", "prm"]  # no staging left
 
 
 def test_default_models_respect_ponder_cache_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(default_models, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     monkeypatch.setenv("PONDER_CACHE_DIR", str(tmp_path))
-    assert ensure_default_models().prm == tmp_path / "tiny-v1" / "prm"
+    assert ensure_default_models().prm == tmp_path / "tiny-v2" / "prm"
 
 
 def test_shipped_models_are_preferred_to_the_stand_ins(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,7 +152,7 @@ def test_a_shipped_policy_without_a_prm_is_served_alone(tmp_path, caplog: pytest
     assert (chosen.policy, chosen.prm, chosen.random_weights) == (shipped / "default-policy", None, False)
     assert "without a reward model" in caplog.text and not (tmp_path / "cache").exists()
     stand_in = chosen.prm_or_stand_in(tmp_path / "cache")  # what the serving benchmarks score with
-    assert stand_in == tmp_path / "cache" / "tiny-v1" / "prm" and (stand_in / "config.json").is_file()
+    assert stand_in == tmp_path / "cache" / "tiny-v2" / "prm" and (stand_in / "config.json").is_file()
 
 
 async def test_load_scorer_rejects_bad_paths(tiny: dict, tmp_path) -> None:

@@ -51,8 +51,10 @@ from reward_models.layout import (
     Layout,
     layout_from,
     read_steps,
+    save_tokenizer,
     step_read_from,
     step_spans,
+    tokenizer_path,
 )
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import get_task
@@ -353,7 +355,7 @@ def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerF
     architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
     cls = Qwen2ForProcessRewardModel if PRM_ARCH in architectures else Qwen2ForSequenceClassification
     model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(path))
+    return model, AutoTokenizer.from_pretrained(tokenizer_path(path))
 
 
 # ---- rendering and labels -----------------------------------------------------------------------------------------
@@ -614,7 +616,7 @@ def train(config: RewardModelConfig, command: str | None = None) -> dict[str, An
 def save_final(model: nn.Module, tokenizer: PreTrainedTokenizerFast, path: Path, dtype: str) -> Path:
     """The servable folder: safetensors in ``dtype``, ``config.json`` (with the step tag), tokenizer, chat template."""
     model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    save_tokenizer(tokenizer, path)  # in a subfolder: see reward_models.layout.tokenizer_path
     return path
 
 

@@ -32,6 +32,8 @@ from transformers import (
     Qwen2Model,
 )
 
+from reward_models.layout import save_tokenizer
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator; the PRM scores the hidden state at each one
@@ -157,7 +159,7 @@ def save_tiny_prm(
     config_dict = config.to_dict()
     config_dict.update(dtype="float32", step_tag=step_tag, step_tag_id=step_tag_id)
     (path / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    tokenizer.save_pretrained(path)
+    save_tokenizer(tokenizer, path)  # a Qwen2 folder: in a subfolder (reward_models.layout.tokenizer_path)
     return path
 
 
@@ -171,5 +173,5 @@ def save_tiny_orm(path: str | Path, seed: int = 0, hidden: int = 128, layers: in
     torch.manual_seed(seed)
     model = Qwen2ForSequenceClassification(config)
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tokenizer(tokenizer, path)
     return path

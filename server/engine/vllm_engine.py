@@ -25,6 +25,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
+from reward_models.layout import tokenizer_path
 from server.engine.errors import EngineError, EngineUnavailableError
 from server.engine.hardware import engine_dtype
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
@@ -48,7 +49,7 @@ def engine_args(
     """vLLM engine arguments shared by the policy and the reward models (``extra``: e.g. ``runner="pooling"``)."""
     return AsyncEngineArgs(
         model=model,
-        tokenizer=model,
+        tokenizer=tokenizer_path(model),  # a reward model's own subfolder (reward_models/layout.py)
         dtype=engine_dtype(dtype),  # auto: float32 on a CPU without native bf16 (server/engine/hardware.py)
         seed=seed,
         max_model_len=max_model_len,
