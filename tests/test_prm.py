@@ -14,8 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
+from reward_models.layout import tokenizer_path
 from training.evaluate import load_items, predicted_first_error, processbench_f1
 from training.evaluate import main as eval_main
 from training.label import exact_rows, save_rows
@@ -235,6 +236,12 @@ def test_training_changed_the_weights_and_the_checkpoint_is_servable(trained_prm
         config["architectures"] == ["Qwen2ForProcessRewardModel"] and AutoConfig.from_pretrained(path).num_labels == 2
     )
     assert config["ponder_prm_step_read"] == "tag"  # the default reading, recorded for the server
+    # The tokenizer the server and `ponder eval` load reads spaces and newlines as training did (a qwen2 folder's
+    # own tokenizer files would load as Qwen2Tokenizer and drop them).
+    served = AutoTokenizer.from_pretrained(tokenizer_path(path))
+    text = "(1) Add 3: 4 + 3 = 7\n<extra_0>"
+    assert served(text)["input_ids"] == build_char_tokenizer()(text)["input_ids"]
+    assert not (path / "tokenizer_config.json").exists()
     assert config["step_tag"] == STEP_TAG and config["step_tag_id"] == build_char_tokenizer().convert_tokens_to_ids(
         STEP_TAG
     )
