@@ -38,7 +38,8 @@ test: $(STAMP)
 # seed, data and time). The policy: SFT from random weights on 40k arith problems, then 40k fresh ones from that
 # checkpoint (about 80 min on 2 cores). The PRM: the policy's own samples labelled exactly by the task's checker,
 # reference solutions with planted errors, then a PRM on the frozen policy body with 3 fresh layers and a label at
-# every token (about 21 + 31 min). Its steps are read as the lowest token score (ponder_prm_step_read: min).
+# every token (about 21 + 31 min). Its steps are read as the lowest token score (ponder_prm_step_read: min). It stays
+# in runs/prm: none trained so far passes its held-out check (README, "Training"), so none is copied into models/.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
 	$(PONDER) train sft --output_dir runs/policy-sft --logging_steps 25 --learning_rate 1e-3 --adam_beta2 0.99 \
@@ -52,7 +53,6 @@ models: $(STAMP)
 		--output runs/labels/val
 	$(PONDER) label --source reference --split train --num_problems 12000 --seed 1 --output runs/labels/planted
 	$(PONDER) train prm $(PRM_RECIPE) --output_dir runs/prm
-	rm -rf models/default-prm && cp -r runs/prm models/default-prm
 
 # The default PRM's training command (models/default-prm/README.md).
 PRM_RECIPE := --train_data runs/labels/train,runs/labels/planted --eval_data runs/labels/val \
