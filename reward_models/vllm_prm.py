@@ -177,7 +177,12 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         it from the checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
         step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
-        step_read = configured_step_read(Path(path))  # min: every token's score comes back, the steps' spans reduce it
+        step_read = configured_step_read(Path(path))
+        if step_read != "tag":  # vLLM 0.32 still returns the tag rows only for this architecture: refuse, not misread
+            raise ValueError(
+                f"reward model {path!r}: ponder_prm_step_read={step_read!r} is read by the training-time scorer "
+                "(ponder eval prm) only; serving reads the step tag (set it to 'tag')"
+            )
         llm = await cls._start(
             path,
             memory_fraction=memory_fraction,
