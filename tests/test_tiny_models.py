@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from reward_models import load_scorer
+from reward_models.layout import tokenizer_path
 from server import default_models
 from server.default_models import ensure_default_models
 from training.tiny_models import (
@@ -89,7 +90,7 @@ def test_policy_reloads_with_transformers_and_is_seeded(tiny: dict, tmp_path) ->
 
 def test_prm_checkpoint_has_the_vllm_layout(tiny: dict) -> None:
     config = AutoConfig.from_pretrained(tiny["prm"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny["prm"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(tiny["prm"]))
     assert config.architectures == ["Qwen2ForProcessRewardModel"]
     assert config.step_tag == STEP_TAG and config.step_tag_id == tokenizer.convert_tokens_to_ids(STEP_TAG)
     state = load_file(tiny["prm"] / "model.safetensors")
@@ -102,7 +103,7 @@ def test_prm_checkpoint_has_the_vllm_layout(tiny: dict) -> None:
 
 def test_orm_reloads_as_a_one_label_classifier(tiny: dict) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny["orm"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny["orm"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(tiny["orm"]))
     assert model.config.num_labels == 1
     assert model(torch.tensor([tokenizer.encode("x=1")])).logits.shape == (1, 1)
 
