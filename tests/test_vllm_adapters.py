@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config, Qwen2Model
 
 from reward_models import load_scorer
+from reward_models.layout import tokenizer_path
 from reward_models.orm import VLLMOutcomeRewardModel
 from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
 from server.engine.vllm_engine import VLLMEngine
@@ -178,7 +179,7 @@ async def test_cancelling_a_call_aborts_its_requests(engine: VLLMEngine) -> None
 
 def reference_prm_scores(path: Path, question: str, steps: list[str]) -> tuple[str, list[float]]:
     """Qwen2.5-Math-PRM's input and scores from a plain torch forward of the checkpoint."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(path))
     messages = [
         {"role": "system", "content": QWEN_PRM_SYSTEM},
         {"role": "user", "content": question},
