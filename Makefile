@@ -54,7 +54,7 @@ models: $(STAMP)
 	$(PONDER) label --source reference --split train --num_problems 12000 --seed 1 --output runs/labels/planted
 	$(PONDER) train prm $(PRM_RECIPE) --output_dir runs/prm
 
-# The default PRM's training command (models/default-prm/README.md).
+# The PRM's training command (README, "Training").
 PRM_RECIPE := --train_data runs/labels/train,runs/labels/planted --eval_data runs/labels/val \
 	--init_from models/default-policy --num_hidden_layers 7 --dense_labels arith --dense_weights 0.5 10 \
 	--learning_rate 2e-3 --per_device_train_batch_size 16 --max_steps 750 --eval_steps 250 --save_steps 250 \

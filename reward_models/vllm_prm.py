@@ -23,14 +23,7 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.layout import (
-    QWEN_PRM_SYSTEM,
-    configured_layout,
-    configured_step_read,
-    read_steps,
-    step_spans,
-    tokenizer_path,
-)
+from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout, configured_step_read, tokenizer_path
 from server.engine.errors import ScorerError
 from server.engine.vllm_engine import (
     encode_prompt,
@@ -155,11 +148,9 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         step_tag: str,
         system_prompt: str | None = QWEN_PRM_SYSTEM,
         step_suffix: str = "",
-        step_read: str = "tag",
     ) -> None:
         super().__init__(llm, model_name, system_prompt)
-        self.step_tag, self.step_suffix, self.step_read = step_tag, step_suffix, step_read
-        self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
+        self.step_tag, self.step_suffix = step_tag, step_suffix
 
     @classmethod
     async def create(
@@ -190,37 +181,35 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            pooler_config=PoolerConfig(step_tag_id=step_tag_id if step_read == "tag" else None),
+            pooler_config=PoolerConfig(step_tag_id=step_tag_id),
         )
         system, suffix = configured_layout(Path(path))
-        return cls(
-            llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix, step_read=step_read
-        )
+        return cls(llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix)
 
     def render(self, question: str, steps: Sequence[str]) -> str:
         """The exact text the PRM reads: ``step_suffix`` and the tag end every step; the tag appears nowhere else."""
+        return self.chat(question.replace(self.step_tag, ""), self._answer(steps))
+
+    def _answer(self, steps: Sequence[str]) -> str:
         tag, suffix = self.step_tag, self.step_suffix
-        return self.chat(question.replace(tag, ""), "".join(step.replace(tag, "") + suffix + tag for step in steps))
+        return "".join(step.replace(tag, "") + suffix + tag for step in steps)
 
     def encode_item(self, question: str, steps: Sequence[str]) -> tuple[list[int], int]:
-        """The token ids the PRM reads and the position where the first step starts."""
+        """The token ids the PRM reads and the position where the first step starts (the training-time ``min``
+        reading needs each step's span)."""
         text = self.render(question, steps)
-        answer = "".join(step.replace(self.step_tag, "") + self.step_suffix + self.step_tag for step in steps)
-        return encode_prompt(self.tokenizer, text), len(encode_prompt(self.tokenizer, text[: text.rindex(answer)]))
+        start = len(encode_prompt(self.tokenizer, text[: text.rindex(self._answer(steps))]))
+        return encode_prompt(self.tokenizer, text), start
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         """Per-step probabilities for every (question, steps) item, scored in one batch."""
         todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
-        encoded = [self.encode_item(*items[i]) for i in todo]
-        pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
+        pooled = await self._pool([self.render(*items[i]) for i in todo], request_id)
         scores: list[list[float]] = [[] for _ in items]
-        for i, (ids, first), data in zip(todo, encoded, pooled, strict=True):  # data: softmaxed, (tags or tokens, 2)
-            step_scores = data[:, 1].tolist()
-            if self.step_read != "tag":  # every token came back: reduce each step's span
-                step_scores = read_steps(step_scores, step_spans(ids, self.step_tag_id, first), self.step_read)
-            if len(step_scores) != len(items[i][1]):
-                raise ScorerError(f"the PRM scored {len(step_scores)} step tags for {len(items[i][1])} steps")
-            scores[i] = step_scores
+        for i, data in zip(todo, pooled, strict=True):  # data: (num_steps, 2), already softmaxed
+            if data.shape[0] != len(items[i][1]):
+                raise ScorerError(f"the PRM scored {data.shape[0]} step tags for {len(items[i][1])} steps")
+            scores[i] = data[:, 1].tolist()
         return scores
 
 

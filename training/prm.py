@@ -116,9 +116,10 @@ class RewardModelConfig(TrainingArguments):
     step_read: str = field(
         default="tag",
         metadata={
-            "help": "How the saved PRM's step scores are read (config.json records it; the server follows): tag, the "
-            "score at the step tag (Qwen2.5-Math-PRM's reading), or min, the lowest over the step's tokens and its "
-            "tag (for a PRM trained with dense_labels, whose every token says whether the solution is still right).",
+            "help": "How the saved PRM's step scores are read (config.json records it): tag, the score at the step "
+            "tag (Qwen2.5-Math-PRM's reading; the only one the server serves), or min, the lowest over the step's "
+            "tokens and its tag (ponder eval prm only; for a PRM trained with dense_labels, whose every token says "
+            "whether the solution is still right).",
             "choices": list(STEP_READS),
         },
     )
@@ -369,13 +370,12 @@ def saved_layout(model: nn.Module) -> Layout:
     return layout_from(model.config.to_dict())
 
 
-def prm_adapter(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, ""), read: str = "tag"):
+def prm_adapter(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")):
     """The serving adapter bound to a tokenizer, no engine started: train and eval read what serve reads."""
     from reward_models.vllm_prm import VLLMProcessRewardModel
 
     adapter = object.__new__(VLLMProcessRewardModel)  # render and encode_item need these attributes, not the engine
-    adapter.tokenizer, adapter.step_tag, adapter.step_read = tokenizer, step_tag, read
-    adapter.step_tag_id = tokenizer.convert_tokens_to_ids(step_tag)
+    adapter.tokenizer, adapter.step_tag = tokenizer, step_tag
     adapter.system_prompt, adapter.step_suffix = layout
     return adapter
 
@@ -533,15 +533,15 @@ def score_steps(
 ) -> list[list[float]]:
     """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (the softmax at the tag tokens,
     or the lowest over each step's tokens where the checkpoint's config says ``min``)."""
-    read = step_read_from(model.config.to_dict())
-    adapter = prm_adapter(tokenizer, step_tag, saved_layout(model), read)
+    read, tag_id = step_read_from(model.config.to_dict()), tokenizer.convert_tokens_to_ids(step_tag)
+    adapter = prm_adapter(tokenizer, step_tag, saved_layout(model))
     collate, scores = PadCollator(tokenizer.pad_token_id), []
     for first in range(0, len(items), batch_size):
         encoded = [adapter.encode_item(q, steps) for q, steps in items[first : first + batch_size]]
         batch = collate([{"input_ids": x, "labels": [0.0] * len(x)} for x, _ in encoded])
         probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).logits.float(), dim=-1)  # (B, T, 2)
         for row, (ids, start) in enumerate(encoded):
-            scores.append(read_steps(probs[row, :, 1].tolist(), step_spans(ids, adapter.step_tag_id, start), read))
+            scores.append(read_steps(probs[row, :, 1].tolist(), step_spans(ids, tag_id, start), read))
     return scores
 
 

@@ -49,7 +49,7 @@ def engine_args(
     """vLLM engine arguments shared by the policy and the reward models (``extra``: e.g. ``runner="pooling"``)."""
     return AsyncEngineArgs(
         model=model,
-        tokenizer=tokenizer_path(model),  # a reward model's own subfolder (reward_models/layout.py)
+        tokenizer=tokenizer_path(model),  # a reward model's tokenizer/ subfolder (reward_models/layout.py)
         dtype=engine_dtype(dtype),  # auto: float32 on a CPU without native bf16 (server/engine/hardware.py)
         seed=seed,
         max_model_len=max_model_len,
