@@ -23,7 +23,14 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout, configured_step_read, tokenizer_path
+from reward_models.layout import (
+    QWEN_PRM_SYSTEM,
+    configured_layout,
+    configured_step_read,
+    read_steps,
+    step_spans,
+    tokenizer_path,
+)
 from server.engine.errors import ScorerError
 from server.engine.vllm_engine import (
     encode_prompt,
@@ -135,6 +142,14 @@ class VLLMPoolingScorer:
         stop_llm(self._llm)
 
 
+def pooler_config(step_read: str, step_tag_id: int) -> PoolerConfig:
+    """vLLM's ``STEP`` pooler (the rows at the step tags) for the ``tag`` reading; ``ALL`` (a row per token) for a
+    reading over each step's span. (Left unset, vLLM gives this architecture ``STEP`` with Qwen's tag id 151651.)"""
+    if step_read == "tag":
+        return PoolerConfig(step_tag_id=step_tag_id)
+    return PoolerConfig(tok_pooling_type="ALL")
+
+
 class VLLMProcessRewardModel(VLLMPoolingScorer):
     """Qwen2.5-Math-PRM-style step scorer: ``score`` gives one probability in [0, 1] per step."""
 
@@ -148,9 +163,11 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         step_tag: str,
         system_prompt: str | None = QWEN_PRM_SYSTEM,
         step_suffix: str = "",
+        step_read: str = "tag",
     ) -> None:
         super().__init__(llm, model_name, system_prompt)
-        self.step_tag, self.step_suffix = step_tag, step_suffix
+        self.step_tag, self.step_suffix, self.step_read = step_tag, step_suffix, step_read
+        self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
 
     @classmethod
     async def create(
@@ -169,11 +186,6 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
         step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
         step_read = configured_step_read(Path(path))
-        if step_read != "tag":  # vLLM 0.32 still returns the tag rows only for this architecture: refuse, not misread
-            raise ValueError(
-                f"reward model {path!r}: ponder_prm_step_read={step_read!r} is read by the training-time scorer "
-                "(ponder eval prm) only; serving reads the step tag (set it to 'tag')"
-            )
         llm = await cls._start(
             path,
             memory_fraction=memory_fraction,
@@ -181,10 +193,12 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            pooler_config=PoolerConfig(step_tag_id=step_tag_id),
+            pooler_config=pooler_config(step_read, step_tag_id),
         )
         system, suffix = configured_layout(Path(path))
-        return cls(llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix)
+        return cls(
+            llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix, step_read=step_read
+        )
 
     def render(self, question: str, steps: Sequence[str]) -> str:
         """The exact text the PRM reads: ``step_suffix`` and the tag end every step; the tag appears nowhere else."""
@@ -204,12 +218,16 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         """Per-step probabilities for every (question, steps) item, scored in one batch."""
         todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
-        pooled = await self._pool([self.render(*items[i]) for i in todo], request_id)
+        encoded = [self.encode_item(*items[i]) for i in todo]
+        pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
         scores: list[list[float]] = [[] for _ in items]
-        for i, data in zip(todo, pooled, strict=True):  # data: (num_steps, 2), already softmaxed
-            if data.shape[0] != len(items[i][1]):
-                raise ScorerError(f"the PRM scored {data.shape[0]} step tags for {len(items[i][1])} steps")
-            scores[i] = data[:, 1].tolist()
+        for i, (ids, first), data in zip(todo, encoded, pooled, strict=True):  # data: softmaxed, (tags or tokens, 2)
+            step_scores = data[:, 1].tolist()
+            if self.step_read != "tag":  # ALL pooling: one row per token, reduced over each step's span
+                step_scores = read_steps(step_scores, step_spans(ids, self.step_tag_id, first), self.step_read)
+            if len(step_scores) != len(items[i][1]):
+                raise ScorerError(f"the PRM scored {len(step_scores)} step tags for {len(items[i][1])} steps")
+            scores[i] = step_scores
         return scores
 
 

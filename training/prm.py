@@ -117,9 +117,9 @@ class RewardModelConfig(TrainingArguments):
         default="tag",
         metadata={
             "help": "How the saved PRM's step scores are read (config.json records it): tag, the score at the step "
-            "tag (Qwen2.5-Math-PRM's reading; the only one the server serves), or min, the lowest over the step's "
-            "tokens and its tag (ponder eval prm only; for a PRM trained with dense_labels, whose every token says "
-            "whether the solution is still right).",
+            "tag (Qwen2.5-Math-PRM's reading), or min, the lowest over the step's tokens and its tag (for a PRM "
+            "trained with dense_labels, whose every token says whether the solution is still right; vLLM then "
+            "returns every token's score).",
             "choices": list(STEP_READS),
         },
     )
