@@ -4,8 +4,9 @@
 (per-step scores, :mod:`reward_models.vllm_prm`) or a ``*ForSequenceClassification`` as an ORM (one score per
 solution, :mod:`reward_models.orm`), each on its own in-process vLLM engine. A causal LM (``LlamaForCausalLM``,
 ``MistralForCausalLM``, ``Qwen2ForCausalLM``) is served as a PRM in a named format, ``math_shepherd`` or ``rlhflow``
-(:mod:`reward_models.causal_prm`): the ``format`` argument, else the checkpoint's ``config.json`` key
-``ponder_prm_format``. :mod:`reward_models.aggregation` reduces step scores to one number.
+(:mod:`reward_models.causal_prm`), or by its own token probabilities, ``likelihood``
+(:mod:`reward_models.likelihood`; the policy as its own verifier): the ``format`` argument, else the checkpoint's
+``config.json`` key ``ponder_prm_format``. :mod:`reward_models.aggregation` reduces step scores to one number.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from strategies.base import Scorer
 CAUSAL_LM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
-PRM_FORMATS = ("qwen", "math_shepherd", "rlhflow")  # qwen: a *ForProcessRewardModel (Qwen2.5-Math-PRM layout)
+# qwen: a *ForProcessRewardModel (Qwen2.5-Math-PRM layout); the others read a causal LM
+PRM_FORMATS = ("qwen", "math_shepherd", "rlhflow", "likelihood")
 
 
 async def load_scorer(
@@ -58,10 +60,14 @@ async def load_scorer(
     }
     is_prm = any(arch.endswith("ForProcessRewardModel") for arch in architectures)
     is_causal_lm = any(arch in CAUSAL_LM_ARCHITECTURES for arch in architectures)
-    if format in ("math_shepherd", "rlhflow"):
+    if format in ("math_shepherd", "rlhflow", "likelihood"):
         if not is_causal_lm:
             raise ValueError(f"reward model {str(path)!r}: PRM format {format!r} needs a causal LM "
                              f"({', '.join(CAUSAL_LM_ARCHITECTURES)}), not {architectures}")
+        if format == "likelihood":
+            from reward_models.likelihood import LikelihoodPRM
+
+            return await LikelihoodPRM.create(str(path), **kwargs)
         from reward_models.causal_prm import CausalLMProcessRewardModel
 
         return await CausalLMProcessRewardModel.create(
@@ -82,8 +88,8 @@ async def load_scorer(
         raise ValueError(
             f"reward model {str(path)!r}: {architectures} is a causal LM, neither a process reward model "
             "(*ForProcessRewardModel) nor a sequence classifier; to serve it as a PRM that judges steps by its "
-            "'+'/'-' token probabilities, name its format: format='math_shepherd' or 'rlhflow' "
-            "(ponder serve --prm-format), or ponder_prm_format in its config.json"
+            "'+'/'-' token probabilities, name its format: format='math_shepherd' or 'rlhflow'; by its own token "
+            "probabilities: 'likelihood' (ponder serve --prm-format), or ponder_prm_format in its config.json"
         )
     raise ValueError(
         f"reward model {str(path)!r}: architectures {architectures} are neither a process reward "

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reward_models import PRM_FORMATS
+
 log = logging.getLogger("ponder")
 
 
@@ -29,9 +31,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prm", help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
                                  "ORM (default: the embedded default PRM when --model is not given)")
     p.add_argument("--no-prm", action="store_true", help="serve without a reward model")
-    p.add_argument("--prm-format", choices=("qwen", "math_shepherd", "rlhflow"),
+    p.add_argument("--prm-format", choices=PRM_FORMATS,
                    help="how the PRM reads steps: qwen (*ForProcessRewardModel), math_shepherd or rlhflow (a causal "
-                        "LM judging each step by its '+'/'-' token); default: from the checkpoint")
+                        "LM judging each step by its '+'/'-' token), likelihood (a causal LM, e.g. the policy, "
+                        "judging each step by its own lowest token probability); default: from the checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=("vllm", "openai"), default="vllm",

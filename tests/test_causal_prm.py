@@ -1,4 +1,5 @@
-"""Causal-LM PRMs (Math-Shepherd and RLHFlow formats) on the real vLLM CPU engine, against a plain torch forward.
+"""Causal-LM PRMs (Math-Shepherd, RLHFlow and likelihood formats) on the real vLLM CPU engine, against a plain
+torch forward.
 
 The stand-ins are tiny random ``LlamaForCausalLM`` checkpoints in each format (:mod:`training.tiny_causal_prm`);
 one engine per format starts once for the module (~30-60 s each on 2 cores). The reference scores follow each
@@ -24,12 +25,15 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from reward_models import load_scorer
 from reward_models.causal_prm import CausalLMProcessRewardModel, CausalPRMFormat
+from reward_models.likelihood import LikelihoodPRM, encode_steps, torch_scores
 from server.cli import build_parser
 from strategies.base import Scorer
+from training.tasks.arith import INSTRUCTION
 from training.tiny_causal_prm import MATH_SHEPHERD_STEP_TAG, save_tiny_causal_prm
 from training.tiny_models import STEP_TAG, save_tiny_prm
 
 TAG = MATH_SHEPHERD_STEP_TAG
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "models" / "default-policy"
 ITEMS = [
     ("What is 2+3?", ["2+3=5", "So the answer is 5."]),
     ("Compute 7*6.", ["7*6=42", "42-0=42", "The answer is 42."]),
@@ -68,6 +72,13 @@ async def math_shepherd(tiny: dict[str, Path]):
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def rlhflow(tiny: dict[str, Path]):
     scorer = await load_scorer(tiny["rlhflow"], format="rlhflow", kv_cache_gib=0.5, dtype="float32")
+    yield scorer
+    await scorer.shutdown()
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def likelihood(tiny: dict[str, Path]):
+    scorer = await load_scorer(tiny["math_shepherd"], format="likelihood", kv_cache_gib=0.5, dtype="float32")
     yield scorer
     await scorer.shutdown()
 
@@ -159,6 +170,44 @@ async def test_no_steps_and_no_items_cost_nothing(math_shepherd) -> None:
     assert await math_shepherd.score([], "none") == []
 
 
+@e2e
+async def test_likelihood_scores_equal_a_torch_forward(likelihood, tiny: dict) -> None:
+    """The served likelihood PRM: per step, the lowest probability the LM gives any token of the step and of the
+    delimiter after it, from vLLM's prompt log-probabilities, equal to a transformers forward."""
+    assert isinstance(likelihood, LikelihoodPRM) and isinstance(likelihood, Scorer) and likelihood.kind == "prm"
+    path = tiny["math_shepherd"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    got = await likelihood.score(ITEMS, "likelihood")
+    assert [len(s) for s in got] == [len(steps) for _, steps in ITEMS]
+    expected = torch_scores(model, tokenizer, ITEMS)
+    for a, b in zip(got, expected, strict=True):
+        assert a == pytest.approx(b, abs=1e-3) and all(0.0 < p <= 1.0 for p in a)
+    assert likelihood.num_running() == 0 and likelihood.healthy()
+
+
+def test_likelihood_steps_cover_the_answer_once() -> None:
+    """Every answer token belongs to exactly one step (its text or the delimiter after it); the prompt to none."""
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_POLICY)
+    steps = ["(1) Add 7: 12 + 7 = 19", "(2) Add 5: 19 + 5 = 24", "\\boxed{24}"]
+    ids, positions = encode_steps(tokenizer, "Start with 12. (1) Add 7. (2) Add 5. What is the result?", steps)
+    flat = [i for span in positions for i in span]
+    assert flat == list(range(len(ids) - len("\n\n".join(steps)), len(ids)))
+    assert [len(span) for span in positions] == [len(steps[0]) + 2, len(steps[1]) + 2, len(steps[2])]
+
+
+def test_the_default_policy_as_a_likelihood_prm_flags_a_planted_error() -> None:
+    """The shipped policy read as a PRM: a wrong sum scores below the right one, and the step before it does not
+    change (the score of a step depends only on what precedes it)."""
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_POLICY)
+    model = LlamaForCausalLM.from_pretrained(DEFAULT_POLICY, dtype=torch.float32).eval()
+    question = "Start with 12. (1) Add 7. (2) Multiply by 3. What is the result?\n" + INSTRUCTION  # the user turn
+    right = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 57", "\\boxed{57}"]
+    wrong = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 75", "\\boxed{75}"]
+    (good, bad) = torch_scores(model, tokenizer, [(question, right), (question, wrong)])
+    assert good[0] == pytest.approx(bad[0]) and bad[1] < good[1] and bad[1] < 0.5 < good[1]
+
+
 def test_math_shepherd_render_marks_the_label_after_each_tag() -> None:
     scorer = CausalLMProcessRewardModel.__new__(CausalLMProcessRewardModel)  # rendering needs no engine
     scorer.format = CausalPRMFormat("math_shepherd")
@@ -188,6 +237,8 @@ async def test_load_scorer_dispatch_errors(tiny: dict, tmp_path: Path) -> None:
         await load_scorer(tiny["math_shepherd"], format="qwen")
     with pytest.raises(ValueError, match="PRM format 'rlhflow' needs a causal LM"):
         await load_scorer(tiny["qwen"], format="rlhflow")
+    with pytest.raises(ValueError, match="PRM format 'likelihood' needs a causal LM"):
+        await load_scorer(tiny["qwen"], format="likelihood")
     with pytest.raises(ValueError, match="unknown PRM format 'shepherd'"):
         await load_scorer(tiny["math_shepherd"], format="shepherd")
     config["architectures"] = ["GPT2LMHeadModel"]
@@ -199,6 +250,7 @@ async def test_load_scorer_dispatch_errors(tiny: dict, tmp_path: Path) -> None:
 def test_serve_parses_prm_format() -> None:
     args = build_parser().parse_args(["serve", "--prm", "/some/prm", "--prm-format", "math_shepherd"])
     assert args.prm_format == "math_shepherd"
+    assert build_parser().parse_args(["serve", "--prm", "/p", "--prm-format", "likelihood"]).prm_format == "likelihood"
     assert build_parser().parse_args(["serve"]).prm_format is None  # auto: from the checkpoint
 
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reward_models import CAUSAL_LM_ARCHITECTURES
 from training.tasks import first_error
 
 
@@ -136,10 +137,12 @@ def orm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], thresh
     }
 
 
-async def _score_vllm(path: str, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+async def _score_vllm(
+    path: str, items: Sequence[tuple[str, Sequence[str]]], format: str | None = None
+) -> list[list[float]]:
     from reward_models import load_scorer
 
-    scorer = await load_scorer(path)
+    scorer = await load_scorer(path, format=format)
     try:
         return await scorer.score(items, "eval")
     finally:
@@ -147,23 +150,41 @@ async def _score_vllm(path: str, items: Sequence[tuple[str, Sequence[str]]]) -> 
 
 
 def evaluate_reward_model(
-    path: str | Path, data: str | Path, threshold: float = 0.5, backend: str = "torch", limit: int | None = None
+    path: str | Path,
+    data: str | Path,
+    threshold: float = 0.5,
+    backend: str = "torch",
+    limit: int | None = None,
+    format: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`."""
+    """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`;
+    ``format="likelihood"``: a causal LM read as a PRM by its own token probabilities (reward_models.likelihood)."""
     from training.prm import PRM_ARCH, load_reward_model, score_outcomes, score_steps
 
     items = load_items(data, limit)
     pairs = [(item["problem"], item["steps"]) for item in items]
-    is_prm = PRM_ARCH in _architectures(path)
+    is_prm = PRM_ARCH in _architectures(path) or format == "likelihood"
     if backend == "vllm":
-        scores = asyncio.run(_score_vllm(str(path), pairs))
+        scores = asyncio.run(_score_vllm(str(path), pairs, format))
+    elif format == "likelihood":
+        scores = _likelihood_scores(path, pairs)
     else:
         model, tokenizer = load_reward_model(path)
         scores = (
             score_steps(model, tokenizer, pairs) if is_prm else [[s] for s in score_outcomes(model, tokenizer, pairs)]
         )
     metrics = prm_metrics(items, scores, threshold) if is_prm else orm_metrics(items, [s[0] for s in scores], threshold)
-    return {"model": str(path), "data": str(data), "backend": backend, **metrics}
+    return {"model": str(path), "data": str(data), "backend": backend, "format": format, **metrics}
+
+
+def _likelihood_scores(path: str | Path, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reward_models.likelihood import torch_scores
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    return torch_scores(model, AutoTokenizer.from_pretrained(str(path)), pairs)
 
 
 def _architectures(path: str | Path) -> list[str]:
@@ -276,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                        "annotated solutions)")
         p.add_argument("--threshold", type=float, default=0.5, help="score below which a step (solution) is wrong")
         p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="score in torch or on vLLM")
+        if kind == "prm":
+            p.add_argument("--format", choices=["likelihood"],
+                           help="likelihood: MODEL is a causal LM (e.g. the policy) read as a PRM by its own lowest "
+                           "token probability in each step; default: a Qwen2ForProcessRewardModel checkpoint")
         p.add_argument("--limit", type=int, help="evaluate the first LIMIT solutions only")
         p.add_argument("--output", help="write the metrics as JSON here")
     bon = sub.add_parser("bon", help="greedy vs best_of_n with the PRM (and ORM) per arith level, on vLLM")
@@ -304,11 +329,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         from training.prm import PRM_ARCH
 
-        if (PRM_ARCH in _architectures(args.model)) != (args.kind == "prm"):
+        fmt = getattr(args, "format", None)
+        if fmt is None and (PRM_ARCH in _architectures(args.model)) != (args.kind == "prm"):
             print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
                   file=sys.stderr)
             return 2
-        result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit)
+        if fmt == "likelihood" and not set(_architectures(args.model)) & set(CAUSAL_LM_ARCHITECTURES):
+            print(f"ponder eval prm: --format likelihood needs a causal LM; {args.model} is not one", file=sys.stderr)
+            return 2
+        result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit, fmt)
         print("\n".join(markdown_table(result)))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,155 @@
+r"""A causal LM as its own process verifier: a step's score is the lowest probability the LM gives any of its tokens.
+
+The ``likelihood`` PRM format. The LM (typically the policy itself) reads the question through its chat template and
+the steps as it would have written them, steps joined by the step delimiter (``"\n\n"``), and each step is scored by
+``min_t P(token_t | everything before it)`` over the step's tokens and the delimiter after it (where a number ended
+too early, the delimiter is the unlikely token). This is token-level confidence, the signal that DeepConf (Fu et al.
+2025, "Deep Think with Confidence") filters reasoning traces by, read per step so that it answers the PRM's
+question: where does a solution first go wrong? A step the LM wrote by sampling a token it thought unlikely is the
+typical error of a sampled solution; an error the LM makes with confidence it cannot see (its blind spot, which a
+trained verifier must cover).
+
+How it runs on vLLM: one generation request per item with ``max_tokens=1`` and ``prompt_logprobs=0``, which returns
+the log-probability of every prompt token (the raw distribution, temperature 1), all items submitted at once. The
+training-time counterpart, :func:`torch_scores`, computes the same numbers from a transformers model and shares the
+rendering (:func:`encode_steps`), so ``ponder eval prm`` measures what the server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from reward_models.vllm_prm import VLLMPoolingScorer
+from server.engine.errors import ScorerError
+from server.engine.vllm_engine import engine_args, engine_input, start_llm, translate_errors
+
+DELIMITER = "\n\n"  # the default policy's step delimiter, and the server's
+
+
+def render(tokenizer: Any, question: str, steps: Sequence[str], delimiter: str = DELIMITER) -> tuple[str, list]:
+    """The text the LM reads (its chat template over the question, then the steps) and each step's character span,
+    the delimiter after it included.
+
+    >>> class T:
+    ...     def apply_chat_template(self, messages, **kwargs):
+    ...         return "Q: " + messages[0]["content"] + "\nA: "
+    >>> render(T(), "2+3?", ["2 + 3 = 5", "\\boxed{5}"])
+    ('Q: 2+3?\nA: 2 + 3 = 5\n\n\\boxed{5}', [(12, 23), (23, 32)])
+    """
+    messages = [{"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    spans = []
+    for i, step in enumerate(steps):
+        piece = step.rstrip("\n")
+        last = i == len(steps) - 1
+        piece += delimiter if not last or step.endswith(delimiter) else ""
+        spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return text, spans
+
+
+def encode_steps(
+    tokenizer: Any, question: str, steps: Sequence[str], delimiter: str = DELIMITER
+) -> tuple[list[int], list[list[int]]]:
+    """Token ids of :func:`render`'s text and, per step, the positions of the tokens that overlap its span."""
+    text, spans = render(tokenizer, question, steps, delimiter)
+    bos = tokenizer.bos_token
+    encoded = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    positions = [[i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a and i > 0] for a, b in spans]
+    return list(encoded["input_ids"]), positions
+
+
+def read(token_probs: Sequence[float], positions: Sequence[Sequence[int]]) -> list[float]:
+    """One score per step: the lowest probability among its tokens (1.0 for a step without tokens).
+
+    >>> read([1.0, 0.9, 0.2, 0.95, 0.99], [[1, 2], [3, 4]])
+    [0.2, 0.95]
+    """
+    return [min((float(token_probs[i]) for i in span), default=1.0) for span in positions]
+
+
+@torch.no_grad()
+def torch_scores(
+    model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], delimiter: str = DELIMITER
+) -> list[list[float]]:
+    """The training-time equivalent of :meth:`LikelihoodPRM.score` with a transformers causal LM, one item at a
+    time (the items differ in length, and a tiny model is fast enough)."""
+    scores = []
+    for question, steps in items:
+        ids, positions = encode_steps(tokenizer, question, steps, delimiter)
+        logits = model(torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        scores.append(read([1.0, *logp.exp().tolist()], positions))
+    return scores
+
+
+class LikelihoodPRM(VLLMPoolingScorer):
+    """A causal LM served as a PRM by its own token probabilities (``score``: one probability per step)."""
+
+    kind = "prm"
+
+    def __init__(self, llm: AsyncLLM, model_name: str, delimiter: str = DELIMITER) -> None:
+        super().__init__(llm, model_name, system_prompt=None)
+        self.delimiter = delimiter
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"{model_name}: a fast tokenizer is needed (the adapter reads its character offsets)")
+
+    @classmethod
+    async def create(
+        cls,
+        path: str,
+        *,
+        memory_fraction: float = 0.1,
+        kv_cache_gib: float | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+    ) -> LikelihoodPRM:
+        """Start a generation engine on the LM (~25-40 s for a tiny model on the CPU, off the event loop)."""
+        args = engine_args(
+            path,
+            kv_cache_gib=kv_cache_gib,
+            memory_fraction=memory_fraction,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=1,
+            dtype=dtype,
+        )
+        return cls(await start_llm(args), model_name=path)
+
+    async def _pool_one(self, ids: list[int], request_id: str) -> torch.Tensor:
+        """Every prompt token's probability under the LM (the first, which nothing predicts, is 1)."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self._live.add(request_id)
+        final = None
+        try:
+            with translate_errors("reward-model", ScorerError):
+                async for output in self._llm.generate(engine_input(self._llm, ids), params, request_id):
+                    final = output
+        except asyncio.CancelledError:
+            await asyncio.shield(self._llm.abort(request_id))
+            raise
+        finally:
+            self._live.discard(request_id)
+        if final is None or final.prompt_logprobs is None or len(final.prompt_logprobs) != len(ids):
+            raise ScorerError(f"the reward model returned no prompt log-probabilities for {request_id}")
+        given = zip(final.prompt_logprobs[1:], ids[1:], strict=True)
+        return torch.tensor([1.0] + [math.exp(step[token].logprob) for step, token in given])
+
+    async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
+        """Per-step probabilities for every (question, steps) item: one forward pass per item, all in one batch."""
+        todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
+        encoded = [encode_steps(self.tokenizer, *items[i], self.delimiter) for i in todo]
+        pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
+        scores: list[list[float]] = [[] for _ in items]
+        for i, (_, positions), probs in zip(todo, encoded, pooled, strict=True):
+            scores[i] = read(probs.tolist(), positions)
+        return scores
