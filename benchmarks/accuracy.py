@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from reward_models import PRM_FORMATS
+
 PSEUDO = {"greedy": ("none", {"temperature": 0.0})}  # strategies that take no N
 N_PARAM = {"mcts": "num_iterations", "tree_of_thought": "breadth"}  # default: num_samples
 BOOTSTRAP_RESAMPLES = 2000
@@ -117,7 +119,9 @@ class InProcessClient:
         self.service, self.engine, self.scorer = service, engine, scorer
 
     @classmethod
-    async def start(cls, model: str, prm: str | None, seed: int, kv_cache_gib: float) -> InProcessClient:
+    async def start(
+        cls, model: str, prm: str | None, seed: int, kv_cache_gib: float, prm_format: str | None = None
+    ) -> InProcessClient:
         from reward_models import load_scorer
         from server.config import ServerConfig
         from server.engine.vllm_engine import VLLMEngine
@@ -125,7 +129,8 @@ class InProcessClient:
         from server.serving import ChatService
 
         engine = await VLLMEngine.create(model, kv_cache_gib=kv_cache_gib, seed=seed)
-        scorer = await load_scorer(prm, kv_cache_gib=max(kv_cache_gib / 4, 0.25)) if prm else None
+        kv = max(kv_cache_gib / 4, 0.25)
+        scorer = await load_scorer(prm, kv_cache_gib=kv, format=prm_format) if prm else None
         config = ServerConfig(model_name=Path(model).name, reward_model_name=prm, max_num_samples=4096,
                               max_total_tokens=1 << 26, max_tree_nodes=1 << 20, request_timeout=24 * 3600.0)
         return cls(ChatService(engine, scorer, config, Metrics()), engine, scorer)
@@ -376,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="policy checkpoint (default: the shipped default policy)")
     parser.add_argument("--prm", help="reward model checkpoint (default: the shipped default PRM)")
     parser.add_argument("--no-prm", action="store_true", help="load no reward model")
+    parser.add_argument("--prm-format", choices=PRM_FORMATS, help="how to read --prm (default: from its config.json)")
     parser.add_argument("--url", help="benchmark a running Ponder server instead of an in-process engine")
     parser.add_argument("--model-name", help="with --url: the model id to send (default: the server's first)")
     parser.add_argument("--api-key", help="with --url: bearer key")
@@ -470,7 +476,7 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
             client = HTTPClient(args.url, args.model_name, args.api_key, timeout=3600.0)
         else:
             model, prm = default_models(args)
-            client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib)
+            client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib, args.prm_format)
         try:
             with records_path.open("a") as out, (output / "timings.jsonl").open("a") as timings, tqdm(
                     total=total, initial=total - remaining, desc="accuracy", unit="answer") as bar:

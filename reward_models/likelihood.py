@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,3 +154,62 @@ class LikelihoodPRM(VLLMPoolingScorer):
         for i, (_, positions), probs in zip(todo, encoded, pooled, strict=True):
             scores[i] = read(probs.tolist(), positions)
         return scores
+
+
+# ---- a policy checkpoint marked as a likelihood PRM ---------------------------------------------------------------
+CARD = """# {name}: the policy `{policy}` read as a likelihood PRM
+
+The same weights and tokenizer as `{policy}`, with `"ponder_prm_format": "likelihood"` in `config.json`: served as
+a PRM (`ponder serve --prm {output}`, or by default), each step is scored by the lowest probability the policy
+gives any of its tokens and the step delimiter after it (`reward_models/likelihood.py`). No training of its own:
+it flags the steps the policy wrote against its own judgment (a sampled unlikely token), not the errors the policy
+makes with confidence.
+
+Made by `python -m reward_models.likelihood --policy {policy} --output {output}`.
+Evaluate: `ponder eval prm --model {output} --format likelihood --data LABELS --threshold 0.45`.
+"""
+
+
+def export(policy: str | Path, output: str | Path) -> Path:
+    """Copy a causal-LM checkpoint to ``output`` with ``ponder_prm_format: likelihood`` set, so that ``load_scorer``
+    (and the server's default PRM) reads it as this PRM; a model card says what it is."""
+    import json
+    import shutil
+
+    from reward_models import CAUSAL_LM_ARCHITECTURES
+
+    policy, output = Path(policy), Path(output)
+    config = json.loads((policy / "config.json").read_text()) if (policy / "config.json").is_file() else None
+    if config is None or not set(config.get("architectures") or []) & set(CAUSAL_LM_ARCHITECTURES):
+        raise ValueError(f"{policy}: not a causal LM checkpoint ({', '.join(CAUSAL_LM_ARCHITECTURES)})")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    for item in policy.iterdir():
+        if item.is_file() and item.name not in ("README.md", "loss.png", "metrics.json"):
+            shutil.copy2(item, output / item.name)
+    (output / "config.json").write_text(json.dumps(config | {"ponder_prm_format": "likelihood"}, indent=2) + "\n")
+    (output / "README.md").write_text(CARD.format(name=output.name, policy=policy, output=output))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reward_models.likelihood", description="Mark a policy checkpoint as a likelihood PRM."
+    )
+    parser.add_argument("--policy", required=True, help="causal LM checkpoint folder (e.g. models/default-policy)")
+    parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {export(args.policy, args.output)}")
+    except (OSError, ValueError) as exc:
+        print(f"python -m reward_models.likelihood: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

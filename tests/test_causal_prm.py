@@ -208,6 +208,27 @@ def test_the_default_policy_as_a_likelihood_prm_flags_a_planted_error() -> None:
     assert good[0] == pytest.approx(bad[0]) and bad[1] < good[1] and bad[1] < 0.5 < good[1]
 
 
+def test_an_exported_likelihood_prm_is_evaluated_by_its_config(tmp_path: Path, capsys) -> None:
+    """``python -m reward_models.likelihood`` marks a copy of the policy; ``ponder eval prm`` then reads it as the
+    likelihood PRM without a flag, and refuses what is not a causal LM with one line."""
+    from reward_models.likelihood import main as export_main
+    from training.evaluate import load_items, predicted_first_error, processbench_f1
+    from training.evaluate import main as eval_main
+
+    out = tmp_path / "prm"
+    assert export_main(["--policy", str(DEFAULT_POLICY), "--output", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["ponder_prm_format"] == "likelihood"
+    data = Path(__file__).parent / "fixtures" / "processbench_tiny.jsonl"
+    assert eval_main(["prm", "--model", str(out), "--data", str(data), "--output", str(tmp_path / "m.json")]) == 0
+    items = load_items(data)
+    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    scores = torch_scores(model, AutoTokenizer.from_pretrained(out), [(i["problem"], i["steps"]) for i in items])
+    expected = processbench_f1([predicted_first_error(s) for s in scores], [i["label"] for i in items])
+    assert json.loads((tmp_path / "m.json").read_text())["f1"] == pytest.approx(expected["f1"], nan_ok=True)
+    assert export_main(["--policy", str(tmp_path / "none"), "--output", str(tmp_path / "x")]) == 2
+    assert "not a causal LM checkpoint" in capsys.readouterr().err
+
+
 def test_math_shepherd_render_marks_the_label_after_each_tag() -> None:
     scorer = CausalLMProcessRewardModel.__new__(CausalLMProcessRewardModel)  # rendering needs no engine
     scorer.format = CausalPRMFormat("math_shepherd")

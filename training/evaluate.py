@@ -187,6 +187,13 @@ def _likelihood_scores(path: str | Path, pairs: Sequence[tuple[str, Sequence[str
     return torch_scores(model, AutoTokenizer.from_pretrained(str(path)), pairs)
 
 
+def _configured_format(path: str | Path) -> str | None:
+    """``likelihood`` where the checkpoint's config.json names that PRM format (reward_models.likelihood.export)."""
+    config = Path(path) / "config.json"
+    found = json.loads(config.read_text()).get("ponder_prm_format") if config.is_file() else None
+    return "likelihood" if found == "likelihood" else None
+
+
 def _architectures(path: str | Path) -> list[str]:
     config = Path(path) / "config.json"
     if not config.is_file():
@@ -329,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from training.prm import PRM_ARCH
 
-        fmt = getattr(args, "format", None)
+        fmt = getattr(args, "format", None) or _configured_format(args.model)
         if fmt is None and (PRM_ARCH in _architectures(args.model)) != (args.kind == "prm"):
             print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
                   file=sys.stderr)
