@@ -34,3 +34,15 @@ def aggregate_scores(scores: Sequence[float], how: Aggregation) -> float:
     if how == "mean":
         return sum(scores) / len(scores)
     raise ValueError(f"unknown aggregation {how!r}; use one of {', '.join(AGGREGATIONS)}")
+
+
+def resolve_aggregation(how: Aggregation | None, scorer: object) -> Aggregation:
+    """The requested aggregation, else the reward model's own (its ``aggregation`` attribute: ``min`` for the
+    likelihood PRM, whose last step only copies the answer), else ``last``.
+
+    >>> class Likelihood:
+    ...     aggregation = "min"
+    >>> resolve_aggregation(None, Likelihood()), resolve_aggregation("prod", Likelihood()), resolve_aggregation(None, 1)
+    ('min', 'prod', 'last')
+    """
+    return how or getattr(scorer, "aggregation", None) or "last"

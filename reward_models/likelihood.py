@@ -96,6 +96,7 @@ class LikelihoodPRM(VLLMPoolingScorer):
     """A causal LM served as a PRM by its own token probabilities (``score``: one probability per step)."""
 
     kind = "prm"
+    aggregation = "min"  # a solution is as likely as its least likely step; the last step only copies the answer
 
     def __init__(self, llm: AsyncLLM, model_name: str, delimiter: str = DELIMITER) -> None:
         super().__init__(llm, model_name, system_prompt=None)

@@ -102,6 +102,7 @@ class CountingScorer:
     def __init__(self, scorer: Scorer, ledger: Ledger, request_id: str) -> None:
         self._scorer, self.ledger, self.request_id = scorer, ledger, request_id
         self.kind = scorer.kind
+        self.aggregation = getattr(scorer, "aggregation", None)  # the reward model's preferred step reduction
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         self.ledger.scorer_calls += 1

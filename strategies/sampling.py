@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reward_models.aggregation import AGGREGATIONS, Aggregation, aggregate_scores
+from reward_models.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, resolve_aggregation
 from strategies.base import (
     Candidate,
     Engine,
@@ -41,11 +41,12 @@ class SamplingConfig(StrategyConfig):
 class ScoredConfig(SamplingConfig):
     """Parameters of strategies that rank candidates with a reward model."""
 
-    aggregation: Aggregation = "last"  # step scores -> one score: last / min / prod / mean
+    # step scores -> one score: last / min / prod / mean; None: the reward model's own, else last
+    aggregation: Aggregation | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.aggregation not in AGGREGATIONS:
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
 
 
@@ -76,6 +77,7 @@ async def score(task: Task, config: ScoredConfig, candidates: list[Candidate], s
     """Fill ``step_scores`` and ``score`` of every candidate with one batched reward-model call."""
     items = [(task.question, split_steps(c.text, config.step_delimiter)) for c in candidates]
     all_scores = await scorer.score(items, task.request_id)
+    how = resolve_aggregation(config.aggregation, scorer)
     for candidate, step_scores in zip(candidates, all_scores, strict=True):
         candidate.step_scores = list(step_scores)
-        candidate.score = aggregate_scores(step_scores, config.aggregation)
+        candidate.score = aggregate_scores(step_scores, how)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reward_models.aggregation import aggregate_scores
+from reward_models.aggregation import aggregate_scores, resolve_aggregation
 from strategies.answers import cluster, extract_answer
 from strategies.base import (
     Candidate,
@@ -245,9 +245,10 @@ class Searcher:
         assert self.scorer is not None
         texts = [node.prefix + (suffixes[i] if suffixes else "") for i, node in enumerate(nodes)]
         items = [(self.task.question, split_steps(text, self.config.step_delimiter)) for text in texts]
+        how = resolve_aggregation(self.config.aggregation, self.scorer)
         for node, scores in zip(nodes, await self.scorer.score(items, self.task.request_id), strict=True):
             node.step_scores = list(scores)
-            node.score = aggregate_scores(scores, self.config.aggregation)
+            node.score = aggregate_scores(scores, how)
 
     def result(self, finals: Sequence[Node], how: Literal["vote", "score"], **extra: Any) -> StrategyResult:
         """The chosen solution among ``finals``: weighted best-of-N (``vote``: reward summed per equivalent answer,

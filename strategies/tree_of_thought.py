@@ -49,7 +49,7 @@ class TreeOfThoughtConfig(StrategyConfig):
     max_depth: int = 16  # steps at most, the last runs to EOS; ToT's tasks take a few (Game of 24: 4, crosswords: 10)
     step_delimiter: str = STEP_DELIMITER  # a step ends here (kept in the text)
     value_source: Literal["prm", "self"] = "self"  # ToT's own choice, needs no reward model; "prm" needs one
-    aggregation: Aggregation = "last"  # value_source="prm": step scores -> the state's value
+    aggregation: Aggregation | None = None  # value_source="prm": step scores -> the state's value (None: the PRM's)
     value_votes: int = 3  # verdicts per state with value_source="self" (ToT's n_evaluate_sample)
     value_prompt: str = VALUE_PROMPT  # after the partial solution and a blank line: asks the policy for its verdict
     prune_threshold: float | None = None  # DFS drops states valued below it; None: 0.5 (prm), 0.05 (self: "likely")
@@ -61,7 +61,7 @@ class TreeOfThoughtConfig(StrategyConfig):
             raise ValueError("search must be 'bfs' or 'dfs'")
         if self.value_source not in ("prm", "self"):
             raise ValueError("value_source must be 'prm' or 'self'")
-        if self.aggregation not in AGGREGATIONS:
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
         if min(self.breadth, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
             raise ValueError("breadth, samples_per_state, max_depth, value_votes and max_expansions must be >= 1")

@@ -60,6 +60,12 @@ async def test_best_of_n_aggregation_changes_the_choice():
     lowest, _ = await run("best_of_n", FakeEngine(scripted(*texts)), scorer, num_samples=2, aggregation="min")
     assert last.choices[0].text == texts[0]
     assert lowest.choices[0].text == texts[1]
+    # Unset, the aggregation is the reward model's own (the likelihood PRM says min), else last.
+    prefers_min = FakeScorer({"bad": 0.1, "great": 0.99, "fine": 0.6})
+    prefers_min.aggregation = "min"
+    chosen, _ = await run("best_of_n", FakeEngine(scripted(*texts)), prefers_min, num_samples=2)
+    plain, _ = await run("best_of_n", FakeEngine(scripted(*texts)), scorer, num_samples=2)
+    assert (chosen.choices[0].text, plain.choices[0].text) == (texts[1], texts[0])
 
 
 async def test_weighted_best_of_n_sums_scores_per_equivalent_answer():
