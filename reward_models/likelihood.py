@@ -34,15 +34,17 @@ from server.engine.vllm_engine import engine_args, engine_input, start_llm, tran
 DELIMITER = "\n\n"  # the default policy's step delimiter, and the server's
 
 
-def render(tokenizer: Any, question: str, steps: Sequence[str], delimiter: str = DELIMITER) -> tuple[str, list]:
-    """The text the LM reads (its chat template over the question, then the steps) and each step's character span,
+def render(
+    tokenizer: Any, question: str, steps: Sequence[str], delimiter: str = DELIMITER
+) -> tuple[str, list[tuple[int, int]]]:
+    r"""The text the LM reads (its chat template over the question, then the steps) and each step's character span,
     the delimiter after it included.
 
     >>> class T:
     ...     def apply_chat_template(self, messages, **kwargs):
     ...         return "Q: " + messages[0]["content"] + "\nA: "
     >>> render(T(), "2+3?", ["2 + 3 = 5", "\\boxed{5}"])
-    ('Q: 2+3?\nA: 2 + 3 = 5\n\n\\boxed{5}', [(12, 23), (23, 32)])
+    ('Q: 2+3?\nA: 2 + 3 = 5\n\n\\boxed{5}', [(11, 22), (22, 31)])
     """
     messages = [{"role": "user", "content": question}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
