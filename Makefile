@@ -36,10 +36,11 @@ test: $(STAMP)
 
 # The embedded defaults, from scratch with the bundled scripts (the cards in models/*/README.md give each command,
 # seed, data and time). The policy: SFT from random weights on 40k arith problems, then 40k fresh ones from that
-# checkpoint (about 80 min on 2 cores). The default PRM (models/default-prm): the policy itself read as a likelihood
-# PRM (each step scored by its lowest token probability; README, "Training"). Then the trained PRM: the policy's own
-# samples labelled exactly by the task's checker, reference solutions with planted errors, and a PRM on the frozen
-# policy body with 3 fresh layers and a label at every token (about 10 + 31 min), read as the lowest token score
+# checkpoint (about 80 min on 2 cores). The default PRM (models/default-prm): a verifier LM, the policy trained on
+# 20k fresh problems more (about 13 min), read as a likelihood PRM: each step scored by the lowest probability the
+# verifier gives its tokens (README, "Training"). Then the token-classification PRM: the policy's own samples
+# labelled exactly by the task's checker, reference solutions with planted errors, and a PRM on the frozen policy
+# body with 3 fresh layers and a label at every token (about 10 + 31 min), read as the lowest token score
 # (ponder_prm_step_read: min). It stays in runs/prm: it does not pass its held-out check yet, so it is not shipped.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
@@ -48,7 +49,10 @@ models: $(STAMP)
 	$(PONDER) train sft --init_from runs/policy-sft --seed 43 --output_dir runs/policy-sft2 --logging_steps 25 \
 		--learning_rate 7e-4 --adam_beta2 0.99 --warmup_steps 50 --save_steps 100
 	rm -rf models/default-policy && mkdir -p models && cp -r runs/policy-sft2 models/default-policy
-	$(PY) -m reward_models.likelihood --policy models/default-policy --output models/default-prm
+	$(PONDER) train sft --init_from models/default-policy --seed 44 --num_train_problems 20000 --learning_rate 5e-4 \
+		--adam_beta2 0.99 --warmup_steps 50 --output_dir runs/verifier-sft3 --eval_levels 4 6 \
+		--eval_problems_per_level 100 --logging_steps 25 --save_steps 200
+	$(PY) -m reward_models.likelihood --policy runs/verifier-sft3 --output models/default-prm
 	$(PONDER) label --policy models/default-policy --split train --levels 3 4 5 6 --num_problems 2400 \
 		--num_samples 4 --round_size 400 --output runs/labels/train
 	$(PONDER) label --policy models/default-policy --split val --num_problems 300 --num_samples 4 \

@@ -160,16 +160,15 @@ class LikelihoodPRM(VLLMPoolingScorer):
 
 
 # ---- a policy checkpoint marked as a likelihood PRM ---------------------------------------------------------------
-CARD = """# {name}: the policy `{policy}` read as a likelihood PRM
+CARD = """# {name}: the causal LM `{policy}` read as a likelihood PRM
 
-The same weights and tokenizer as `{policy}`, with `"ponder_prm_format": "likelihood"` in `config.json`: served as
-a PRM (`ponder serve --prm {output}`, or by default), each step is scored by the lowest probability the policy
-gives any of its tokens and the step delimiter after it (`reward_models/likelihood.py`). No training of its own:
-it flags the steps the policy wrote against its own judgment (a sampled unlikely token), not the errors the policy
-makes with confidence.
+The weights and tokenizer of `{policy}`, with `"ponder_prm_format": "likelihood"` in `config.json`: served as a PRM
+(`ponder serve --prm {output}`), each step is scored by the lowest probability the LM gives any of its tokens and
+the step delimiter after it (`reward_models/likelihood.py`). Nothing is trained for the reading itself: it flags the
+steps whose tokens the LM finds unlikely, so it catches the errors that this LM would not make.
 
 Made by `python -m reward_models.likelihood --policy {policy} --output {output}`.
-Evaluate: `ponder eval prm --model {output} --format likelihood --data LABELS --threshold 0.45`.
+Evaluate: `ponder eval prm --model {output} --data LABELS --threshold T`.
 """
 
 
@@ -189,10 +188,14 @@ def export(policy: str | Path, output: str | Path) -> Path:
         shutil.rmtree(output)
     output.mkdir(parents=True)
     for item in policy.iterdir():
-        if item.is_file() and item.name not in ("README.md", "loss.png", "metrics.json"):
+        if item.is_file() and item.name != "README.md":  # weights, tokenizer, and the LM's metrics and loss curve
             shutil.copy2(item, output / item.name)
     (output / "config.json").write_text(json.dumps(config | {"ponder_prm_format": "likelihood"}, indent=2) + "\n")
-    (output / "README.md").write_text(CARD.format(name=output.name, policy=policy, output=output))
+    card = CARD.format(name=output.name, policy=policy, output=output)
+    if (policy / "README.md").is_file():  # the LM's own card: how it was trained
+        own = (policy / "README.md").read_text()
+        card += "\n## The LM's own card\n\n" + ("##" + own if own.startswith("# ") else own)
+    (output / "README.md").write_text(card)
     return output
 
 

@@ -196,11 +196,12 @@ def test_likelihood_steps_cover_the_answer_once() -> None:
     assert [len(span) for span in positions] == [len(steps[0]) + 2, len(steps[1]) + 2, len(steps[2])]
 
 
-def test_the_default_policy_as_a_likelihood_prm_flags_a_planted_error() -> None:
-    """The shipped policy read as a PRM: a wrong sum scores below the right one, and the step before it does not
-    change (the score of a step depends only on what precedes it)."""
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_POLICY)
-    model = LlamaForCausalLM.from_pretrained(DEFAULT_POLICY, dtype=torch.float32).eval()
+@pytest.mark.parametrize("path", [DEFAULT_POLICY, DEFAULT_POLICY.parent / "default-prm"], ids=["policy", "prm"])
+def test_the_shipped_lms_as_likelihood_prms_flag_a_planted_error(path: Path) -> None:
+    """The shipped policy, and the shipped verifier, read as a PRM: a wrong product scores below the right one, and
+    the step before it does not change (the score of a step depends only on what precedes it)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     question = "Start with 12. (1) Add 7. (2) Multiply by 3. What is the result?\n" + INSTRUCTION  # the user turn
     right = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 57", "\\boxed{57}"]
     wrong = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 75", "\\boxed{75}"]
