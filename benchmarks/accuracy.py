@@ -312,6 +312,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     panels = sorted({(r["dataset"], r["level"]) for r in rows}, key=lambda p: (p[0], str(p[1])))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
@@ -327,6 +328,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
                 ax.annotate(f"{r['n']}", (r["completion_tokens_mean"], r["accuracy"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
         ax.set_xlabel("generated tokens per problem (mean, log scale)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{dataset}" + (f" level {level}" if level is not None else ""))
