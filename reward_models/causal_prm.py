@@ -30,7 +30,7 @@ from typing import Any, Literal
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.vllm_prm import VLLMPoolingScorer
+from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
 from server.engine.errors import ScorerError
 
 CausalPRMFormatName = Literal["math_shepherd", "rlhflow"]
@@ -62,8 +62,7 @@ class CausalLMProcessRewardModel(VLLMPoolingScorer):
     def __init__(self, llm: AsyncLLM, model_name: str, fmt: CausalPRMFormat) -> None:
         super().__init__(llm, model_name, system_prompt=None)
         self.format = fmt
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError(f"{model_name}: a fast tokenizer is needed (the adapter reads its character offsets)")
+        require_fast_tokenizer(self.tokenizer, model_name)
 
     @classmethod
     async def create(

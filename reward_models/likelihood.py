@@ -17,7 +17,6 @@ rendering (:func:`encode_steps`), so ``ponder eval prm`` measures what the serve
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +26,9 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models.vllm_prm import VLLMPoolingScorer
+from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
 from server.engine.errors import ScorerError
-from server.engine.vllm_engine import engine_args, engine_input, start_llm, translate_errors
+from server.engine.vllm_engine import engine_input
 
 DELIMITER = "\n\n"  # the default policy's step delimiter, and the server's
 
@@ -103,8 +102,7 @@ class LikelihoodPRM(VLLMPoolingScorer):
     def __init__(self, llm: AsyncLLM, model_name: str, delimiter: str = DELIMITER) -> None:
         super().__init__(llm, model_name, system_prompt=None)
         self.delimiter = delimiter
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError(f"{model_name}: a fast tokenizer is needed (the adapter reads its character offsets)")
+        require_fast_tokenizer(self.tokenizer, model_name)
 
     @classmethod
     async def create(
@@ -118,31 +116,21 @@ class LikelihoodPRM(VLLMPoolingScorer):
         seed: int = 0,
     ) -> LikelihoodPRM:
         """Start a generation engine on the LM (~25-40 s for a tiny model on the CPU, off the event loop)."""
-        args = engine_args(
+        llm = await cls._start(
             path,
-            kv_cache_gib=kv_cache_gib,
             memory_fraction=memory_fraction,
+            kv_cache_gib=kv_cache_gib,
+            dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            tensor_parallel_size=1,
-            dtype=dtype,
+            runner="generate",
         )
-        return cls(await start_llm(args), model_name=path)
+        return cls(llm, model_name=path)
 
     async def _pool_one(self, ids: list[int], request_id: str) -> torch.Tensor:
         """Every prompt token's probability under the LM (the first, which nothing predicts, is 1)."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        self._live.add(request_id)
-        final = None
-        try:
-            with translate_errors("reward-model", ScorerError):
-                async for output in self._llm.generate(engine_input(self._llm, ids), params, request_id):
-                    final = output
-        except asyncio.CancelledError:
-            await asyncio.shield(self._llm.abort(request_id))
-            raise
-        finally:
-            self._live.discard(request_id)
+        final = await self._last(self._llm.generate(engine_input(self._llm, ids), params, request_id), request_id)
         if final is None or final.prompt_logprobs is None or len(final.prompt_logprobs) != len(ids):
             raise ScorerError(f"the reward model returned no prompt log-probabilities for {request_id}")
         given = zip(final.prompt_logprobs[1:], ids[1:], strict=True)

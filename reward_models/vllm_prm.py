@@ -45,7 +45,8 @@ DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 15
 
 
 class VLLMPoolingScorer:
-    """A reward model served by an in-process vLLM pooling engine; subclasses render items and read scores."""
+    """A reward model served by an in-process vLLM engine (pooling; the likelihood PRM runs a generation one); the
+    subclasses render items and read scores."""
 
     kind: Literal["prm", "orm"]
     pooling_task: str
@@ -67,6 +68,7 @@ class VLLMPoolingScorer:
         dtype: str,
         max_model_len: int | None,
         seed: int,
+        runner: str = "pooling",
         **extra: Any,
     ) -> AsyncLLM:
         args = engine_args(
@@ -77,7 +79,7 @@ class VLLMPoolingScorer:
             seed=seed,
             tensor_parallel_size=1,
             dtype=dtype,
-            runner="pooling",
+            runner=runner,
             **extra,
         )
         return await start_llm(args)
@@ -109,20 +111,26 @@ class VLLMPoolingScorer:
 
     async def _pool_one(self, ids: list[int], request_id: str) -> torch.Tensor:
         params = PoolingParams(task=self.pooling_task)
+        final = await self._last(self._llm.encode(engine_input(self._llm, ids), params, request_id), request_id)
+        if final is None or final.outputs.data is None:
+            raise ScorerError(f"the reward model returned nothing for {request_id}")
+        return final.outputs.data.float().cpu()
+
+    async def _last(self, outputs: Any, request_id: str) -> Any:
+        """The last item of one engine request's output stream (None if it gave none), the request tracked as live
+        meanwhile and aborted if the caller is cancelled."""
         self._live.add(request_id)
         final = None
         try:
             with translate_errors("reward-model", ScorerError):
-                async for output in self._llm.encode(engine_input(self._llm, ids), params, request_id):
+                async for output in outputs:
                     final = output
         except asyncio.CancelledError:
             await asyncio.shield(self._llm.abort(request_id))
             raise
         finally:
             self._live.discard(request_id)
-        if final is None or final.outputs.data is None:
-            raise ScorerError(f"the reward model returned nothing for {request_id}")
-        return final.outputs.data.float().cpu()
+        return final
 
     async def abort(self, request_id: str) -> None:
         """Abort every live scoring request whose id starts with ``request_id``."""
@@ -140,6 +148,12 @@ class VLLMPoolingScorer:
         if self._live and self.healthy():
             await self._llm.abort(list(self._live))
         stop_llm(self._llm)
+
+
+def require_fast_tokenizer(tokenizer: Any, model_name: str) -> None:
+    """Adapters that locate steps by character offsets need a fast tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{model_name}: a fast tokenizer is needed (the adapter reads its character offsets)")
 
 
 def pooler_config(step_read: str, step_tag_id: int) -> PoolerConfig:
