@@ -189,16 +189,18 @@ def _likelihood_scores(path: str | Path, pairs: Sequence[tuple[str, Sequence[str
 
 def _configured_format(path: str | Path) -> str | None:
     """``likelihood`` where the checkpoint's config.json names that PRM format (reward_models.likelihood.export)."""
-    config = Path(path) / "config.json"
-    found = json.loads(config.read_text()).get("ponder_prm_format") if config.is_file() else None
-    return "likelihood" if found == "likelihood" else None
+    return "likelihood" if _config(path).get("ponder_prm_format") == "likelihood" else None
 
 
 def _architectures(path: str | Path) -> list[str]:
+    return _config(path).get("architectures") or []
+
+
+def _config(path: str | Path) -> dict[str, Any]:
     config = Path(path) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"no reward model checkpoint at {path} (no config.json)")
-    return json.loads(config.read_text()).get("architectures") or []
+    return json.loads(config.read_text())
 
 
 def markdown_table(result: dict[str, Any]) -> list[str]:
@@ -336,12 +338,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         from training.prm import PRM_ARCH
 
-        fmt = getattr(args, "format", None) or _configured_format(args.model)
-        if fmt is None and (PRM_ARCH in _architectures(args.model)) != (args.kind == "prm"):
+        fmt = (args.format or _configured_format(args.model)) if args.kind == "prm" else None
+        archs = _architectures(args.model)
+        fits = PRM_ARCH in archs if args.kind == "prm" else any(a.endswith("ForSequenceClassification") for a in archs)
+        if fmt is None and not fits:
             print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
                   file=sys.stderr)
             return 2
-        if fmt == "likelihood" and not set(_architectures(args.model)) & set(CAUSAL_LM_ARCHITECTURES):
+        if fmt == "likelihood" and not set(archs) & set(CAUSAL_LM_ARCHITECTURES):
             print(f"ponder eval prm: --format likelihood needs a causal LM; {args.model} is not one", file=sys.stderr)
             return 2
         result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit, fmt)
