@@ -1,4 +1,4 @@
-"""``mcts``: Monte Carlo tree search over reasoning steps, valued by a process reward model.
+"""``mcts``: Monte Carlo tree search over reasoning steps, valued by a process reward model or by the policy.
 
 PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided_search/tree.py``) and rStar-Math
 (Guan et al. 2025, arXiv 2501.04519). The loop reads as llm-reasoners' four verbs; each iteration:
@@ -12,7 +12,9 @@ PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided
   path so the next selection goes elsewhere; all of them are expanded in the same engine call.
 - expand: k = ``num_samples`` next steps for every selected leaf; a leaf at ``max_depth`` - 1 runs to EOS.
 - evaluate: the PRM scores the new prefixes; a child's value is the score of its last step (OpenR's "prm-last"), or
-  with ``rollouts`` = r > 0 the mean aggregated score of r sampled completions to EOS from it.
+  with ``rollouts`` = r > 0 the mean aggregated score of r sampled completions to EOS from it. With
+  ``value_source="self"`` the policy values them instead, by Tree of Thoughts' value prompt (sure / likely /
+  impossible, ``value_votes`` verdicts each, :meth:`~strategies.search.Searcher.judge`): no reward model needed.
 - backup: every new child's value is added along its path (mean backup: Q = value sum / visits). A finished leaf
   that is selected again backs its value up once more.
 
@@ -24,7 +26,8 @@ MCTS finishes many poor trajectories while exploring, and all of them together c
 ``"value"``, the best aggregated score; when none finished, the end of the most visited path.
 
 Cost per iteration: one engine call (prompts = the selected open leaves, ``n`` = k; two concurrent calls when some
-leaves run to EOS and others stop at a step), one more with ``n`` = r when ``rollouts`` > 0, one reward-model call.
+leaves run to EOS and others stop at a step), one more with ``n`` = r when ``rollouts`` > 0, one reward-model call
+(``value_source="self"``: one more engine call, ``n`` = ``value_votes``, a few tokens each).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from strategies import register
-from strategies.base import Engine, Scorer, StrategyResult, Task
-from strategies.search import Node, SearchConfig, Searcher
+from strategies.base import Engine, InvalidRequestError, Scorer, StrategyResult, Task
+from strategies.search import VALUE_PROMPT, VALUE_TOKENS, Node, SearchConfig, Searcher
 
 DEFAULT_TEMPERATURE = 0.7  # OpenR's MCTS and beam-search runs
 C_BASE = 19652  # OpenR's pb_c_base (from AlphaZero)
@@ -52,6 +55,9 @@ class MCTSConfig(SearchConfig):
     leaves_per_iteration: int = 1  # leaves selected (with virtual loss) and expanded together per iteration
     final_selection: Literal["value", "vote"] = "vote"  # weighted vote over the best trajectories, or the best one
     vote_top_k: int = 4  # final_selection="vote": the trajectories with the k highest scores vote
+    value_source: Literal["prm", "self"] = "prm"  # who values new nodes: the reward model, or the policy's verdicts
+    value_votes: int = 3  # verdicts per node with value_source="self" (ToT's n_evaluate_sample)
+    value_prompt: str = VALUE_PROMPT  # value_source="self": after the partial solution and a blank line
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +69,10 @@ class MCTSConfig(SearchConfig):
             raise ValueError("num_iterations, leaves_per_iteration and vote_top_k must be at least 1, rollouts >= 0")
         if self.exploration is not None and self.exploration < 0:
             raise ValueError("exploration must be at least 0")
+        if self.value_source not in ("prm", "self"):
+            raise ValueError("value_source must be 'prm' or 'self'")
+        if self.value_votes < 1:
+            raise ValueError("value_votes must be at least 1")
 
     @property
     def c(self) -> float:
@@ -120,7 +130,9 @@ def _set_priors(siblings: list[Node], logprobs: list[float | None]) -> None:
 async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> tuple[list[Node], list[Node]] | None:
     """Children of every leaf (one engine call) and their rollouts, all scored in one reward-model call; each
     child's value in ``info["eval"]``. None when the budget cannot give every sample a token."""
-    share = search.cap(leaves, config.num_samples * len(leaves) * (1 + config.rollouts))  # rollouts get theirs
+    samples = config.num_samples * len(leaves) * (1 + config.rollouts)
+    verdicts = samples * config.value_votes * VALUE_TOKENS if config.value_source == "self" else 0
+    share = search.cap(leaves, samples, reserve=verdicts)  # rollouts and verdicts get theirs
     to_eos = [leaf.depth + 1 >= config.max_depth for leaf in leaves]
     puct = config.selection == "puct"
     drawn = await search.expand(leaves, config.num_samples, to_eos=to_eos, max_tokens=share, logprobs=0 if puct
@@ -134,12 +146,17 @@ async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> t
     rollouts = await search.expand(open_, config.rollouts, to_eos=True, attach=False) if config.rollouts and open_ \
         else None
     rollouts = rollouts or [[] for _ in open_]
-    await search.score(children + [r for group in rollouts for r in group])
+    valued = children + [r for group in rollouts for r in group]
+    if config.value_source == "self":
+        if not await search.judge(valued, config.value_votes, config.value_prompt):
+            return None
+    else:
+        await search.score(valued)
     by_child = {child.id: group for child, group in zip(open_, rollouts, strict=True) if group}
     for child in children:
         done = by_child.get(child.id)
-        child.info["eval"] = (sum(r.score or 0.0 for r in done) / len(done) if done
-                              else (child.step_scores or [0.0])[-1])
+        last = child.score if config.value_source == "self" else (child.step_scores or [0.0])[-1]
+        child.info["eval"] = sum(r.score or 0.0 for r in done) / len(done) if done else last or 0.0
         if puct:
             child.info["prior"] = round(child.prior, 6)
     return children, [r for group in rollouts for r in group]
@@ -151,10 +168,12 @@ def _backup(node: Node, value: float) -> None:
         step.value_sum += value
 
 
-@register("mcts", config=MCTSConfig, needs_scorer=True)
+@register("mcts", config=MCTSConfig)
 async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
     """PRM-guided Monte Carlo tree search: UCT or PUCT selection, k children per expansion, mean backup."""
-    assert scorer is not None
+    if config.value_source == "prm" and scorer is None:
+        raise InvalidRequestError("mcts with value_source='prm' needs a reward model, and none is loaded; use "
+                                  "value_source='self' or start the server with a PRM")
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     root = search.tree.root
     trajectories: list[Node] = []

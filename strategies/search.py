@@ -14,6 +14,7 @@ max_tokens``) could exceed ``max_total_tokens``, so :class:`Searcher` tracks wha
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,30 @@ from strategies.base import (
     sampling_temperature,
 )
 from strategies.sampling import ScoredConfig, split_steps
+
+VALUE_PROMPT = ("Before going on, judge the steps so far: can they still reach a correct final answer? "
+                "Reply with one word: sure, likely or impossible.\nVerdict:")
+VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
+VALUE_TOKENS = 8  # a verdict is one word; slack for whitespace or a newline first (the first verdict word counts)
+_VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
+
+
+def self_value(verdicts: list[str]) -> tuple[float, dict[str, int]]:
+    """ToT's value of a state from the policy's verdicts, normalised to [0, 1], and the verdict counts.
+
+    Each verdict weighs ToT's value map (sure 20, likely 1, impossible 0.001, anything else 0); the value is their
+    mean divided by 20 (sure = 1, likely = 0.05, impossible = 0.00005), so it ranks states exactly as ToT's sums do.
+
+    >>> self_value([" sure", "Likely.", "no idea"])
+    (0.35, {'sure': 1, 'likely': 1})
+    """
+    counts: dict[str, int] = {}
+    for text in verdicts:
+        found = _VERDICT.search(text)
+        if found:
+            counts[found.group(1).lower()] = counts.get(found.group(1).lower(), 0) + 1
+    total = sum(VALUE_MAP[name] * count for name, count in counts.items())
+    return round(total / (VALUE_MAP["sure"] * len(verdicts)), 6), counts
 
 
 @dataclass(frozen=True)
@@ -249,6 +274,22 @@ class Searcher:
         for node, scores in zip(nodes, await self.scorer.score(items, self.task.request_id), strict=True):
             node.step_scores = list(scores)
             node.score = aggregate_scores(scores, how)
+
+    async def judge(self, nodes: Sequence[Node], votes: int, value_prompt: str = VALUE_PROMPT) -> bool:
+        """Value every node by the policy's own verdicts (Tree of Thoughts' value prompt after the partial solution)
+        in one engine call, ``votes`` verdicts each: ``score`` and ``info["votes"]``. False when the budget cannot
+        give every verdict a token."""
+        if not nodes:
+            return True
+        samples = votes * len(nodes)
+        max_tokens = VALUE_TOKENS if self.left is None else min(VALUE_TOKENS, self.left // samples)
+        if max_tokens < 1:
+            return False
+        prompts = [self.task.prompt + node.prefix.rstrip() + "\n\n" + value_prompt for node in nodes]
+        outputs = await self.generate(prompts, self.spec(votes, max_tokens, stop=()))
+        for node, verdicts in zip(nodes, outputs, strict=True):
+            node.score, node.info["votes"] = self_value([s.text for s in verdicts])
+        return True
 
     def result(self, finals: Sequence[Node], how: Literal["vote", "score"], **extra: Any) -> StrategyResult:
         """The chosen solution among ``finals``: weighted best-of-N (``vote``: reward summed per equivalent answer,

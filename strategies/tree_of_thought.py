@@ -23,7 +23,6 @@ or, for ``self``, one more engine call (prompts = the new states, ``n`` = ``valu
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,14 +30,10 @@ from reward_models.aggregation import AGGREGATIONS, Aggregation
 from strategies import register
 from strategies.base import Engine, InvalidRequestError, Scorer, StrategyConfig, StrategyResult, Task
 from strategies.sampling import STEP_DELIMITER
-from strategies.search import Node, Searcher, unique
+from strategies.search import VALUE_MAP, VALUE_PROMPT, VALUE_TOKENS, Node, Searcher, unique
 
+__all__ = ["VALUE_PROMPT", "TreeOfThoughtConfig", "tree_of_thought"]
 DEFAULT_TEMPERATURE = 0.7  # ToT's Game of 24 runs (gpt-4, temperature 0.7)
-VALUE_PROMPT = ("Before going on, judge the steps so far: can they still reach a correct final answer? "
-                "Reply with one word: sure, likely or impossible.\nVerdict:")
-VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
-VALUE_TOKENS = 8  # a verdict is one word; slack for whitespace or a newline first (the first verdict word counts)
-_VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -84,37 +79,12 @@ class TreeOfThoughtConfig(StrategyConfig):
         return 0.5 if self.value_source == "prm" else VALUE_MAP["likely"] / VALUE_MAP["sure"]
 
 
-def self_value(verdicts: list[str]) -> tuple[float, dict[str, int]]:
-    """ToT's value of a state from the policy's verdicts, normalised to [0, 1], and the verdict counts.
-
-    >>> self_value([" sure", "Likely.", "no idea"])
-    (0.35, {'sure': 1, 'likely': 1})
-    """
-    counts: dict[str, int] = {}
-    for text in verdicts:
-        found = _VERDICT.search(text)
-        if found:
-            counts[found.group(1).lower()] = counts.get(found.group(1).lower(), 0) + 1
-    total = sum(VALUE_MAP[name] * count for name, count in counts.items())
-    return round(total / (VALUE_MAP["sure"] * len(verdicts)), 6), counts
-
-
 async def evaluate(search: Searcher, config: TreeOfThoughtConfig, nodes: list[Node]) -> bool:
     """Value every node in one call (reward model, or policy verdicts); False when the budget cannot afford it."""
     if config.value_source == "prm":
         await search.score(nodes)
         return True
-    if not nodes:
-        return True
-    samples = config.value_votes * len(nodes)
-    max_tokens = VALUE_TOKENS if search.left is None else min(VALUE_TOKENS, search.left // samples)
-    if max_tokens < 1:
-        return False
-    prompts = [search.task.prompt + node.prefix.rstrip() + "\n\n" + config.value_prompt for node in nodes]
-    outputs = await search.generate(prompts, search.spec(config.value_votes, max_tokens, stop=()))
-    for node, verdicts in zip(nodes, outputs, strict=True):
-        node.score, node.info["votes"] = self_value([s.text for s in verdicts])
-    return True
+    return await search.judge(nodes, config.value_votes, config.value_prompt)
 
 
 async def expand_and_value(search: Searcher, config: TreeOfThoughtConfig, states: list[Node]) -> list[Node] | None:

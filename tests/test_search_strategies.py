@@ -13,12 +13,11 @@ import pytest
 
 import strategies
 import strategies.search
-import strategies.tree_of_thought
 from server.accounting import CountingEngine, CountingScorer, Ledger
 from server.app import create_app
 from server.config import ServerConfig
 from strategies.base import Sample, SamplingSpec, Task
-from strategies.tree_of_thought import VALUE_PROMPT
+from strategies.search import VALUE_PROMPT
 from tests.fakes import FakeEngine, tokens
 
 PROMPT = "user: q\nassistant:"
@@ -113,7 +112,7 @@ def shape(engine: Policy) -> list[tuple[int, int]]:
     return [(len(prompts), spec.n) for prompts, spec in engine.calls]
 
 
-@pytest.mark.parametrize("module", [strategies.search, strategies.tree_of_thought])
+@pytest.mark.parametrize("module", [strategies.search])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
@@ -121,7 +120,8 @@ def test_doctests(module):
 
 def test_registered_with_their_reward_model_needs():
     needs = {name: strategies.get(name).needs_scorer for name in ("beam_search", "dvts", "tree_of_thought", "mcts")}
-    assert needs == {"beam_search": True, "dvts": True, "tree_of_thought": False, "mcts": True}
+    # tree_of_thought and mcts can value states by the policy's own verdicts (value_source="self")
+    assert needs == {"beam_search": True, "dvts": True, "tree_of_thought": False, "mcts": False}
 
 
 # ---- beam_search ------------------------------------------------------------------------------------------------
@@ -288,6 +288,27 @@ async def test_mcts_finds_the_right_trajectory(selection):
     json.dumps(result.extra)
 
 
+async def test_mcts_self_values_by_the_policys_verdicts_without_a_reward_model():
+    engine = Policy(world())
+    result, ledger = await run("mcts", engine, None, num_samples=2, num_iterations=6, value_source="self",
+                               value_votes=3, selection="uct", final_selection="value", return_trace=True)
+    assert result.choices[0].text == RIGHT and result.choices[0].score == 1.0  # three "sure" verdicts
+    assert ledger.scorer_calls == 0
+    # per iteration: one step call (k children of one leaf), one verdict call (votes over the new children)
+    calls = shape(engine)
+    assert calls[:2] == [(1, 2), (2, 3)] and all(c == (1, 2) for c in calls[::2])
+    assert all(c == (2, 3) for c in calls[1::2])
+    assert engine.calls[1][0][0] == PROMPT + "right 0\n\n" + VALUE_PROMPT
+    votes = {n["text"]: n["votes"] for n in result.extra["tree"]["nodes"] if "votes" in n}
+    assert votes["right 0\n\n"] == {"sure": 3} and votes["wrong 0 1\n\n"] == {"impossible": 3}
+
+
+async def test_mcts_self_values_come_out_of_the_token_budget():
+    engine = Policy(world())
+    _, ledger = await run("mcts", engine, None, budget=40, num_samples=2, num_iterations=50, value_source="self")
+    assert ledger.completion_tokens <= 40 and ledger.engine_calls < 100  # the ledger refuses any call over it
+
+
 @pytest.mark.parametrize("final_selection", ["vote", "value"])
 async def test_mcts_answer_comes_from_the_best_trajectories_not_the_many_explored(final_selection):
     result, _ = await run("mcts", Policy(world(depth=3)), RuleScorer(), num_samples=3, num_iterations=10,
@@ -399,9 +420,13 @@ async def test_tot_prm_values_without_a_reward_model_is_a_400_and_self_values_wo
         refused = await chat(client, "tree_of_thought", value_source="prm")
         fine = await chat(client, "tree_of_thought", breadth=2, samples_per_state=2)
         too_wide = await chat(client, "tree_of_thought", breadth=10, samples_per_state=10)
+        mcts_refused = await chat(client, "mcts")
+        mcts_self = await chat(client, "mcts", value_source="self", num_samples=2, num_iterations=4)
     assert refused.status_code == 400 and "needs a reward model" in refused.json()["error"]["message"]
     assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == RIGHT
     assert too_wide.status_code == 400 and "cap of 64" in too_wide.json()["error"]["message"]
+    assert mcts_refused.status_code == 400 and "value_source='self'" in mcts_refused.json()["error"]["message"]
+    assert mcts_self.status_code == 200 and mcts_self.json()["choices"][0]["message"]["content"] == RIGHT
 
 
 # ---- end to end: the real vLLM CPU engine and PRM adapter, tiny random-weight models built in-process -----------

@@ -92,6 +92,56 @@ def test_loss_is_on_the_completion_only(tmp_path):
     assert (batch["attention_mask"] == 0).any()  # the two rows differ in length: padding was masked
 
 
+def test_tokenized_rows_match_trls_own_tokenization(tmp_path):
+    """The value-example path tokenizes the solution rows itself: exactly as TRL does conversational rows."""
+    task = get_task("arith")
+    tokenizer = build_char_tokenizer()
+    problems = task.load("train", limit=2, level=[1, 2])
+    trainer = SFTTrainer(model=build_policy(tiny_config(tmp_path), tokenizer),
+                         args=tiny_config(tmp_path, num_val_problems=0),
+                         train_dataset=Dataset.from_list(sft_rows(task, problems)), processing_class=tokenizer)
+    ours = sft.tokenized_rows(tokenizer, sft_rows(task, problems))
+    assert [row["input_ids"] for row in ours] == trainer.train_dataset["input_ids"]
+    assert [row["labels"] for row in ours] == trainer.train_dataset["labels"]
+
+
+def test_value_rows_teach_the_verdict_after_the_strategys_value_prompt():
+    from strategies.search import VALUE_PROMPT
+
+    task = get_task("game24")
+    tokenizer = build_char_tokenizer()
+    problems = task.load("train", limit=20)
+    rows = sft.value_rows(task, tokenizer, problems, per_problem=3, seed=0)
+    assert len(rows) == 60
+    verdicts = set()
+    for row, problem in zip(rows, [p for p in problems for _ in range(3)], strict=True):
+        n_prompt = row["labels"].count(-100)
+        assert row["labels"][:n_prompt] == [-100] * n_prompt and -100 not in row["labels"][n_prompt:]
+        prompt, verdict = tokenizer.decode(row["input_ids"][:n_prompt]), tokenizer.decode(row["input_ids"][n_prompt:])
+        head = evaluate_policy.chat_prompt(tokenizer, task, problem)  # what tree_of_thought sends, up to the steps
+        partial = prompt[len(head):-len("\n\n" + VALUE_PROMPT)]
+        assert prompt.startswith(head) and prompt.endswith("\n\n" + VALUE_PROMPT) and "(left:" in partial
+        assert verdict in (" sure</s>", " impossible</s>")
+        assert (verdict == " sure</s>") == all(task.check_steps(problem, partial))  # the solver's verdict
+        verdicts.add(verdict)
+    assert len(verdicts) == 2
+    with pytest.raises(ValueError, match="no value examples"):
+        sft.value_rows(get_task("arith"), tokenizer, task.load("train", limit=1), per_problem=1, seed=0)
+
+
+def test_a_task_without_levels_trains_with_value_examples(tmp_path):
+    config = PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), task="game24", num_train_problems=12,
+                                         reseed_every=6, value_examples_per_problem=1)
+    assert config.levels == [0] and config.num_val_problems == 0  # game24 has neither levels nor a val split
+    train, val = training_problems(config)
+    assert len(train) == 12 and not val
+    task = get_task("game24")  # each chunk of 6 is a draw with the next seed
+    assert train == task.load("train", limit=6, seed=config.seed) + task.load("train", limit=6, seed=config.seed + 1)
+    metrics = sft.train(config)
+    assert metrics["train_problems_per_level"] == {"0": 12} and metrics["optimizer_steps"] == 3  # 24 rows of 8
+    assert (tmp_path / "model.safetensors").is_file()
+
+
 def test_training_changes_the_weights_and_saves_a_servable_folder(trained):
     out, initial, metrics = trained
     saved = load_file(str(out / "model.safetensors"))

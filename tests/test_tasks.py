@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import doctest
 import io
+import random
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -193,6 +195,31 @@ def test_game24_reference_solutions_are_right_and_ascii():
         assert game24.grade(problem, problem.solution)
         assert game24.check_steps(problem, problem.solution) == [True] * 4
         assert set(problem.question + problem.solution) <= TOKENIZER_CHARACTERS
+
+
+def test_game24_value_examples_are_partial_solutions_labelled_by_whether_24_is_still_reachable():
+    from fractions import Fraction
+
+    rng = random.Random(0)
+    seen = set()
+    for k in range(300):
+        numbers = csv_rows()[k]
+        text, sure = game24.value_example(puzzle_of(numbers), rng)
+        lines = text.split("\n\n")
+        boxed = lines[-1].startswith("\\boxed{")
+        seen.add((len(lines), sure))
+        if boxed:  # three right steps, then an expression that does or does not make 24 of the numbers
+            assert sure == training.tasks.game24.expression_solves(lines[-1][len("\\boxed{"):-1], numbers)
+            continue
+        a, op, b, c = re.match(r"(\S+) (\S) (\S+) = (\S+) \(left", lines[-1]).groups()
+        left = [Fraction(x) for x in lines[-1].split("(left: ")[1].rstrip(")").split()]
+        right = training.tasks.game24.combine(Fraction(a), op, Fraction(b)) == Fraction(c)
+        assert sure == (right and training.tasks.game24.reachable(left))
+    assert seen == {(depth, label) for depth in (1, 2, 3, 4) for label in (True, False)}  # every depth, both ways
+
+
+def puzzle_of(numbers: list[int]) -> Problem:
+    return Problem("g", training.tasks.game24.question_text(numbers), "24")
 
 
 S1, S2, S3 = "10 - 4 = 6 (left: 5 6 6)", "5 * 6 = 30 (left: 6 30)", "30 - 6 = 24 (left: 24)"  # solves 4 5 6 10

@@ -83,7 +83,8 @@ async def evaluate_levels(
     drawing more samples has the most room to help. Returns ``{"task", "split", "seed", "levels": {level: row}}``.
     """
     task = get_task(task_name)
-    problems = {level: task.load(split, limit=limit, seed=seed, level=level) for level in levels}
+    levels = levels if task.levels else (0,)  # 0: a task without levels, all of its problems
+    problems = {level: task.load(split, limit=limit, seed=seed, level=level or None) for level in levels}
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=task.max_tokens)

@@ -104,8 +104,23 @@ class PolicySFTConfig(SFTConfig):
             "(shorter rows); validation and test rows always use the full prompt."
         },
     )
+    value_examples_per_problem: int = field(
+        default=0,
+        metadata={
+            "help": "Rows per training problem that teach Tree-of-Thoughts' value prompt: a partial solution, the "
+            "value prompt, and the task's verdict (sure / impossible; tasks with value examples, e.g. game24)."
+        },
+    )
     num_train_problems: int = field(
         default=40_000, metadata={"help": "Training problems in all (the train split; one pass is one epoch)."}
+    )
+    reseed_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "Load the training problems in chunks of this many, each with the next seed: for a task with "
+            "a small train split (game24's 1,262 file puzzles), every chunk draws it again with other reference "
+            "solutions. None: one draw with --seed."
+        },
     )
     num_val_problems: int = field(
         default=300, metadata={"help": "Validation problems (val split) for eval_loss during training; 0: none."}
@@ -190,12 +205,20 @@ class PolicySFTConfig(SFTConfig):
         settle_precision(self)
         if self.include_num_input_tokens_seen in ("no", False):  # metrics.json reports the tokens trained on
             self.include_num_input_tokens_seen = "non_padding"
-        if self.num_val_problems == 0:
-            self.eval_strategy = "no"
         try:  # an unknown task or level fails here, before any work
-            get_task(self.task)._levels(self.levels)
+            task = get_task(self.task)
+            if task.levels:
+                task._levels(self.levels)
+            else:  # a task without levels: one pseudo-level 0, all of its problems
+                self.levels, self.eval_levels, self.level_weights = [0], [0], None
         except UnknownTaskError as exc:
             raise ValueError(str(exc)) from None
+        if "val" not in task.splits:
+            self.num_val_problems = 0
+        if self.num_val_problems == 0:
+            self.eval_strategy = "no"
+        if self.value_examples_per_problem < 0:
+            raise ValueError("value_examples_per_problem must not be negative")
         if self.level_weights is not None and len(self.level_weights) != len(self.levels):
             raise ValueError(f"level_weights has {len(self.level_weights)} entries for {len(self.levels)} levels")
         super().__post_init__()
@@ -256,9 +279,64 @@ def training_problems(config: PolicySFTConfig) -> tuple[list[Problem], list[Prob
     weights = config.level_weights or [1.0] * len(config.levels)
     train: list[Problem] = []
     for level, count in zip(config.levels, level_counts(config.num_train_problems, weights), strict=True):
-        train += task.load("train", limit=count, seed=config.seed, level=level) if count else []
-    val = task.load("val", limit=config.num_val_problems, seed=config.seed, level=config.levels)
-    return train, val
+        chunk = config.reseed_every or count
+        for k, start in enumerate(range(0, count, chunk)):
+            train += task.load("train", limit=min(chunk, count - start), seed=config.seed + k, level=level or None)
+    if not config.num_val_problems:
+        return train, []
+    return train, task.load("val", limit=config.num_val_problems, seed=config.seed, level=config.levels)
+
+
+def value_rows(task: TaskSpec, tokenizer: Any, problems: list[Problem], per_problem: int, seed: int) -> list[dict]:
+    r"""Tokenized rows that teach Tree-of-Thoughts' value prompt (``tree_of_thought`` with ``value_source="self"``).
+
+    The prompt is exactly what the strategy sends: the chat prompt, a partial solution, a blank line and
+    :data:`~strategies.search.VALUE_PROMPT`; the completion, the only tokens with a loss, is the task's
+    verdict, `` sure`` or `` impossible``, then EOS. So the policy never learns to write the wrong steps it judges.
+    """
+    from strategies.search import VALUE_PROMPT
+    from training.evaluate_policy import chat_prompt
+
+    rng = random.Random(f"value/{seed}")
+    rows = []
+    for problem in problems:
+        head = chat_prompt(tokenizer, task, problem)
+        for _ in range(per_problem):
+            partial, sure = task.value_example(problem, rng)
+            verdict = (" sure" if sure else " impossible") + tokenizer.eos_token
+            rows.append(_tokenized(tokenizer, head + partial + "\n\n" + VALUE_PROMPT, verdict))
+    return rows
+
+
+def tokenized_rows(tokenizer: Any, rows: list[dict[str, list[dict[str, str]]]]) -> list[dict]:
+    """:func:`sft_rows` tokenized as TRL tokenizes conversational prompt-completion rows (loss on the completion)."""
+    rendered = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        rendered.append(_tokenized(tokenizer, prompt, full[len(prompt):]))
+    return rendered
+
+
+def _tokenized(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
+
+
+def datasets_for(config: PolicySFTConfig, task: TaskSpec, tokenizer: Any, train: list[Problem],
+                 val: list[Problem]) -> tuple[Any, Any]:
+    """The training and validation datasets: TRL's conversational rows, or with value examples, tokenized rows."""
+    from datasets import Dataset
+
+    rows = sft_rows(task, train, config.bare_question_share, config.seed)
+    if not config.value_examples_per_problem:
+        return Dataset.from_list(rows), Dataset.from_list(sft_rows(task, val)) if val else None
+    tokenized = tokenized_rows(tokenizer, rows)
+    tokenized += value_rows(task, tokenizer, train, config.value_examples_per_problem, config.seed)
+    random.Random(f"shuffle/{config.seed}").shuffle(tokenized)
+    return Dataset.from_list(tokenized), Dataset.from_list(tokenized_rows(tokenizer, sft_rows(task, val))) if val \
+        else None
 
 
 # ---- model --------------------------------------------------------------------------------------------------------
@@ -297,7 +375,6 @@ def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrain
 def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]:
     """Train, save the final model + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the model card
     (``README.md``, naming ``command``, the command line that ran this); returns the metrics."""
-    from datasets import Dataset
     from trl import SFTTrainer
 
     from training.plots import plot_loss
@@ -307,12 +384,9 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
     task = get_task(config.task)
     train_problems, val_problems = training_problems(config)
     model, tokenizer = starting_policy(config)
+    train_dataset, eval_dataset = datasets_for(config, task, tokenizer, train_problems, val_problems)
     trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(sft_rows(task, train_problems, config.bare_question_share, config.seed)),
-        eval_dataset=Dataset.from_list(sft_rows(task, val_problems)) if val_problems else None,
-        processing_class=tokenizer,
+        model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
     )
     data = _token_counts(trainer.train_dataset)
     result = trainer.train(resume_from_checkpoint=resume_path(config))
@@ -326,7 +400,7 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         "seed": config.seed,
         "num_train_problems": len(train_problems),
         "train_problems_per_level": {
-            str(lv): sum(p.meta.get("level") == lv for p in train_problems) for lv in config.levels
+            str(lv): sum(p.meta.get("level", 0) == lv for p in train_problems) for lv in config.levels
         },
         **data,
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),

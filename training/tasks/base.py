@@ -16,6 +16,7 @@ an unknown name fails with the list of known ones.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -112,6 +113,11 @@ class TaskSpec:
     def check_steps(self, problem: Problem, completion: str) -> list[bool] | None:
         """Exact per-step labels (Math-Shepherd semantics, see the module docstring); None: not checkable."""
         return None
+
+    def value_example(self, problem: Problem, rng: random.Random) -> tuple[str, bool]:
+        """A partial solution of ``problem`` (steps joined by the delimiter) and whether it can still reach the gold
+        answer: what Tree-of-Thoughts' value prompt asks (``ponder train sft --value_examples_per_problem``)."""
+        raise ValueError(f"task {self.name!r} has no value examples")
 
     def first_error_step(self, problem: Problem, completion: str) -> int | None:
         """Index of the first wrong step, -1 when every step is right (ProcessBench), None when not checkable."""

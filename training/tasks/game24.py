@@ -42,10 +42,7 @@ T = TypeVar("T")
 TEST_ROWS = range(900, 1000)  # ToT's test split: data rows 900-999 of 24.csv, never trained or tuned on
 DEFAULT_TRAIN_SIZE = 4_000  # 1,262 file rows + generated puzzles
 GENERATED_MAX = 24  # generated puzzles draw numbers from 1..GENERATED_MAX
-INSTRUCTION = (
-    "Combine two numbers per step as a op b = c (left: remaining numbers), separate steps with a blank line, "
-    "and put the final expression in \\boxed{}."
-)
+INSTRUCTION = "Steps: a op b = c (left: numbers left), a blank line apart; the final expression in \\boxed{}."
 
 State = tuple[Fraction, ...]  # the numbers still available, sorted
 Move = tuple[Fraction, str, Fraction, Fraction]  # a op b = c
@@ -153,8 +150,8 @@ def solve(numbers: Sequence[int], rng: random.Random | None = None) -> tuple[lis
     return steps, exprs[0][0]
 
 
-def solution_text(numbers: Sequence[int], steps: Sequence[Move], expression: str) -> str:
-    """Steps ``a op b = c (left: ...)`` with the true remainder, then ``\\boxed{expression}``."""
+def step_lines(numbers: Sequence[int], steps: Sequence[Move]) -> list[str]:
+    """Each step as ``a op b = c (left: ...)``, the remainder computed as if the step's result were right."""
     pool = [Fraction(n) for n in numbers]
     lines = []
     for a, op, b, c in steps:
@@ -162,7 +159,49 @@ def solution_text(numbers: Sequence[int], steps: Sequence[Move], expression: str
         pool.remove(b)
         pool.append(c)
         lines.append(f"{fmt(a)} {op} {fmt(b)} = {fmt(c)} (left: {' '.join(fmt(x) for x in sorted(pool))})")
-    return "\n\n".join([*lines, f"\\boxed{{{expression}}}"])
+    return lines
+
+
+def solution_text(numbers: Sequence[int], steps: Sequence[Move], expression: str) -> str:
+    """Steps ``a op b = c (left: ...)`` with the true remainder, then ``\\boxed{expression}``."""
+    return "\n\n".join([*step_lines(numbers, steps), f"\\boxed{{{expression}}}"])
+
+
+def value_example(numbers: Sequence[int], rng: random.Random) -> tuple[str, bool]:
+    r"""A partial solution of the puzzle and whether it can still make 24: what ToT's value prompt asks.
+
+    Every step but the last keeps 24 reachable; the last one does or does not (even odds where both exist), and one
+    in ten has a wrong result. Depth 1-3 are equation steps, depth 4 the boxed expression after three steps.
+
+    >>> text, sure = value_example([4, 6, 8, 4], random.Random(3))
+    >>> text.count("(left:") >= 1, sure in (True, False)
+    (True, True)
+    """
+    state, exprs = [Fraction(n) for n in numbers], [(str(n), 3) for n in numbers]
+    depth, want = rng.randint(1, 4), rng.random() < 0.5
+    steps: list[Move] = []
+    while len(steps) < min(depth, 3):
+        last = len(steps) + 1 == depth
+        moves = _moves(state, nice=False)
+        if rng.random() < 0.7:  # mostly non-negative integers, as the reference solutions (and so the policy) do
+            moves = [m for m in moves if m[3].denominator == 1 and m[3] >= 0] or moves
+        good = [m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]])]
+        good = good or [m for m in _moves(state, nice=False) if reachable([*_without(state, m[0], m[1]), m[3]])]
+        bad = [m for m in moves if m not in good]
+        pick = good if not last or want or not bad else bad
+        i, j, op, c = rng.choice(pick)
+        if last and rng.random() < 0.1:  # a wrong result (the remainder follows it, as a policy's would)
+            c += rng.choice([-2, -1, 1, 2, 10])
+        steps.append((state[i], op, state[j], c))
+        state, exprs = [*_without(state, i, j), c], [*_without(exprs, i, j), _join(exprs[i], op, exprs[j])]
+    lines = step_lines(numbers, steps)
+    if depth == 4:
+        expression = exprs[0][0]
+        if not want:  # a slip in the written expression
+            expression = expression.replace(rng.choice([op for op in "+-*/" if op in expression] or ["+"]),
+                                            rng.choice("+-*/"), 1)
+        lines.append(f"\\boxed{{{expression}}}")
+    return "\n\n".join(lines), all(walk_steps(numbers, lines)[0])
 
 
 # --- reading and judging completions ------------------------------------------------------------------------------
@@ -360,6 +399,9 @@ class Game24(TaskSpec):
         if boxed is not None and _is_expression(boxed):
             return expression_solves(boxed, numbers)
         return walk_steps(numbers, self.steps(completion))[1]
+
+    def value_example(self, problem: Problem, rng: random.Random) -> tuple[str, bool]:
+        return value_example(numbers_of(problem), rng)
 
     def check_steps(self, problem: Problem, completion: str) -> list[bool]:
         return walk_steps(numbers_of(problem), self.steps(completion))[0]
