@@ -10,14 +10,24 @@ typical error of a sampled solution; an error the LM makes with confidence it ca
 trained verifier must cover).
 
 How it runs on vLLM: one generation request per item with ``max_tokens=1`` and ``prompt_logprobs=0``, which returns
-the log-probability of every prompt token (the raw distribution, temperature 1), all items submitted at once. The
-training-time counterpart, :func:`torch_scores`, computes the same numbers from a transformers model and shares the
+the log-probability of every prompt token (the raw distribution, temperature 1), all items submitted at once.
+Requests read vLLM's prefix cache: the question and, in a step-level search, the steps scored in earlier rounds are
+not computed again. vLLM then leaves the log-probabilities of the cached tokens out, so the scorer keeps the scores
+of the steps it has read (keyed by the token ids up to the step's end, :data:`KNOWN_STEPS` of them) and a step whose
+tokens were served from the cache takes its known score; an item with such a step of unknown score is read again
+without the cache.
+
+The training-time counterpart, :func:`torch_scores`, computes the same numbers from a transformers model and shares the
 rendering (:func:`encode_steps`), so ``ponder eval prm`` measures what the server serves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ from server.engine.errors import ScorerError
 from server.engine.vllm_engine import engine_input
 
 DELIMITER = "\n\n"  # the default policy's step delimiter, and the server's
+KNOWN_STEPS = 1 << 16  # step scores kept for prefixes vLLM may serve from its prefix cache (~100 bytes each)
 
 
 def render(
@@ -103,6 +114,7 @@ class LikelihoodPRM(VLLMPoolingScorer):
         super().__init__(llm, model_name, system_prompt=None)
         self.delimiter = delimiter
         require_fast_tokenizer(self.tokenizer, model_name)
+        self._known: OrderedDict[bytes, float] = OrderedDict()  # step scores by the ids up to the step's end (LRU)
 
     @classmethod
     async def create(
@@ -127,23 +139,56 @@ class LikelihoodPRM(VLLMPoolingScorer):
         )
         return cls(llm, model_name=path)
 
-    async def _pool_one(self, ids: list[int], request_id: str) -> torch.Tensor:
-        """Every prompt token's probability under the LM (the first, which nothing predicts, is 1)."""
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+    async def _pool_one(self, ids: list[int], request_id: str, *, fresh: bool = False) -> torch.Tensor:
+        """Every prompt token's probability under the LM (the first, which nothing predicts, is 1); NaN for the
+        tokens vLLM served from its prefix cache (``fresh``: read none from it)."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=fresh)
         final = await self._last(self._llm.generate(engine_input(self._llm, ids), params, request_id), request_id)
         if final is None or final.prompt_logprobs is None or len(final.prompt_logprobs) != len(ids):
             raise ScorerError(f"the reward model returned no prompt log-probabilities for {request_id}")
+        cached = 0 if fresh else final.num_cached_tokens or 0  # token p is predicted from p - 1: computed if p > cached
         given = zip(final.prompt_logprobs[1:], ids[1:], strict=True)
-        return torch.tensor([1.0] + [math.exp(step[token].logprob) for step, token in given])
+        return torch.tensor([1.0] + [math.exp(step[token].logprob) if p > cached else math.nan
+                                     for p, (step, token) in enumerate(given, start=1)])
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
-        """Per-step probabilities for every (question, steps) item: one forward pass per item, all in one batch."""
+        """Per-step probabilities for every (question, steps) item: one forward pass per item, all in one batch
+        (one more, without the prefix cache, for the items with a cached step of unknown score)."""
         todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
         encoded = [encode_steps(self.tokenizer, *items[i], self.delimiter) for i in todo]
         pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
+        read_back = [self._read(ids, positions, probs.tolist()) for (ids, positions), probs in zip(encoded, pooled,
+                                                                                                   strict=True)]
+        again = [k for k, got in enumerate(read_back) if got is None]
+        if again:
+            fresh = await asyncio.gather(*(self._pool_one(encoded[k][0], f"{request_id}-fresh-{k}", fresh=True)
+                                           for k in again))
+            for k, probs in zip(again, fresh, strict=True):
+                read_back[k] = self._read(*encoded[k], probs.tolist())
         scores: list[list[float]] = [[] for _ in items]
-        for i, (_, positions), probs in zip(todo, encoded, pooled, strict=True):
-            scores[i] = read(probs.tolist(), positions)
+        for i, got in zip(todo, read_back, strict=True):
+            assert got is not None  # a fresh read computes every token
+            scores[i] = got
+        return scores
+
+    def _read(self, ids: list[int], positions: list[list[int]], probs: list[float]) -> list[float] | None:
+        """:func:`read` with the known scores of the steps whose tokens came from the prefix cache; None when one
+        such step's score is unknown. Every step read is remembered."""
+        scores = []
+        for span in positions:
+            key = hashlib.blake2b(array("i", ids[: span[-1] + 1] if span else ids).tobytes(), digest_size=16).digest()
+            values = [probs[p] for p in span]
+            if any(math.isnan(v) for v in values):
+                if key not in self._known:
+                    return None
+                self._known.move_to_end(key)
+                scores.append(self._known[key])
+                continue
+            scores.append(min(values, default=1.0))
+            self._known[key] = scores[-1]
+            if len(self._known) > KNOWN_STEPS:
+                self._known.popitem(last=False)
         return scores
 
 

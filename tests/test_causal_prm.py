@@ -186,6 +186,39 @@ async def test_likelihood_scores_equal_a_torch_forward(likelihood, tiny: dict) -
     assert likelihood.num_running() == 0 and likelihood.healthy()
 
 
+@e2e
+async def test_likelihood_scores_through_the_prefix_cache_equal_fresh_ones(likelihood, tiny: dict, monkeypatch) -> None:
+    """A search scores a prefix, then its extensions: vLLM serves the scored steps from its prefix cache and leaves
+    their log-probabilities out; they take the scores read before, and where none is known the item is read again
+    without the cache. Either way the scores are a transformers forward's."""
+    path = tiny["math_shepherd"]
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    question = "Start with 31. (1) Add 6. (2) Multiply by 2. (3) Subtract 9. What is the result?"
+    steps = ["(1) Add 6: 31 + 6 = 37\n\n", "(2) Multiply by 2: 37 * 2 = 74\n\n", "(3) Subtract 9: 74 - 9 = 65\n\n",
+             "\\boxed{65}"]
+    reads: list[tuple[bool, int]] = []  # (fresh, tokens served from the cache) per engine request
+    pool_one = likelihood._pool_one
+
+    async def recorded(ids, request_id, *, fresh=False):
+        probs = await pool_one(ids, request_id, fresh=fresh)
+        reads.append((fresh, int(probs.isnan().sum())))
+        return probs
+
+    monkeypatch.setattr(likelihood, "_pool_one", recorded)
+    rounds = [[(question, steps[:k])] * 2 for k in range(1, len(steps) + 1)]  # each round one step deeper
+    for items in rounds:
+        got = await likelihood.score(items, "cached")
+        assert got[0] == pytest.approx(torch_scores(model, tokenizer, items[:1])[0], abs=1e-3) and got[0] == got[1]
+    assert not any(fresh for fresh, _ in reads) and sum(cached > 0 for _, cached in reads) >= len(rounds)
+    likelihood._known.clear()  # every step cached in vLLM, none known: read again without the cache
+    reads.clear()
+    deepest = rounds[-1][:1]
+    assert (await likelihood.score(deepest, "unknown"))[0] == pytest.approx(torch_scores(model, tokenizer,
+                                                                                        deepest)[0], abs=1e-3)
+    assert reads[0][1] > 0 and reads[1] == (True, 0)
+
+
 def test_likelihood_steps_cover_the_answer_once() -> None:
     """Every answer token belongs to exactly one step (its text or the delimiter after it); the prompt to none."""
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_POLICY)

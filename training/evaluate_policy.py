@@ -176,7 +176,8 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
         "|" + "|".join("---:" for _ in head) + "|",
     ]
     for level, row in rows.items():
-        cells = [level, str(row["num_problems"]), *(f"{row[k]:.1%}" if k in row else "" for k in ["greedy", *ks])]
+        name = "all" if level == "0" else level  # 0: a task without levels
+        cells = [name, str(row["num_problems"]), *(f"{row[k]:.1%}" if k in row else "" for k in ["greedy", *ks])]
         out.append("| " + " | ".join(cells) + " |")
     sampled = next((row for row in rows.values() if "temperature" in row), None)
     if sampled:

@@ -478,8 +478,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         metrics.get("command") or "(run from Python, not the command line)",
         "```",
         "",
-        f"- seed {metrics['seed']}; {metrics['num_train_problems']:,} training problems "
-        f"(per level: {', '.join(f'L{k} {v:,}' for k, v in metrics['train_problems_per_level'].items())}), "
+        f"- seed {metrics['seed']}; {metrics['num_train_problems']:,} training problems{_per_level(metrics)}, "
         f"{config['num_train_epochs']:g} epoch(s), {metrics['optimizer_steps']:,} optimizer steps of "
         f"{config['per_device_train_batch_size']} problems",
         f"- {metrics['tokens_seen']:,} tokens trained on ({metrics['completion_tokens_per_epoch']:,} completion "
@@ -497,6 +496,13 @@ def model_card(metrics: dict[str, Any]) -> str:
         lines += markdown_table(test)
     lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
     return "\n".join(lines)
+
+
+def _per_level(metrics: dict[str, Any]) -> str:
+    counts = metrics["train_problems_per_level"]
+    if list(counts) == ["0"]:  # a task without levels
+        return ""
+    return f" (per level: {', '.join(f'L{k} {v:,}' for k, v in counts.items())})"
 
 
 def _machine() -> str:
