@@ -21,15 +21,16 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
-from training import cli, evaluate_policy, plots, sft
-from training.sft import PolicySFTConfig, build_policy, sft_rows, training_problems
+from training import cli, evaluate_policy, plots, sft, sft_data
+from training.sft import PolicySFTConfig, build_policy
+from training.sft_data import sft_rows, training_problems
 from training.tasks import get_task
 from training.tiny_models import build_char_tokenizer
 
 TINY = {"levels": [1, 2], "level_weights": None, "num_train_problems": 32, "num_val_problems": 8}
 
 
-@pytest.mark.parametrize("module", [sft, evaluate_policy, plots])
+@pytest.mark.parametrize("module", [sft_data, evaluate_policy, plots])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
@@ -100,7 +101,7 @@ def test_tokenized_rows_match_trls_own_tokenization(tmp_path):
     trainer = SFTTrainer(model=build_policy(tiny_config(tmp_path), tokenizer),
                          args=tiny_config(tmp_path, num_val_problems=0),
                          train_dataset=Dataset.from_list(sft_rows(task, problems)), processing_class=tokenizer)
-    ours = sft.tokenized_rows(tokenizer, sft_rows(task, problems))
+    ours = sft_data.tokenized_rows(tokenizer, sft_rows(task, problems))
     assert [row["input_ids"] for row in ours] == trainer.train_dataset["input_ids"]
     assert [row["labels"] for row in ours] == trainer.train_dataset["labels"]
 
@@ -111,7 +112,7 @@ def test_value_rows_teach_the_verdict_after_the_strategys_value_prompt():
     task = get_task("game24")
     tokenizer = build_char_tokenizer()
     problems = task.load("train", limit=20)
-    rows = sft.value_rows(task, tokenizer, problems, per_problem=3, seed=0)
+    rows = sft_data.value_rows(task, tokenizer, problems, per_problem=3, seed=0)
     assert len(rows) == 60
     verdicts = set()
     for row, problem in zip(rows, [p for p in problems for _ in range(3)], strict=True):
@@ -126,7 +127,7 @@ def test_value_rows_teach_the_verdict_after_the_strategys_value_prompt():
         verdicts.add(verdict)
     assert len(verdicts) == 2
     with pytest.raises(ValueError, match="no value examples"):
-        sft.value_rows(get_task("arith"), tokenizer, task.load("train", limit=1), per_problem=1, seed=0)
+        sft_data.value_rows(get_task("arith"), tokenizer, task.load("train", limit=1), per_problem=1, seed=0)
 
 
 def test_a_task_without_levels_trains_with_value_examples(tmp_path):
