@@ -75,7 +75,9 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
         default=32, metadata={"help": "Completions per optimizer step: 4 prompts x 8 completions."}
     )
     max_completion_length: int | None = field(
-        default=128, metadata={"help": "Longest completion in tokens (characters: <= 94 at arith level 6)."}
+        default=224,
+        metadata={"help": "Longest completion in tokens (characters; arith's reference solutions: <= 197 at level 6). "
+                  "A truncated completion scores 0, so this must fit the longest right answer."},
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the group's completions."})
     beta: float = field(default=0.0, metadata={"help": "KL penalty to the SFT policy (DeepSeekMath: 0.04); 0: none."})
