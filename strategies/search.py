@@ -41,6 +41,17 @@ VALUE_TOKENS = 8  # a verdict is one word; slack for whitespace or a newline fir
 _VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
 
 
+def value_query(prompt: str, partial: str, value_prompt: str = VALUE_PROMPT) -> str:
+    """What the policy continues to judge a partial solution: the prompt, the steps, a blank line, the value prompt.
+
+    ``ponder train sft --value_examples_per_problem`` trains on exactly this text.
+
+    >>> value_query("Q: ", "2 + 2 = 4  ", value_prompt="Verdict:").split()
+    ['Q:', '2', '+', '2', '=', '4', 'Verdict:']
+    """
+    return prompt + partial.rstrip() + "\n\n" + value_prompt
+
+
 def self_value(verdicts: list[str]) -> tuple[float, dict[str, int]]:
     """ToT's value of a state from the policy's verdicts, normalised to [0, 1], and the verdict counts.
 
@@ -285,7 +296,7 @@ class Searcher:
         max_tokens = VALUE_TOKENS if self.left is None else min(VALUE_TOKENS, self.left // samples)
         if max_tokens < 1:
             return False
-        prompts = [self.task.prompt + node.prefix.rstrip() + "\n\n" + value_prompt for node in nodes]
+        prompts = [value_query(self.task.prompt, node.prefix, value_prompt) for node in nodes]
         outputs = await self.generate(prompts, self.spec(votes, max_tokens, stop=()))
         for node, verdicts in zip(nodes, outputs, strict=True):
             node.score, node.info["votes"] = self_value([s.text for s in verdicts])

@@ -32,7 +32,6 @@ from strategies.base import Engine, InvalidRequestError, Scorer, StrategyConfig,
 from strategies.sampling import STEP_DELIMITER
 from strategies.search import VALUE_MAP, VALUE_PROMPT, VALUE_TOKENS, Node, Searcher, unique
 
-__all__ = ["VALUE_PROMPT", "TreeOfThoughtConfig", "tree_of_thought"]
 DEFAULT_TEMPERATURE = 0.7  # ToT's Game of 24 runs (gpt-4, temperature 0.7)
 
 

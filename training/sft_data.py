@@ -72,11 +72,12 @@ def training_problems(config: PolicySFTConfig) -> tuple[list[Problem], list[Prob
 def value_rows(task: TaskSpec, tokenizer: Any, problems: list[Problem], per_problem: int, seed: int) -> list[dict]:
     r"""Tokenized rows that teach Tree-of-Thoughts' value prompt (``tree_of_thought`` with ``value_source="self"``).
 
-    The prompt is exactly what the strategy sends: the chat prompt, a partial solution, a blank line and
-    :data:`~strategies.search.VALUE_PROMPT`; the completion, the only tokens with a loss, is the task's
-    verdict, `` sure`` or `` impossible``, then EOS. So the policy never learns to write the wrong steps it judges.
+    The prompt is exactly what the strategy sends, :func:`~strategies.search.value_query`: the chat prompt, a
+    partial solution, a blank line and :data:`~strategies.search.VALUE_PROMPT`; the completion, the only tokens with a
+    loss, is the task's verdict, `` sure`` or `` impossible``, then EOS. So the policy never learns to write the wrong
+    steps it judges.
     """
-    from strategies.search import VALUE_PROMPT
+    from strategies.search import value_query
     from training.evaluate_policy import chat_prompt
 
     rng = random.Random(f"value/{seed}")
@@ -86,7 +87,7 @@ def value_rows(task: TaskSpec, tokenizer: Any, problems: list[Problem], per_prob
         for _ in range(per_problem):
             partial, sure = task.value_example(problem, rng)
             verdict = (" sure" if sure else " impossible") + tokenizer.eos_token
-            rows.append(_tokenized(tokenizer, head + partial + "\n\n" + VALUE_PROMPT, verdict))
+            rows.append(_tokenized(tokenizer, value_query(head, partial), verdict))
     return rows
 
 
