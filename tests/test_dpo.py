@@ -10,6 +10,7 @@ import asyncio
 import doctest
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training import cli, dpo, tuning
+from training import cli, dpo, step_pairs, tuning
 from training.dpo import PolicyDPOConfig, collect_rows, graded_rows, preference_pairs, reference_solutions
 from training.label import save_rows
-from training.tasks import get_task
+from training.tasks import Problem, TaskSpec, get_task
 from training.tiny_models import save_tiny_policy
 
 
@@ -32,7 +33,7 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_policy(tmp_path_factory.mktemp("policy"), hidden=64, layers=1, heads=2)
 
 
-@pytest.mark.parametrize("module", [dpo, tuning])
+@pytest.mark.parametrize("module", [dpo, step_pairs, tuning])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
@@ -132,6 +133,63 @@ def test_dpo_trains_the_policy_and_saves_a_servable_folder(tmp_path, tiny_policy
     assert not list(out.glob("checkpoint-*"))
 
 
+def _wrong_at(problem, index: int) -> str:
+    """The reference solution with step ``index``'s result off by one (the other steps as in the reference)."""
+    steps = get_task("arith").steps(problem.solution)
+    head, result = steps[index].rsplit(" ", 1)
+    return "\n\n".join([*steps[:index], f"{head} {int(result) + 1}", *steps[index + 1 :]])
+
+
+def test_step_pairs_put_the_first_wrong_step_against_a_right_one_after_the_same_prefix():
+    task = get_task("arith")
+    problem = task.load("train", limit=1, level=4)[0]
+    steps = task.steps(problem.solution)
+    late, early = _wrong_at(problem, 2), _wrong_at(problem, 0)
+    pairs = step_pairs.step_pairs(task, problem, [late, late, early], [problem.solution], per_problem=5)
+    assert len(pairs) == 2  # the repeated wrong solution gives one pair
+    assert pairs[0]["prefix"] == steps[:2] and pairs[0]["chosen"] == steps[2]
+    assert pairs[0]["rejected"] == task.steps(late)[2] != steps[2] and pairs[0]["last"] == (False, False)
+    assert pairs[1]["prefix"] == [] and pairs[1]["rejected"] == task.steps(early)[0]
+    assert len(step_pairs.step_pairs(task, problem, [late, early], [problem.solution], per_problem=1)) == 1
+    assert step_pairs.step_pairs(task, problem, [late], [], per_problem=5) == []  # no right step to prefer
+    # a right solution that does not share the prefix cannot give the right step
+    assert step_pairs.step_pairs(task, problem, [late], [_wrong_at(problem, 1)], per_problem=5) == []
+    answer_wrong = "\n\n".join([*steps[:-1], "\\boxed{-12345}"])
+    [last] = step_pairs.step_pairs(task, problem, [answer_wrong], [problem.solution], per_problem=5)
+    assert last["prefix"] == steps[:-1] and last["last"] == (True, True)
+
+
+def test_step_pairs_need_a_step_checker():
+    class Unchecked(TaskSpec):  # the base class has no step checker
+        name = "unchecked"
+
+    problem = Problem("p", "What is 2 + 2?", "4", "2 + 2 = 4\n\n\\boxed{4}", {})
+    with pytest.raises(ValueError, match="no step checker"):
+        step_pairs.step_pairs(Unchecked(), problem, ["\\boxed{5}"], [problem.solution], per_problem=1)
+
+
+def test_step_pairs_are_tokenized_as_the_policy_continues(tiny_policy):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
+    pair = {"prefix": ["1 + 2 = 3"], "chosen": "3 * 2 = 6", "rejected": "3 * 2 = 5", "last": (False, True)}
+    row = step_pairs.tokenize_pair(tokenizer, "<prompt>", pair, "\n\n")
+    decode = tokenizer.decode
+    assert decode(row["prompt_ids"]) == "<prompt>1 + 2 = 3\n\n"
+    assert decode(row["chosen_ids"]) == "3 * 2 = 6\n\n"
+    assert row["rejected_ids"][-1] == tokenizer.eos_token_id and decode(row["rejected_ids"][:-1]) == "3 * 2 = 5"
+
+
+def test_step_dpo_trains_on_pretokenized_pairs(tmp_path, tiny_policy):
+    out = tmp_path / "step-dpo"
+    argv = ["dpo", "--preset", "tiny", "--policy", str(tiny_policy), "--pair_unit", "step", "--output_dir", str(out)]
+    assert cli.main([*argv, "--save_dtype", "float32"]) == 0
+    initial = load_file(str(tiny_policy / "model.safetensors"))
+    saved = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(initial[k], saved[k]) for k in initial)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "Step-DPO" and metrics["pairs"] == 16 and metrics["optimizer_steps"] == 4
+    assert "Lai et al. 2024" in (out / "README.md").read_text()
+
+
 def test_gain_table_compares_before_and_after():
     before = {"levels": {"1": {"greedy": 0.5, "num_problems": 4}, "2": {"greedy": 0.25, "num_problems": 4}}}
     after = {
@@ -146,7 +204,10 @@ def test_gain_table_compares_before_and_after():
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["dpo", "--num_samples", "1"], "num_samples >= 2"),
+        (["dpo", "--num_samples", "1"], "needs at least 2 solutions per problem"),
+        (["dpo", "--pair_unit", "step", "--num_samples", "0"], "needs at least 1 solutions per problem"),
+        (["dpo", "--pair_unit", "step", "--pairs_from", "x.jsonl"], "cannot read --pairs_from"),
+        (["dpo", "--greedy_errors", "true", "--source", "reference"], "needs source=policy"),
         (["dpo", "--pairs_per_problem", "0"], "at least 1"),
         (["dpo", "--source", "nope"], "invalid choice: 'nope'"),
         (["dpo", "--levels", "9"], "has no level [9]"),
@@ -183,3 +244,8 @@ def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_poli
     solutions, before = asyncio.run(dpo.sample_policy(config, task, problems))
     assert [len(s) for s in solutions] == [3] * 4 and all(isinstance(t, str) for s in solutions for t in s)
     assert before["levels"]["1"]["num_problems"] == 2 and 0 <= before["levels"]["1"]["greedy"] <= 1
+    greedy_config = replace(config, greedy_errors=True, num_samples=1, eval_after_training=False)
+    first, _ = asyncio.run(dpo.sample_policy(greedy_config, task, problems))
+    again, _ = asyncio.run(dpo.sample_policy(replace(greedy_config, num_samples=0), task, problems))
+    assert [len(s) for s in first] == [2] * 4 and [len(s) for s in again] == [1] * 4
+    assert [s[0] for s in first] == [s[0] for s in again]  # the greedy decode comes first, and is the same

@@ -37,6 +37,7 @@ from trl import DPOConfig
 
 from training.label import chat_prompt, load_rows, plant_error, sample_solutions
 from training.runs import BF16_HELP
+from training.step_pairs import step_pairs, tokenize_pair
 from training.tasks import Problem, TaskSpec, get_task
 from training.tuning import (
     PolicyTuningArgs,
@@ -84,6 +85,20 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
     pairs_per_problem: int = field(
         default=2, metadata={"help": "Most (right, wrong) pairs per problem, spread over distinct solutions."}
     )
+    pair_unit: str = field(
+        default="solution",
+        metadata={
+            "help": "solution: whole right vs wrong solutions (DPO); step: the first wrong step vs a right step "
+            "after the same prefix (Step-DPO, Lai et al. 2024; needs the task's step checker, not --pairs_from).",
+            "choices": ["solution", "step"],
+        },
+    )
+    greedy_errors: bool = field(
+        default=False,
+        metadata={
+            "help": "Also decode each problem greedily and pair its wrong greedy solutions first (source=policy)."
+        },
+    )
 
     # ---- DPOConfig / TrainingArguments defaults for a tiny policy on a CPU
     output_dir: str | None = field(default="runs/dpo", metadata={"help": "Checkpoints, final model and metrics."})
@@ -108,10 +123,18 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
 
     def __post_init__(self) -> None:
         check_tuning_args(self)
-        if min(self.num_samples, self.pairs_per_problem) < 1:
-            raise ValueError("num_samples and pairs_per_problem must be at least 1")
-        if self.source == "policy" and self.num_samples < 2 and self.pairs_from is None:
-            raise ValueError("source=policy needs num_samples >= 2 to find a right and a wrong solution")
+        if self.pairs_per_problem < 1 or self.num_samples < 0:
+            raise ValueError("pairs_per_problem must be at least 1 and num_samples not negative")
+        needed = 1 if self.pair_unit == "step" else 2  # a step pair can take its right step from the reference
+        if self.source == "policy" and self.pairs_from is None and self.num_samples + self.greedy_errors < needed:
+            raise ValueError(
+                f"source=policy with pair_unit={self.pair_unit} needs at least {needed} solutions per problem "
+                "(num_samples, plus one with greedy_errors)"
+            )
+        if self.pair_unit == "step" and self.pairs_from is not None:
+            raise ValueError("pair_unit=step checks the steps against the problems: it cannot read --pairs_from")
+        if self.greedy_errors and (self.source != "policy" or self.pairs_from is not None):
+            raise ValueError("greedy_errors decodes the policy: it needs source=policy without --pairs_from")
         super().__post_init__()
 
     @classmethod
@@ -186,7 +209,8 @@ def reference_solutions(problems: Sequence[Problem], seed: int) -> list[list[str
 
 
 async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> tuple[list, dict]:
-    """One vLLM session on the SFT policy: ``num_samples`` solutions per problem, then its greedy test accuracy."""
+    """One vLLM session on the SFT policy: per problem its greedy solution (``greedy_errors``, first) and
+    ``num_samples`` sampled ones, then its greedy test accuracy."""
     from server.engine.vllm_engine import VLLMEngine
     from strategies.base import SamplingSpec
     from training.evaluate_policy import evaluate_levels
@@ -194,8 +218,14 @@ async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Seque
     engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
     try:
         prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
-        spec = SamplingSpec(temperature=config.temperature, max_tokens=task.max_tokens)  # engine-seeded, see label.py
-        solutions = await sample_solutions(engine, prompts, config.num_samples, spec, round_size=256)
+        solutions: list[list[str]] = [[] for _ in problems]
+        if config.greedy_errors:
+            greedy = SamplingSpec(temperature=0.0, max_tokens=task.max_tokens)
+            solutions = await sample_solutions(engine, prompts, 1, greedy, round_size=256)
+        if config.num_samples:
+            spec = SamplingSpec(temperature=config.temperature, max_tokens=task.max_tokens)  # engine-seeded
+            sampled = await sample_solutions(engine, prompts, config.num_samples, spec, round_size=256)
+            solutions = [mine + more for mine, more in zip(solutions, sampled, strict=True)]
         before = (
             await evaluate_levels(engine, engine.tokenizer, **eval_kwargs(config)) if config.eval_after_training else {}
         )
@@ -204,45 +234,93 @@ async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Seque
     return solutions, before
 
 
-def collect_rows(config: PolicyDPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Graded solutions from the configured source, and the SFT policy's accuracy ({} when not evaluated)."""
+def collect_solutions(config: PolicyDPOConfig) -> tuple[list[Problem], list[list[str]], dict[str, Any]]:
+    """The train problems, their solutions from the configured source (not ``pairs_from``), the SFT policy's
+    accuracy ({} when not evaluated)."""
     task = get_task(config.task)
     require_policy(config.policy)  # before vLLM starts or any problem is graded
-    if config.pairs_from is not None:
-        return list(load_rows(config.pairs_from)), evaluate(config.policy, config) if config.eval_after_training else {}
     problems = load_train_problems(config)
     if config.source == "policy":
         solutions, before = asyncio.run(sample_policy(config, task, problems))
-        return graded_rows(task, problems, solutions), before
+        return problems, solutions, before
     before = evaluate(config.policy, config) if config.eval_after_training else {}
-    return graded_rows(task, problems, reference_solutions(problems, config.seed)), before
+    return problems, reference_solutions(problems, config.seed), before
+
+
+def collect_rows(config: PolicyDPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Graded solutions from the configured source, and the SFT policy's accuracy ({} when not evaluated)."""
+    if config.pairs_from is not None:
+        require_policy(config.policy)
+        return list(load_rows(config.pairs_from)), evaluate(config.policy, config) if config.eval_after_training else {}
+    problems, solutions, before = collect_solutions(config)
+    return graded_rows(get_task(config.task), problems, solutions), before
+
+
+def step_dataset_rows(
+    task: TaskSpec, tokenizer: Any, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], per_problem: int
+) -> list[dict[str, Any]]:
+    """Step-DPO rows (:mod:`training.step_pairs`), tokenized, with ``problem_id`` and ``level``; wrong solutions in
+    their source order (a greedy one first), right steps from the right solutions, then the reference solution."""
+    rows = []
+    for problem, texts in zip(problems, solutions, strict=True):
+        texts = [t for t in dict.fromkeys(texts) if t.strip()]
+        right = [t for t in texts if task.grade(problem, t)] + ([problem.solution] if problem.solution else [])
+        wrong = [t for t in texts if not task.grade(problem, t)]
+        prompt = chat_prompt(tokenizer, task, problem)
+        for pair in step_pairs(task, problem, wrong, right, per_problem):
+            row = tokenize_pair(tokenizer, prompt, pair, task.step_delimiter)
+            rows.append(row | {"problem_id": problem.id, "level": problem.meta.get("level", 0)})
+    return rows
+
+
+class PretokenizedDPOTrainer:
+    """Made on first use (TRL imports slowly): :class:`trl.DPOTrainer` taking rows that already carry
+    ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are (TRL would append EOS to every completion)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from trl import DPOTrainer
+
+        class _Trainer(DPOTrainer):
+            def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+                if "prompt_ids" in dataset.column_names:
+                    return dataset
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        return _Trainer(*args, **kwargs)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]:
     """Collect pairs, train with TRL's ``DPOTrainer`` against the frozen SFT policy, save, evaluate, report."""
     from datasets import Dataset
-    from trl import DPOTrainer
 
     started = time.perf_counter()
-    rows, before = collect_rows(config)
-    pairs = preference_pairs(rows, config.pairs_per_problem)
+    task = get_task(config.task)
+    model, tokenizer = load_policy(config.policy)
+    if config.pair_unit == "step":
+        problems, solutions, before = collect_solutions(config)
+        pairs = step_dataset_rows(task, tokenizer, problems, solutions, config.pairs_per_problem)
+        rows = graded_rows(task, problems, solutions)
+        columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
+    else:
+        rows, before = collect_rows(config)
+        pairs = preference_pairs(rows, config.pairs_per_problem)
+        columns = ("prompt", "chosen", "rejected")
     if not pairs:
         raise ValueError(f"no problem among {len(rows)} graded solutions has both a right and a wrong one: no pairs")
-    model, tokenizer = load_policy(config.policy)
     reference, _ = load_policy(config.policy)  # frozen: DPOTrainer never steps it
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = DPOTrainer(
+    dataset = Dataset.from_list([{k: p[k] for k in columns} for p in pairs])
+    trainer = PretokenizedDPOTrainer(
         model=model, ref_model=reference, args=config, train_dataset=dataset, processing_class=tokenizer
     )
     result = trainer.train()
     levels = sorted({p["level"] for p in pairs})
     metrics: dict[str, Any] = {
-        "method": "DPO",
-        "trainer": "DPOTrainer",
-        "paper": "Direct Preference Optimization (Rafailov et al. 2023)",
-        "data": f"{len(pairs):,} (right, wrong) pairs of {_source(config)} solutions to "
+        **_method(config),
+        "data": f"{len(pairs):,} {_unit(config)} pairs of {_source(config)} solutions to "
         f"{len({p['problem_id'] for p in pairs}):,} train-split problems, graded by the task's verifier.",
+        "pair_unit": config.pair_unit,
+        "greedy_errors": config.greedy_errors,
         "started": started,
         "task": config.task,
         "preset": config.preset,
@@ -258,9 +336,21 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
     return finish(trainer, tokenizer, config, metrics, command)
 
 
+def _method(config: PolicyDPOConfig) -> dict[str, str]:
+    if config.pair_unit == "step":
+        paper = "Step-DPO (Lai et al. 2024) on Direct Preference Optimization (Rafailov et al. 2023)"
+        return {"method": "Step-DPO", "trainer": "DPOTrainer", "paper": paper}
+    return {"method": "DPO", "trainer": "DPOTrainer", "paper": "Direct Preference Optimization (Rafailov et al. 2023)"}
+
+
+def _unit(config: PolicyDPOConfig) -> str:
+    return "(right step, first wrong step)" if config.pair_unit == "step" else "(right, wrong)"
+
+
 def _source(config: PolicyDPOConfig) -> str:
     if config.pairs_from is not None:
         return f"`{config.pairs_from}`'s"
     if config.source == "reference":
         return "reference and planted-error"
-    return f"the policy's sampled (k={config.num_samples}, T={config.temperature})"
+    greedy = "greedy and " if config.greedy_errors else ""
+    return f"the policy's {greedy}sampled (k={config.num_samples}, T={config.temperature})"
