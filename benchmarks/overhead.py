@@ -21,6 +21,7 @@ import httpx
 from tqdm import tqdm
 
 from benchmarks.servers import ponder_cmd, running, vllm_cmd
+from reward_models import PRM_FORMATS
 
 PROMPT = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
                                       "many clips in May. How many clips did Natalia sell altogether?"}]
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="ponder bench overhead", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="policy folder (default: the embedded default policy)")
     p.add_argument("--prm", help="reward model folder (default: the embedded default PRM)")
+    p.add_argument("--prm-format", choices=PRM_FORMATS, help="how Ponder reads --prm (default: its config)")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as server:
         plain = sampling | {"model": "model", "n": n}
         vllm_rows = measure(server.url, plain, args.requests, args.warmup, f"vllm n={n}")
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction), args.output / "ponder.log") as server:
+    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, prm_format=args.prm_format),
+                 args.output / "ponder.log") as server:
         url = server.url
         bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
         bon_rows = measure(url, bon, args.requests, args.warmup, f"ponder best_of_n N={n}")

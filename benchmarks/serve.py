@@ -56,6 +56,7 @@ import httpx
 
 from benchmarks.load import PROMPTS
 from benchmarks.loadgen import Target, Workload, measure
+from reward_models import PRM_FORMATS
 
 APPROACHES = ("bon", "self_consistency", "mcts")  # optillm's approaches that overlap with Ponder's strategies
 
@@ -205,8 +206,8 @@ def ponder_side(args: argparse.Namespace) -> Iterator[str | None]:
     from benchmarks.servers import ponder_cmd, running
 
     extra = ["--api-key", args.api_key] if args.api_key else []
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, *extra), args.output / "ponder.log",
-                 env=kv_env()) as server:
+    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, *extra, prm_format=args.prm_format),
+                 args.output / "ponder.log", env=kv_env()) as server:
         yield server.url
 
 
@@ -318,6 +319,8 @@ def build_parser() -> Parser:
     p.add_argument("--model", help="policy folder for spawned servers (default: the embedded default policy)")
     p.add_argument("--prm", help="reward model folder for a spawned Ponder (default: the embedded default PRM)")
     p.add_argument("--no-prm", action="store_true", help="spawn Ponder without a reward model")
+    p.add_argument("--prm-format", choices=PRM_FORMATS,
+                   help="how the spawned Ponder reads --prm (ponder serve --prm-format; default: its config)")
     p.add_argument("--memory-fraction", type=float, default=0.2, help="KV-cache fraction of spawned servers")
     p.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"), help="Ponder's bearer key")
     p.add_argument("--ponder-strategy", default="best_of_n", help="Ponder's strategy (default best_of_n)")
@@ -356,6 +359,8 @@ def validate(args: argparse.Namespace) -> None:
     if min(args.n, args.requests, args.prompts, args.optillm_requests or 1) < 1 or min(args.warmup, args.batch) < 0:
         raise UsageError("--n, --requests, --optillm-requests and --prompts must be at least 1, --warmup and --batch "
                          "at least 0")
+    if args.prm_format and args.no_prm:
+        raise UsageError("--prm-format names how to read a reward model; it cannot go with --no-prm")
     if not isinstance(args.ponder_params, dict):
         raise UsageError("--ponder-params must be a JSON object")
     validate_models(args)

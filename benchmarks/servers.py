@@ -73,9 +73,13 @@ def running(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeou
             server.stop()
 
 
-def ponder_cmd(model: str, prm: str | None, memory_fraction: float, *extra: str) -> list[str]:
+def ponder_cmd(model: str, prm: str | None, memory_fraction: float, *extra: str,
+               prm_format: str | None = None) -> list[str]:
+    """``ponder serve`` on ``model`` and ``prm`` (read as ``prm_format``; None: as its config says)."""
     cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", "{port}",
            "--memory-fraction", str(memory_fraction), "--log-level", "warning", *extra]
+    if prm and prm_format:
+        cmd += ["--prm-format", prm_format]
     return cmd + (["--prm", prm] if prm else ["--no-prm"])
 
 

@@ -13,6 +13,7 @@ import pytest
 from benchmarks.cli import main as bench_main
 from benchmarks.loadgen import Outcome, Target, Workload, aggregate, measure
 from benchmarks.serve import build_report, markdown, optillm_cmd, optillm_target, ponder_target, vllm_target, write
+from benchmarks.servers import ponder_cmd
 from server.app import create_app
 from server.config import ServerConfig
 from tests.fakes import FakeEngine, FakeScorer, tokens
@@ -151,6 +152,14 @@ def test_optillm_requests_and_command():
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "{port}" in cmd
 
 
+def test_spawned_ponder_reads_the_prm_as_told():
+    cmd = ponder_cmd("policy", "prm", 0.2, "--api-key", "k", prm_format="likelihood")
+    assert cmd[cmd.index("--prm-format") + 1] == "likelihood" and cmd[cmd.index("--prm") + 1] == "prm"
+    assert "--prm-format" not in ponder_cmd("policy", "prm", 0.2) and "--prm-format" not in ponder_cmd(
+        "policy", None, 0.2, prm_format="likelihood"
+    )
+
+
 # ---- the command's mistakes -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     ([], "no target"),
@@ -164,6 +173,8 @@ def test_optillm_requests_and_command():
     (["--spawn-vllm", "--model", "/nope"], "no such checkpoint folder"),
     (["--url", "http://a", "--ponder-params", "[1]"], "JSON object"),
     (["--url", "http://a", "--bogus"], "unrecognized arguments"),
+    (["--spawn-ponder", "--no-prm", "--prm-format", "likelihood"], "cannot go with --no-prm"),
+    (["--spawn-ponder", "--prm-format", "nope"], "invalid choice: 'nope'"),
 ])
 def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["serve", *argv, "--output", str(tmp_path / "o")]) == 2
