@@ -183,6 +183,22 @@ def ponder_target(url: str, model: str, strategy: str, n: int, params: dict[str,
                   headers)
 
 
+def ponder_strategies(text: str, n: int) -> list[tuple[str, int]]:
+    """``best_of_n,self_consistency:5`` -> ``[("best_of_n", n), ("self_consistency", 5)]``: each strategy with its
+    own N after a colon (optillm's ``self_consistency`` always draws 5), else ``--n``; UsageError for a bad N.
+
+    >>> ponder_strategies("best_of_n, self_consistency:5", 8)
+    [('best_of_n', 8), ('self_consistency', 5)]
+    """
+    out = []
+    for item in _names(text):
+        name, _, count = item.partition(":")
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise UsageError(f"--ponder-strategy {item!r}: N after the colon must be an integer of at least 1")
+        out.append((name.strip(), int(count) if count else n))
+    return out
+
+
 def vllm_target(url: str, model: str, n: int) -> Target:
     return Target(f"vLLM n={n}", url, {"model": model, "n": n})
 
@@ -254,12 +270,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets: dict[str, dict[str, Any]] = {}
     ponder_name = vllm_name = None
     with ponder_side(args) as url:
-        if url:
-            target = ponder_target(url, served_model(url, headers), args.ponder_strategy, args.n,
-                                   args.ponder_params, headers)
-            ponder_name = target.name
+        model = served_model(url, headers) if url else None
+        for i, (strategy, n) in enumerate(ponder_strategies(args.ponder_strategy, args.n) if url else ()):
+            target = ponder_target(url, model, strategy, n, args.ponder_params, headers)
+            ponder_name = ponder_name or target.name  # the first strategy's batch is the one compared
             targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
-                                                       args.warmup, args.batch))
+                                                       args.warmup, args.batch if i == 0 else 0))
     with vllm_side(args) as (vllm_url, optillm_url):
         model = served_model(vllm_url, {}) if vllm_url else None
         if vllm_url:
@@ -323,7 +339,9 @@ def build_parser() -> Parser:
                    help="how the spawned Ponder reads --prm (ponder serve --prm-format; default: its config)")
     p.add_argument("--memory-fraction", type=float, default=0.2, help="KV-cache fraction of spawned servers")
     p.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"), help="Ponder's bearer key")
-    p.add_argument("--ponder-strategy", default="best_of_n", help="Ponder's strategy (default best_of_n)")
+    p.add_argument("--ponder-strategy", default="best_of_n",
+                   help="Ponder's strategies, comma-separated, each with its own N after a colon if not --n "
+                   "(e.g. best_of_n,self_consistency:5; default best_of_n)")
     p.add_argument("--ponder-params", type=json.loads, default={}, help="more strategy_params, a JSON object")
     p.add_argument("--n", type=int, default=8, help="samples per request: Ponder's N, vLLM's n, optillm's budget")
     p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32], help="levels, comma-separated")
@@ -370,8 +388,12 @@ def validate_models(args: argparse.Namespace) -> None:
     import strategies
 
     known = {s.name for s in strategies.available()}
-    if args.ponder_strategy not in known:
-        raise UsageError(f"unknown strategy {args.ponder_strategy!r}; known: {', '.join(sorted(known))}")
+    chosen = ponder_strategies(args.ponder_strategy, args.n)
+    unknown = [name for name, _ in chosen if name not in known]
+    if unknown:
+        raise UsageError(f"unknown strategy {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    if not chosen:
+        raise UsageError("--ponder-strategy names no strategy")
     for flag in ("model", "prm"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             raise UsageError(f"--{flag} {getattr(args, flag)!r}: no such checkpoint folder")

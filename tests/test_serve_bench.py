@@ -152,6 +152,25 @@ def test_optillm_requests_and_command():
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "{port}" in cmd
 
 
+def test_several_ponder_strategies_each_with_its_n(monkeypatch, tmp_path):
+    import benchmarks.serve as serve
+
+    seen = []
+
+    async def fake_measure(target, workload, levels, requests, warmup, batch=0):
+        seen.append((target.name, target.body["strategy_params"]["num_samples"], batch))
+        return {"levels": [], **({"batch": {"tokens_per_s": 1.0, "wall_s": 1.0}} if batch else {})}
+
+    monkeypatch.setattr(serve, "served_model", lambda url, headers: "tiny")
+    monkeypatch.setattr(serve, "measure", fake_measure)
+    args = serve.build_parser().parse_args(["--url", "http://p", "--ponder-strategy", "best_of_n,self_consistency:5",
+                                            "--n", "8", "--output", str(tmp_path)])
+    serve.validate(args)
+    report = serve.run(args)
+    assert seen == [("Ponder best_of_n N=8", 8, 32), ("Ponder self_consistency N=5", 5, 0)]
+    assert list(report["targets"]) == ["Ponder best_of_n N=8", "Ponder self_consistency N=5"]
+
+
 def test_spawned_ponder_reads_the_prm_as_told():
     cmd = ponder_cmd("policy", "prm", 0.2, "--api-key", "k", prm_format="likelihood")
     assert cmd[cmd.index("--prm-format") + 1] == "likelihood" and cmd[cmd.index("--prm") + 1] == "prm"
@@ -175,6 +194,9 @@ def test_spawned_ponder_reads_the_prm_as_told():
     (["--url", "http://a", "--bogus"], "unrecognized arguments"),
     (["--spawn-ponder", "--no-prm", "--prm-format", "likelihood"], "cannot go with --no-prm"),
     (["--spawn-ponder", "--prm-format", "nope"], "invalid choice: 'nope'"),
+    (["--url", "http://a", "--ponder-strategy", "best_of_n,nope:4"], "unknown strategy 'nope'"),
+    (["--url", "http://a", "--ponder-strategy", "self_consistency:0"], "at least 1"),
+    (["--url", "http://a", "--ponder-strategy", ","], "names no strategy"),
 ])
 def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["serve", *argv, "--output", str(tmp_path / "o")]) == 2
