@@ -176,6 +176,9 @@ def test_step_pairs_are_tokenized_as_the_policy_continues(tiny_policy):
     assert decode(row["prompt_ids"]) == "<prompt>1 + 2 = 3\n\n"
     assert decode(row["chosen_ids"]) == "3 * 2 = 6\n\n"
     assert row["rejected_ids"][-1] == tokenizer.eos_token_id and decode(row["rejected_ids"][:-1]) == "3 * 2 = 5"
+    token = step_pairs.tokenize_pair(tokenizer, "<prompt>", pair, "\n\n", first_token=True)
+    assert decode(token["prompt_ids"]) == "<prompt>1 + 2 = 3\n\n3 * 2 = "  # what both steps share
+    assert (decode(token["chosen_ids"]), decode(token["rejected_ids"])) == ("6", "5")
 
 
 def test_step_dpo_trains_on_pretokenized_pairs(tmp_path, tiny_policy):
@@ -207,6 +210,7 @@ def test_gain_table_compares_before_and_after():
         (["dpo", "--num_samples", "1"], "needs at least 2 solutions per problem"),
         (["dpo", "--pair_unit", "step", "--num_samples", "0"], "needs at least 1 solutions per problem"),
         (["dpo", "--pair_unit", "step", "--pairs_from", "x.jsonl"], "cannot read --pairs_from"),
+        (["dpo", "--pair_unit", "token", "--pairs_from", "x.jsonl"], "cannot read --pairs_from"),
         (["dpo", "--greedy_errors", "true", "--source", "reference"], "needs source=policy"),
         (["dpo", "--pairs_per_problem", "0"], "at least 1"),
         (["dpo", "--source", "nope"], "invalid choice: 'nope'"),

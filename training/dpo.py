@@ -89,8 +89,9 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
         default="solution",
         metadata={
             "help": "solution: whole right vs wrong solutions (DPO); step: the first wrong step vs a right step "
-            "after the same prefix (Step-DPO, Lai et al. 2024; needs the task's step checker, not --pairs_from).",
-            "choices": ["solution", "step"],
+            "after the same prefix (Step-DPO, Lai et al. 2024; needs the task's step checker, not --pairs_from); "
+            "token: those steps cut to their first differing token, what the two steps share moved into the prompt.",
+            "choices": ["solution", "step", "token"],
         },
     )
     greedy_errors: bool = field(
@@ -125,14 +126,14 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
         check_tuning_args(self)
         if self.pairs_per_problem < 1 or self.num_samples < 0:
             raise ValueError("pairs_per_problem must be at least 1 and num_samples not negative")
-        needed = 1 if self.pair_unit == "step" else 2  # a step pair can take its right step from the reference
+        needed = 2 if self.pair_unit == "solution" else 1  # a step pair can take its right step from the reference
         if self.source == "policy" and self.pairs_from is None and self.num_samples + self.greedy_errors < needed:
             raise ValueError(
                 f"source=policy with pair_unit={self.pair_unit} needs at least {needed} solutions per problem "
                 "(num_samples, plus one with greedy_errors)"
             )
-        if self.pair_unit == "step" and self.pairs_from is not None:
-            raise ValueError("pair_unit=step checks the steps against the problems: it cannot read --pairs_from")
+        if self.pair_unit != "solution" and self.pairs_from is not None:
+            raise ValueError(f"pair_unit={self.pair_unit} checks steps against problems: it cannot read --pairs_from")
         if self.greedy_errors and (self.source != "policy" or self.pairs_from is not None):
             raise ValueError("greedy_errors decodes the policy: it needs source=policy without --pairs_from")
         super().__post_init__()
@@ -257,7 +258,12 @@ def collect_rows(config: PolicyDPOConfig) -> tuple[list[dict[str, Any]], dict[st
 
 
 def step_dataset_rows(
-    task: TaskSpec, tokenizer: Any, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], per_problem: int
+    task: TaskSpec,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    solutions: Sequence[Sequence[str]],
+    per_problem: int,
+    first_token: bool = False,
 ) -> list[dict[str, Any]]:
     """Step-DPO rows (:mod:`training.step_pairs`), tokenized, with ``problem_id`` and ``level``; wrong solutions in
     their source order (a greedy one first), right steps from the right solutions, then the reference solution."""
@@ -268,7 +274,7 @@ def step_dataset_rows(
         wrong = [t for t in texts if not task.grade(problem, t)]
         prompt = chat_prompt(tokenizer, task, problem)
         for pair in step_pairs(task, problem, wrong, right, per_problem):
-            row = tokenize_pair(tokenizer, prompt, pair, task.step_delimiter)
+            row = tokenize_pair(tokenizer, prompt, pair, task.step_delimiter, first_token)
             rows.append(row | {"problem_id": problem.id, "level": problem.meta.get("level", 0)})
     return rows
 
@@ -297,9 +303,11 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
     started = time.perf_counter()
     task = get_task(config.task)
     model, tokenizer = load_policy(config.policy)
-    if config.pair_unit == "step":
+    if config.pair_unit != "solution":
         problems, solutions, before = collect_solutions(config)
-        pairs = step_dataset_rows(task, tokenizer, problems, solutions, config.pairs_per_problem)
+        pairs = step_dataset_rows(
+            task, tokenizer, problems, solutions, config.pairs_per_problem, first_token=config.pair_unit == "token"
+        )
         rows = graded_rows(task, problems, solutions)
         columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
     else:
@@ -337,14 +345,16 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
 
 
 def _method(config: PolicyDPOConfig) -> dict[str, str]:
-    if config.pair_unit == "step":
+    if config.pair_unit != "solution":
         paper = "Step-DPO (Lai et al. 2024) on Direct Preference Optimization (Rafailov et al. 2023)"
         return {"method": "Step-DPO", "trainer": "DPOTrainer", "paper": paper}
     return {"method": "DPO", "trainer": "DPOTrainer", "paper": "Direct Preference Optimization (Rafailov et al. 2023)"}
 
 
 def _unit(config: PolicyDPOConfig) -> str:
-    return "(right step, first wrong step)" if config.pair_unit == "step" else "(right, wrong)"
+    return {"step": "(right step, first wrong step)", "token": "(right token, first wrong token)"}.get(
+        config.pair_unit, "(right, wrong)"
+    )
 
 
 def _source(config: PolicyDPOConfig) -> str:

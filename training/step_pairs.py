@@ -76,9 +76,14 @@ def step_pairs(
     return pairs
 
 
-def tokenize_pair(tokenizer: Any, chat_prompt: str, pair: dict[str, Any], delimiter: str) -> dict[str, list[int]]:
+def tokenize_pair(
+    tokenizer: Any, chat_prompt: str, pair: dict[str, Any], delimiter: str, first_token: bool = False
+) -> dict[str, list[int]]:
     r"""``{"prompt_ids", "chosen_ids", "rejected_ids"}``: the chat prompt and prefix, then each step and what follows
-    it (the delimiter, or EOS after a final step), tokenized as the engine reads the prompt (no added specials)."""
+    it (the delimiter, or EOS after a final step), tokenized as the engine reads the prompt (no added specials).
+
+    ``first_token``: the tokens both steps share move into the prompt and each side keeps only its first differing
+    token, so the preference is on the token where the wrong step goes wrong and nothing after it."""
     prefix = "".join(step + delimiter for step in pair["prefix"])
 
     def ids(text: str) -> list[int]:
@@ -87,8 +92,18 @@ def tokenize_pair(tokenizer: Any, chat_prompt: str, pair: dict[str, Any], delimi
     def completion(step: str, last: bool) -> list[int]:
         return ids(step) + ([tokenizer.eos_token_id] if last else ids(delimiter))
 
-    return {
-        "prompt_ids": ids(chat_prompt + prefix),
-        "chosen_ids": completion(pair["chosen"], pair["last"][0]),
-        "rejected_ids": completion(pair["rejected"], pair["last"][1]),
-    }
+    prompt = ids(chat_prompt + prefix)
+    chosen, rejected = completion(pair["chosen"], pair["last"][0]), completion(pair["rejected"], pair["last"][1])
+    shared = first_difference(chosen, rejected)
+    if first_token and shared < min(len(chosen), len(rejected)):
+        prompt, chosen, rejected = prompt + chosen[:shared], chosen[shared : shared + 1], rejected[shared : shared + 1]
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """The first position where ``a`` and ``b`` differ (the shorter length when one starts the other).
+
+    >>> first_difference([1, 2, 3], [1, 2, 4]), first_difference([1, 2], [1, 2, 3])
+    (2, 2)
+    """
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
