@@ -248,7 +248,7 @@ def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_poli
     solutions, before = asyncio.run(dpo.sample_policy(config, task, problems))
     assert [len(s) for s in solutions] == [3] * 4 and all(isinstance(t, str) for s in solutions for t in s)
     assert before["levels"]["1"]["num_problems"] == 2 and 0 <= before["levels"]["1"]["greedy"] <= 1
-    greedy_config = replace(config, greedy_errors=True, num_samples=1, eval_after_training=False)
+    greedy_config = replace(config, greedy_errors=True, num_samples=1, eval_after_training=False, pair_unit="step")
     first, _ = asyncio.run(dpo.sample_policy(greedy_config, task, problems))
     again, _ = asyncio.run(dpo.sample_policy(replace(greedy_config, num_samples=0), task, problems))
     assert [len(s) for s in first] == [2] * 4 and [len(s) for s in again] == [1] * 4
