@@ -362,5 +362,6 @@ def _source(config: PolicyDPOConfig) -> str:
         return f"`{config.pairs_from}`'s"
     if config.source == "reference":
         return "reference and planted-error"
-    greedy = "greedy and " if config.greedy_errors else ""
-    return f"the policy's {greedy}sampled (k={config.num_samples}, T={config.temperature})"
+    kinds = ["greedy"] if config.greedy_errors else []
+    kinds += [f"sampled (k={config.num_samples}, T={config.temperature})"] if config.num_samples else []
+    return f"the policy's {' and '.join(kinds)}"
