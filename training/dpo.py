@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import DPOConfig
+from trl import DPOConfig, DPOTrainer
 
 from training.label import chat_prompt, load_rows, plant_error, sample_solutions
 from training.runs import BF16_HELP
@@ -279,20 +279,14 @@ def step_dataset_rows(
     return rows
 
 
-class PretokenizedDPOTrainer:
-    """Made on first use (TRL imports slowly): :class:`trl.DPOTrainer` taking rows that already carry
-    ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are (TRL would append EOS to every completion)."""
+class PretokenizedDPOTrainer(DPOTrainer):
+    """TRL's ``DPOTrainer`` taking rows that already carry ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they
+    are (for text rows TRL appends EOS to every completion, which a step pair must not have)."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from trl import DPOTrainer
-
-        class _Trainer(DPOTrainer):
-            def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-                if "prompt_ids" in dataset.column_names:
-                    return dataset
-                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-        return _Trainer(*args, **kwargs)
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
