@@ -18,6 +18,9 @@ preference format, the prompt being the user message the server sends::
 Other sources: ``--pairs_from PATH`` reads graded solutions written by ``ponder label`` (its ``prompt``,
 ``completion``, ``outcome`` and ``problem_id`` columns), and ``--source reference`` pairs each reference solution
 with a copy given one planted error (:func:`training.label.plant_error`; no engine, for tests and smoke runs).
+``--pair_unit step`` makes Step-DPO pairs instead (Lai et al. 2024; :mod:`training.step_pairs`): the first wrong step
+against a right one after the same prefix, ``--pair_unit token`` the same cut to the first differing token, and
+``--greedy_errors`` adds each problem's greedy solution, so the policy's confident mistakes are paired first.
 After training: the same outputs as ``ponder train sft`` (see :mod:`training.tuning`), with the gain over the SFT
 policy per level.
 
