@@ -38,7 +38,8 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from training.label import chat_prompt, load_rows, plant_error, sample_solutions
+from training.evaluate_policy import chat_prompt
+from training.label import load_rows, plant_error, sample_solutions
 from training.runs import BF16_HELP
 from training.step_pairs import step_pairs, tokenize_pair
 from training.tasks import Problem, TaskSpec, get_task
@@ -264,22 +265,26 @@ def step_dataset_rows(
     task: TaskSpec,
     tokenizer: Any,
     problems: Sequence[Problem],
-    solutions: Sequence[Sequence[str]],
+    rows: Sequence[dict[str, Any]],
     per_problem: int,
     first_token: bool = False,
 ) -> list[dict[str, Any]]:
-    """Step-DPO rows (:mod:`training.step_pairs`), tokenized, with ``problem_id`` and ``level``; wrong solutions in
-    their source order (a greedy one first), right steps from the right solutions, then the reference solution."""
-    rows = []
-    for problem, texts in zip(problems, solutions, strict=True):
-        texts = [t for t in dict.fromkeys(texts) if t.strip()]
-        right = [t for t in texts if task.grade(problem, t)] + ([problem.solution] if problem.solution else [])
-        wrong = [t for t in texts if not task.grade(problem, t)]
+    """Step-DPO rows (:mod:`training.step_pairs`), tokenized, with ``problem_id`` and ``level``, from the graded
+    solutions of :func:`graded_rows`: wrong ones in their source order (a greedy one first), right steps from the
+    right ones, then from the reference solution."""
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_problem.setdefault(row["problem_id"], []).append(row)
+    out = []
+    for problem in problems:
+        graded = by_problem.get(problem.id, [])
+        right = [r["completion"] for r in graded if r["outcome"]] + ([problem.solution] if problem.solution else [])
+        wrong = [r["completion"] for r in graded if not r["outcome"]]
         prompt = chat_prompt(tokenizer, task, problem)
         for pair in step_pairs(task, problem, wrong, right, per_problem):
             row = tokenize_pair(tokenizer, prompt, pair, task.step_delimiter, first_token)
-            rows.append(row | {"problem_id": problem.id, "level": problem.meta.get("level", 0)})
-    return rows
+            out.append(row | {"problem_id": problem.id, "level": problem.meta.get("level", 0)})
+    return out
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -302,10 +307,10 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
     model, tokenizer = load_policy(config.policy)
     if config.pair_unit != "solution":
         problems, solutions, before = collect_solutions(config)
+        rows = graded_rows(task, problems, solutions)  # each solution graded once, for the pairs and the report
         pairs = step_dataset_rows(
-            task, tokenizer, problems, solutions, config.pairs_per_problem, first_token=config.pair_unit == "token"
+            task, tokenizer, problems, rows, config.pairs_per_problem, first_token=config.pair_unit == "token"
         )
-        rows = graded_rows(task, problems, solutions)
         columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
     else:
         rows, before = collect_rows(config)

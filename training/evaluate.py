@@ -238,7 +238,7 @@ async def best_of_n_levels(
     from strategies.answers import cluster
     from strategies.base import SamplingSpec, Task
     from strategies.best_of_n import BestOfNConfig, best_of_n
-    from training.label import chat_prompt
+    from training.evaluate_policy import chat_prompt
     from training.tasks import get_task
 
     task = get_task("arith")

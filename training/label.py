@@ -36,6 +36,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from strategies.base import Engine, SamplingSpec
+from training.evaluate_policy import chat_prompt
 from training.tasks import Problem, TaskSpec, get_task
 from training.tasks.arith import apply, format_step, parse_question
 
@@ -84,12 +85,6 @@ class LabelConfig:
 
 
 # ---- solutions ----------------------------------------------------------------------------------------------------
-def chat_prompt(tokenizer: Any, task: TaskSpec, problem: Problem) -> str:
-    """The text the policy continues: the task's user message through its chat template, as the server renders it."""
-    messages = [{"role": "user", "content": task.prompt(problem)}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
 def plant_error(problem: Problem, rng: random.Random) -> str:
     r"""A reference-format arith solution with one error of the kinds a small policy makes, carried to the end.
 
