@@ -23,6 +23,19 @@ CAUSAL_LM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
 PRM_FORMATS = ("qwen", "math_shepherd", "rlhflow", "likelihood")
 
 
+def reads_policy_itself(path: str | Path, policy: str | Path, format: str | None = None) -> bool:
+    """Whether the reward model at ``path`` is the policy's own likelihood (the same checkpoint, format
+    ``likelihood``): then it runs on the policy's engine (:mod:`reward_models.self_likelihood`), not a second one."""
+    if Path(path).resolve() != Path(policy).resolve():
+        return False
+    config_path = Path(path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except json.JSONDecodeError:
+        return False  # load_scorer says what is wrong with it
+    return (format or config.get("ponder_prm_format")) == "likelihood"
+
+
 async def load_scorer(
     path: str | Path,
     *,

@@ -176,8 +176,11 @@ class ChatService:
                         "(--request-timeout); its work was aborted", code="deadline_exceeded")
 
     async def _run_strategy(self, job: Prepared) -> StrategyResult:
-        engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
-        scorer = CountingScorer(self.scorer, job.ledger, job.task.request_id) if self.scorer else None
+        engine, scorer = self.engine, self.scorer
+        if scorer is not None and hasattr(scorer, "session"):  # the policy as its own PRM: steps read from samples
+            engine, scorer = scorer.session(job.task, engine)
+        engine = CountingEngine(engine, job.ledger, job.task.request_id)
+        scorer = CountingScorer(scorer, job.ledger, job.task.request_id) if scorer else None
         try:
             return await job.spec.fn(job.task, job.config, engine, scorer)
         except NodeCapExceededError as exc:

@@ -45,6 +45,8 @@ class Sample:
     finish_reason: FinishReason | None  # "stop": EOS or a stop string; "length": max_tokens; None: a stream delta
     stop_reason: str | None = None  # the stop string that ended it, None for EOS or length
     cumulative_logprob: float | None = None
+    # with SamplingSpec.logprobs set: each token's (end offset in text, log-probability); None where not known
+    token_logprobs: tuple[tuple[int, float], ...] | None = None
 
 
 @runtime_checkable

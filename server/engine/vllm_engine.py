@@ -11,6 +11,7 @@ The vLLM engine core runs in a child process started by spawn: scripts that buil
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -122,6 +123,11 @@ class VLLMEngine:
         self.max_model_len: int = llm.model_config.max_model_len
         self._live: set[str] = set()  # ids of our vLLM requests that have not finished
 
+    @property
+    def llm(self) -> AsyncLLM:
+        """The vLLM engine itself (a reward model that reads the policy's own probabilities shares it)."""
+        return self._llm
+
     @classmethod
     async def create(
         cls,
@@ -229,7 +235,8 @@ class VLLMEngine:
                 final = output
         completions = sorted(final.outputs, key=lambda c: c.index) if final else []
         samples = [
-            Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob)
+            Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob,
+                   token_logprobs(c))
             for c in completions
         ]
         return samples * n if params.n == 1 else samples  # greedy: one sample stands for all n
@@ -255,3 +262,24 @@ def _finish_reason(completion: CompletionOutput) -> FinishReason:
 
 def _stop_string(completion: CompletionOutput) -> str | None:
     return completion.stop_reason if isinstance(completion.stop_reason, str) else None
+
+
+def token_logprobs(completion: CompletionOutput) -> tuple[tuple[int, float], ...] | None:
+    """Each sampled token's (end offset in the text, log-probability), from vLLM's ``logprobs`` output (the raw
+    distribution: vLLM's default ``logprobs_mode``, temperature 1). None without logprobs, or where the decoded
+    tokens do not spell the text (the offsets would be wrong); a token past a stop string is cut at the text's end.
+    """
+    if completion.logprobs is None or len(completion.logprobs) != len(completion.token_ids):
+        return None
+    pieces, values = [], []
+    for token, position in zip(completion.token_ids, completion.logprobs, strict=True):
+        entry = position.get(token) if position is not None else None
+        if entry is None or entry.decoded_token is None:
+            return None
+        pieces.append(entry.decoded_token)
+        values.append(entry.logprob)
+    text = completion.text
+    if "".join(pieces)[: len(text)] != text:
+        return None
+    ends = itertools.accumulate(len(piece) for piece in pieces)
+    return tuple((min(end, len(text)), value) for end, value in zip(ends, values, strict=True))
