@@ -12,10 +12,13 @@ solution, :mod:`reward_models.orm`), each on its own in-process vLLM engine. A c
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from strategies.base import Scorer
 
+log = logging.getLogger("ponder.reward_models")
 CAUSAL_LM_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
@@ -24,8 +27,8 @@ PRM_FORMATS = ("qwen", "math_shepherd", "rlhflow", "likelihood")
 
 
 def reads_policy_itself(path: str | Path, policy: str | Path, format: str | None = None) -> bool:
-    """Whether the reward model at ``path`` is the policy's own likelihood (the same checkpoint, format
-    ``likelihood``): then it runs on the policy's engine (:mod:`reward_models.self_likelihood`), not a second one."""
+    """Whether the reward model at ``path`` is the policy's own likelihood: the same checkpoint, format
+    ``likelihood`` (the ``format`` argument, else ``ponder_prm_format`` in its ``config.json``)."""
     if Path(path).resolve() != Path(policy).resolve():
         return False
     config_path = Path(path) / "config.json"
@@ -34,6 +37,18 @@ def reads_policy_itself(path: str | Path, policy: str | Path, format: str | None
     except json.JSONDecodeError:
         return False  # load_scorer says what is wrong with it
     return (format or config.get("ponder_prm_format")) == "likelihood"
+
+
+async def load_scorer_beside(engine: Any, policy: str | Path, path: str | Path, **kwargs: Any) -> Scorer:
+    """:func:`load_scorer` for a server whose policy runs on ``engine`` (loaded from ``policy``), except that the
+    policy's own likelihood (:func:`reads_policy_itself`) runs on that in-process vLLM engine, reading the steps
+    the policy sampled from the samples (:mod:`reward_models.self_likelihood`) instead of starting a second one."""
+    if hasattr(engine, "llm") and reads_policy_itself(path, policy, kwargs.get("format")):
+        from reward_models.self_likelihood import SelfLikelihoodPRM
+
+        log.info("the reward model is the policy's own likelihood: read on the policy's engine")
+        return SelfLikelihoodPRM(engine, str(path))
+    return await load_scorer(str(path), **kwargs)
 
 
 async def load_scorer(

@@ -69,14 +69,16 @@ class StepRecord:
             start = base + end
         pieces, a = text.split(self.delimiter), 0
         for k, piece in enumerate(pieces):
-            if not piece or piece != piece.strip():  # not as render() writes it: leave it to a fresh read
+            step = piece.rstrip()
+            if not step or step != step.lstrip():  # not as render() writes it: leave it to a fresh read
                 break
-            b = a + len(piece)
-            if a >= base:
-                steps = tuple(pieces[: k + 1])
+            b, steps = a + len(step), (*pieces[:k], step)
+            if a >= base:  # as the last step of an item: its own tokens (render() drops trailing whitespace too)
                 self.scores[(steps, False)] = _lowest(tokens, a, b)
-                if k < len(pieces) - 1:
-                    self.scores[(steps, True)] = _lowest(tokens, a, b + len(self.delimiter))
+            if step != piece:  # render() would write the delimiter right after the step: what follows differs
+                break
+            if a >= base and k < len(pieces) - 1:
+                self.scores[(steps, True)] = _lowest(tokens, a, b + len(self.delimiter))
             a = b + len(self.delimiter)
 
     def lookup(self, question: str, steps: Sequence[str]) -> list[float] | None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reward_models import PRM_FORMATS, reads_policy_itself
+from reward_models import PRM_FORMATS
 
 log = logging.getLogger("ponder")
 
@@ -129,16 +129,11 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     str(policy), memory_fraction=args.memory_fraction, max_model_len=args.max_model_len,
                     seed=args.seed, tensor_parallel_size=args.tensor_parallel_size))
             scorer = None
-            if prm is not None and args.backend != "openai" and reads_policy_itself(prm, policy, args.prm_format):
-                from reward_models.self_likelihood import SelfLikelihoodPRM
+            if prm is not None:
+                from reward_models import load_scorer_beside
 
-                log.info("the reward model is the policy's own likelihood: read on the policy's engine")
-                scorer = SelfLikelihoodPRM(engine, str(prm))
-            elif prm is not None:
-                from reward_models import load_scorer
-
-                scorer = await _maybe_await(load_scorer(str(prm), memory_fraction=args.prm_memory_fraction,
-                                                         format=args.prm_format))
+                scorer = await _maybe_await(load_scorer_beside(engine, policy, prm, format=args.prm_format,
+                                                               memory_fraction=args.prm_memory_fraction))
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
             print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
             os._exit(1)

@@ -79,6 +79,10 @@ def test_text_not_written_as_the_prm_renders_it_is_not_recorded() -> None:
     record = StepRecord(task(), "\n\n", enabled=True)
     record.add(PROMPT, sample("a=1\n\n b=2", [("a=1", 0.6), ("\n\n", 0.9), (" b=2", 0.5)]))  # a space after
     assert set(record.scores) == {(("a=1",), False), (("a=1",), True)}
+    # trailing whitespace: the step is read as the last one of an item (render() strips it), and nothing after it
+    trailing = StepRecord(task(), "\n\n", enabled=True)
+    trailing.add(PROMPT, sample("c=3 \n\nd=4", [("c", 0.8), ("=3", 0.7), (" ", 0.1), ("\n\n", 0.9), ("d=4", 0.5)]))
+    assert trailing.scores == {(("c=3",), False): pytest.approx(0.7)}
     record.add("another prompt", sample("c=3", [("c=3", 0.5)]))
     record.add(PROMPT, Sample("d=4", 1, "stop"))  # no log-probabilities
     assert len(record.scores) == 2
@@ -139,20 +143,26 @@ async def test_the_cli_builds_it_on_the_policy_engine(monkeypatch: pytest.Monkey
     import server.engine.vllm_engine as vllm_engine
     from server.cli import _loader
 
-    async def fake_create(model: str, **kwargs: object) -> str:
-        return "engine"
+    engine = SimpleNamespace(llm="the policy's AsyncLLM")
+    loaded: list[str] = []
 
-    async def no_second_engine(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the policy's own likelihood must not start a second engine")
+    async def fake_create(model: str, **kwargs: object) -> SimpleNamespace:
+        return engine
+
+    async def fake_load_scorer(path: str, **kwargs: object) -> str:
+        loaded.append(path)
+        return "a second engine"
 
     monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
-    monkeypatch.setattr(reward_models, "load_scorer", no_second_engine)
+    monkeypatch.setattr(reward_models, "load_scorer", fake_load_scorer)
     monkeypatch.setattr(self_likelihood, "SelfLikelihoodPRM", lambda engine, path: ("self", engine, path))
-    argv = ["serve", "--model", str(DEFAULT_POLICY), "--prm", str(DEFAULT_POLICY), "--prm-format", "likelihood"]
-    args = build_parser().parse_args(argv)
-    assert isinstance(args, argparse.Namespace)
-    got = await _loader(args, DEFAULT_POLICY, DEFAULT_POLICY)()
-    assert got == ("engine", ("self", "engine", str(DEFAULT_POLICY)))
+    other = DEFAULT_POLICY.parent / "default-prm"  # the verifier, in the likelihood format too: its own engine
+    for prm, expected in ((DEFAULT_POLICY, ("self", engine, str(DEFAULT_POLICY))), (other, "a second engine")):
+        argv = ["serve", "--model", str(DEFAULT_POLICY), "--prm", str(prm), "--prm-format", "likelihood"]
+        args = build_parser().parse_args(argv)
+        assert isinstance(args, argparse.Namespace)
+        assert await _loader(args, DEFAULT_POLICY, prm)() == (engine, expected)
+    assert loaded == [str(other)]
 
 
 async def test_the_server_runs_each_request_on_its_own_session() -> None:

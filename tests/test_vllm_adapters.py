@@ -246,3 +246,12 @@ def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dic
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0 and "exited" in done.stdout
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+async def test_seeded_requests_with_split_prefills_do_not_kill_the_engine(engine: VLLMEngine) -> None:
+    """40 seeded prompts of ~300 tokens overflow a scheduler step, so some prefills are split; vLLM's CPU runner then
+    rewound a CPU generator, which raises and killed the engine (server/engine/vllm_plugin.py fixes it)."""
+    prompts = [f"Start with {i}. " * 20 for i in range(40)]
+    outputs = await engine.generate(prompts, SamplingSpec(n=2, temperature=0.8, max_tokens=8, seed=1), "seeded")
+    assert [len(o) for o in outputs] == [2] * 40 and all(s.num_tokens > 0 for o in outputs for s in o)
+    assert engine.healthy()
