@@ -207,6 +207,14 @@ def served_task(prm: SelfLikelihoodPRM, question: str = QUESTION) -> Task:
     return task(render(prm.tokenizer, question, [])[0], question)
 
 
+async def all_recorded_and_right(scorer: RecordedScorer, items: list, reference) -> None:
+    """Every item scored from the record, each score a transformers forward's."""
+    got = await scorer.score(items, "recorded")
+    assert (scorer.record.hits, scorer.record.misses) == (len(items), 0)
+    for a, b in zip(got, reference(items), strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
+
+
 @pytest.mark.e2e
 @pytest.mark.asyncio(loop_scope="session")
 async def test_whole_samples_are_scored_from_their_own_log_probabilities(policy, reference) -> None:
@@ -218,10 +226,7 @@ async def test_whole_samples_are_scored_from_their_own_log_probabilities(policy,
     assert sum(lp for _, lp in samples[0].token_logprobs) == pytest.approx(samples[0].cumulative_logprob, abs=1e-3)
     items = [(QUESTION, split_steps(s.text, "\n\n")) for s in samples]
     assert all(len(steps) >= 3 for _, steps in items)  # the policy writes steps
-    got = await scorer.score(items, "whole-s")
-    assert (scorer.record.hits, scorer.record.misses) == (4, 0)
-    for a, b in zip(got, reference(items), strict=True):
-        assert a == pytest.approx(b, abs=1e-3)
+    await all_recorded_and_right(scorer, items, reference)
 
 
 @pytest.mark.e2e
@@ -236,10 +241,7 @@ async def test_a_step_by_step_search_reads_every_round_from_its_samples(policy, 
         n=1, temperature=0.8, max_tokens=64, stop=("\n\n",), seed=2), "round2")
     items = [(QUESTION, split_steps(s.text + more.text, "\n\n")) for s, (more,) in zip(first, second, strict=True)]
     assert all(len(steps) == 2 for _, steps in items)
-    got = await scorer.score(items, "rounds-s")
-    assert (scorer.record.hits, scorer.record.misses) == (2, 0)
-    for a, b in zip(got, reference(items), strict=True):
-        assert a == pytest.approx(b, abs=1e-3)
+    await all_recorded_and_right(scorer, items, reference)
 
 
 @pytest.mark.e2e
