@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from pathlib import Path
@@ -163,3 +164,25 @@ def test_label_cli_reads_yaml_and_flags_override_it(tmp_path: Path) -> None:
 def test_label_cli_says_when_the_policy_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--policy", str(tmp_path / "nothing"), "--output", str(tmp_path / "x")]) == 2
     assert "no policy checkpoint" in capsys.readouterr().err
+
+
+def test_eval_labels_compares_monte_carlo_with_exact_labels(tmp_path: Path, capsys) -> None:
+    from training.evaluate import main as eval_main
+
+    rows = [
+        {"prompt": "q1", "completions": ["a", "b"], "labels": [True, False], "outcome": False,
+         "exact_labels": [True, False], "mc_hard_labels": [True, False], "mc_soft_labels": [0.75, 0.0]},
+        {"prompt": "q2", "completions": ["c", "d"], "labels": [True, True], "outcome": True,
+         "exact_labels": [True, True], "mc_hard_labels": [False, False], "mc_soft_labels": [0.0, 0.25]},
+    ]
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert eval_main(["labels", "--data", str(data), "--output", str(tmp_path / "out.json")]) == 0
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got == json.loads(capsys.readouterr().out)
+    assert (got["solutions"], got["steps"], got["mc_hard_agrees_with_exact"]) == (2, 4, 0.5)
+    assert (got["mc_hard_precision"], got["mc_hard_recall"]) == (pytest.approx(1 / 3), 1.0)
+    assert got["mc_first_error_matches_exact"] == 0.5
+    assert got["mc_soft_mean_exact_right"] == pytest.approx((0.75 + 0.0 + 0.25) / 3)
+    assert got["mc_soft_mean_exact_wrong"] == 0.0
+    assert eval_main(["labels", "--data", str(tmp_path / "missing")]) == 2

@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                            "token probability in each step; default: a Qwen2ForProcessRewardModel checkpoint")
         p.add_argument("--limit", type=int, help="evaluate the first LIMIT solutions only")
         p.add_argument("--output", help="write the metrics as JSON here")
+    labels = sub.add_parser("labels", help="counts of `ponder label` data; Monte Carlo labels against exact ones")
+    labels.add_argument("--data", required=True, help="`ponder label` output (folder or JSONL; several: commas)")
+    labels.add_argument("--output", help="write the counts as JSON here")
     bon = sub.add_parser("bon", help="greedy vs best_of_n with the PRM (and ORM) per arith level, on vLLM")
     bon.add_argument("--policy", required=True, help="policy checkpoint folder")
     bon.add_argument("--prm", required=True, help="PRM checkpoint folder")
@@ -331,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``ponder eval`` command; 0 on success, 2 when the model is of the wrong kind."""
-    if args.kind == "bon":
+    if args.kind == "labels":
+        from training.label import load_rows, summary
+
+        result = summary(list(load_rows(args.data)))
+        print(json.dumps(result, indent=2))
+    elif args.kind == "bon":
         result = asyncio.run(
             best_of_n_levels(args.policy, args.prm, args.orm, args.levels, args.limit, args.n, args.seed)
         )

@@ -300,7 +300,37 @@ def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if rows and "mc_hard_labels" in rows[0]:
         out["steps_right_mc_hard"] = sum(m for _, m in steps) / max(len(steps), 1)
         out["mc_hard_agrees_with_exact"] = sum(e == m for e, m in steps) / max(len(steps), 1)
+        out |= mc_against_exact(rows)
     return out
+
+
+def mc_against_exact(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Monte Carlo labels judged by the exact ones: the hard label as a detector of wrong steps (precision,
+    recall), the first flagged step against the first wrong one, and the mean soft label of right and wrong steps.
+
+    >>> rows = [{"exact_labels": [True, False], "mc_hard_labels": [True, False], "mc_soft_labels": [0.75, 0.0]},
+    ...         {"exact_labels": [True, True], "mc_hard_labels": [False, False], "mc_soft_labels": [0.0, 0.0]}]
+    >>> mc_against_exact(rows)["mc_hard_precision"], mc_against_exact(rows)["mc_first_error_matches_exact"]
+    (0.3333333333333333, 0.5)
+    """
+    pairs = [(e, m, s) for r in rows for e, m, s in zip(r["exact_labels"], r["mc_hard_labels"], r["mc_soft_labels"],
+                                                         strict=True)]
+    flagged = [e for e, m, _ in pairs if not m]  # exact label of each step MC calls wrong
+    wrong = [m for e, m, _ in pairs if not e]  # MC label of each exactly-wrong step
+
+    def first(labels: Sequence[bool]) -> int | None:
+        return next((i for i, label in enumerate(labels) if not label), None)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / max(len(values), 1)
+
+    return {
+        "mc_hard_precision": mean([not e for e in flagged]),
+        "mc_hard_recall": mean([not m for m in wrong]),
+        "mc_first_error_matches_exact": mean([first(r["exact_labels"]) == first(r["mc_hard_labels"]) for r in rows]),
+        "mc_soft_mean_exact_right": mean([s for e, _, s in pairs if e]),
+        "mc_soft_mean_exact_wrong": mean([s for e, _, s in pairs if not e]),
+    }
 
 
 def parse_config(argv: list[str]) -> LabelConfig:
