@@ -122,7 +122,7 @@ class InProcessClient:
     async def start(
         cls, model: str, prm: str | None, seed: int, kv_cache_gib: float, prm_format: str | None = None
     ) -> InProcessClient:
-        from reward_models import load_scorer
+        from reward_models import load_scorer_beside
         from server.config import ServerConfig
         from server.engine.vllm_engine import VLLMEngine
         from server.metrics import Metrics
@@ -130,7 +130,7 @@ class InProcessClient:
 
         engine = await VLLMEngine.create(model, kv_cache_gib=kv_cache_gib, seed=seed)
         kv = max(kv_cache_gib / 4, 0.25)
-        scorer = await load_scorer(prm, kv_cache_gib=kv, format=prm_format) if prm else None
+        scorer = await load_scorer_beside(engine, model, prm, kv_cache_gib=kv, format=prm_format) if prm else None
         config = ServerConfig(model_name=Path(model).name, reward_model_name=prm, max_num_samples=4096,
                               max_total_tokens=1 << 26, max_tree_nodes=1 << 20, request_timeout=24 * 3600.0)
         return cls(ChatService(engine, scorer, config, Metrics()), engine, scorer)
