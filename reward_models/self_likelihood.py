@@ -85,9 +85,10 @@ class StepRecord:
         """The item's step scores, or None if one step was not recorded."""
         if not self.enabled or question != self.task.question:
             return None
+        pieces = tuple(step.rstrip("\n") for step in steps)  # as render() writes them
         scores = []
         for k, step in enumerate(steps):
-            key = (tuple(s.rstrip("\n") for s in steps[: k + 1]), k < len(steps) - 1 or step.endswith(self.delimiter))
+            key = (pieces[: k + 1], k < len(steps) - 1 or step.endswith(self.delimiter))
             if key not in self.scores:
                 return None
             scores.append(self.scores[key])

@@ -39,6 +39,7 @@ from strategies.base import Engine, SamplingSpec
 from training.evaluate_policy import chat_prompt
 from training.tasks import Problem, TaskSpec, get_task
 from training.tasks.arith import apply, format_step, parse_question
+from training.tasks.base import first_error
 
 DEFAULT_POLICY = str(Path(__file__).resolve().parents[1] / "models" / "default-policy")
 
@@ -285,21 +286,15 @@ def load_rows(path: str | Path) -> Any:
 
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Counts of the labelled data: solutions, steps, share right, and MC's agreement with the exact labels."""
-    steps = [
-        (e, row.get("mc_hard_labels", [None] * len(row["exact_labels"]))[i])
-        for row in rows
-        for i, e in enumerate(row["exact_labels"])
-    ]
+    steps = [e for row in rows for e in row["exact_labels"]]
     out = {
         "solutions": len(rows),
         "steps": len(steps),
         "outcome_right": sum(r["outcome"] for r in rows) / max(len(rows), 1),
         "solutions_all_steps_right": sum(all(r["exact_labels"]) for r in rows) / max(len(rows), 1),
-        "steps_right_exact": sum(e for e, _ in steps) / max(len(steps), 1),
+        "steps_right_exact": sum(steps) / max(len(steps), 1),
     }
     if rows and "mc_hard_labels" in rows[0]:
-        out["steps_right_mc_hard"] = sum(m for _, m in steps) / max(len(steps), 1)
-        out["mc_hard_agrees_with_exact"] = sum(e == m for e, m in steps) / max(len(steps), 1)
         out |= mc_against_exact(rows)
     return out
 
@@ -318,16 +313,16 @@ def mc_against_exact(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     flagged = [e for e, m, _ in pairs if not m]  # exact label of each step MC calls wrong
     wrong = [m for e, m, _ in pairs if not e]  # MC label of each exactly-wrong step
 
-    def first(labels: Sequence[bool]) -> int | None:
-        return next((i for i, label in enumerate(labels) if not label), None)
-
     def mean(values: list[float]) -> float:
         return sum(values) / max(len(values), 1)
 
     return {
+        "steps_right_mc_hard": mean([m for _, m, _ in pairs]),
+        "mc_hard_agrees_with_exact": mean([e == m for e, m, _ in pairs]),
         "mc_hard_precision": mean([not e for e in flagged]),
         "mc_hard_recall": mean([not m for m in wrong]),
-        "mc_first_error_matches_exact": mean([first(r["exact_labels"]) == first(r["mc_hard_labels"]) for r in rows]),
+        "mc_first_error_matches_exact": mean([first_error(r["exact_labels"]) == first_error(r["mc_hard_labels"])
+                                              for r in rows]),
         "mc_soft_mean_exact_right": mean([s for e, _, s in pairs if e]),
         "mc_soft_mean_exact_wrong": mean([s for e, _, s in pairs if not e]),
     }
