@@ -1,7 +1,8 @@
 """A bounded async load generator: a fixed workload of chat prompts sent to one OpenAI-compatible server from
 ``concurrency`` clients at once, each sending its next request when its last is answered; per level: latency
 percentiles of the successful requests, requests/s, generated tokens/s (``usage.completion_tokens`` over the wall
-time), errors and the peak number of requests in flight. Used by :mod:`benchmarks.serve`."""
+time), errors and the peak number of requests in flight; where the workload has a grader, the accuracy of the
+answers (the first choice's text, graded against the prompt's problem). Used by :mod:`benchmarks.serve`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,21 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+Grader = Callable[[int, str], bool]  # (prompt index, the answer's text) -> right
+
+
 @dataclass(frozen=True)
 class Workload:
     prompts: tuple[str, ...]
     max_tokens: int = 64
     temperature: float = 0.8
     timeout: float = 600.0  # per request, client side
+    grade: Grader | None = None  # None: accuracy is not measured
+
+    def grader(self, index: int) -> Callable[[str], bool] | None:
+        """The grader of prompt ``index`` (used in turn, as :meth:`body` does), or None."""
+        grade = self.grade
+        return None if grade is None else lambda text: grade(index % len(self.prompts), text)
 
     def body(self, target: Target, index: int) -> dict[str, Any]:
         prompt = self.prompts[index % len(self.prompts)]
@@ -47,6 +57,7 @@ class Outcome:
     latency_s: float = 0.0
     completion_tokens: int = 0
     error: str | None = None
+    correct: bool | None = None  # None: not graded
 
 
 @dataclass
@@ -66,8 +77,10 @@ class Gauge:
             self.now -= 1
 
 
-async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], gauge: Gauge) -> Outcome:
-    """One chat completion; any status but 200, a transport error or a body without usage is an error."""
+async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], gauge: Gauge,
+              grade: Callable[[str], bool] | None = None) -> Outcome:
+    """One chat completion; any status but 200, a transport error or a body without usage is an error. ``grade``
+    judges the first choice's text (an answer without text is wrong)."""
     outcome = Outcome()
     started = time.perf_counter()
     with gauge.held():
@@ -77,11 +90,20 @@ async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], g
             if response.status_code != 200:
                 outcome.error = f"{response.status_code}: {response.text[:200]}"
             else:
-                outcome.completion_tokens = int(response.json()["usage"]["completion_tokens"])
+                payload = response.json()
+                outcome.completion_tokens = int(payload["usage"]["completion_tokens"])
+                if grade is not None:
+                    outcome.correct = grade(first_text(payload))
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             outcome.error = f"{type(exc).__name__}: {exc}"[:200]
     outcome.latency_s = time.perf_counter() - started
     return outcome
+
+
+def first_text(payload: dict[str, Any]) -> str:
+    """The first choice's message text; empty when there is none."""
+    choices = payload.get("choices") or [{}]
+    return (choices[0].get("message") or {}).get("content") or ""
 
 
 async def run_level(client: httpx.AsyncClient, target: Target, workload: Workload, concurrency: int,
@@ -93,7 +115,8 @@ async def run_level(client: httpx.AsyncClient, target: Target, workload: Workloa
 
     async def client_loop() -> None:
         while pending:
-            outcomes.append(await one(client, target, workload.body(target, pending.pop()), gauge))
+            index = pending.pop()
+            outcomes.append(await one(client, target, workload.body(target, index), gauge, workload.grader(index)))
 
     started = time.perf_counter()
     await asyncio.gather(*[client_loop() for _ in range(min(concurrency, requests))])
@@ -101,14 +124,17 @@ async def run_level(client: httpx.AsyncClient, target: Target, workload: Workloa
 
 
 def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dict[str, Any]:
-    """One level's figures: latency percentiles of the successful requests, rates over the wall time, errors."""
+    """One level's figures: latency percentiles of the successful requests, rates over the wall time, errors, and
+    the accuracy of the graded answers (None when none was graded)."""
     ok = [o for o in outcomes if o.error is None]
     tokens = sum(o.completion_tokens for o in ok)
+    graded = [o.correct for o in ok if o.correct is not None]
     return {"concurrency": concurrency, "requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
             "wall_s": wall, "latency_s": percentiles([o.latency_s for o in ok]),
             "requests_per_s": len(ok) / wall if wall else None, "tokens_per_s": tokens / wall if wall else None,
             "completion_tokens": tokens, "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok])
-            if ok else None, "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
+            if ok else None, "graded": len(graded),
+            "accuracy": sum(graded) / len(graded) if graded else None, "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
 
 
 async def measure(target: Target, workload: Workload, levels: Sequence[int], requests: int, warmup: int,

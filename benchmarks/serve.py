@@ -5,7 +5,9 @@ Every target gets the same fixed workload of chat prompts (``arith`` test proble
 ``chat`` questions), ``--requests`` per concurrency level (``--concurrency 1,4,16,32``) from a bounded pool of async
 clients on loopback (:mod:`benchmarks.loadgen`). Per target and level: latency p50/p95/p99 of the successful
 requests, requests/s, generated tokens/s (the sum of ``usage.completion_tokens`` over the wall time), errors and the
-peak number of requests in flight.
+peak number of requests in flight. On the ``arith`` workload (``--level L`` for one level) every answer is graded by
+the task's verifier: accuracy is that of the first choice's text, so for vLLM's ``n``-sample target it is one
+sample's accuracy, the floor a selection strategy has to beat.
 
 The batch measurement (``--batch 32``): 32 concurrent Ponder requests of N = 8 samples each against the same 256
 samples sent straight to vLLM's server as 32 concurrent requests with ``n=8``; the ratio of their generated
@@ -90,17 +92,25 @@ def _level(level: dict[str, Any]) -> str:
     return f"{level['concurrency']}" + (f" (peak {peak})" if peak < level["concurrency"] else "")
 
 
+def _accuracy(level: dict[str, Any]) -> str:
+    """``87.5% (28 / 32)``: the graded answers that were right; ``n/a`` when none was graded."""
+    if not level.get("graded"):
+        return "n/a"
+    return f"{level['accuracy']:.1%} ({round(level['accuracy'] * level['graded'])} / {level['graded']})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     o = report["options"]
+    graded = any(lv.get("graded") for t in report["targets"].values() for lv in t["levels"])
     lines = ["# Serving speed", "",
              f"{o['requests']} requests per level, max_tokens {o['max_tokens']}, temperature {o['temperature']}, "
              f"N = {o['n']}, workload {o['workload']} ({o['prompts']} prompts), model {o.get('model') or 'as served'}.",
-             "", "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |"
+             + (" accuracy |" if graded else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if graded else "")]
     for name, t in report["targets"].items():
         lines += [f"| {name} | {_level(lv)} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
                   f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
-                  f"{_f(lv['tokens_per_s'], 1)} |" for lv in t["levels"]]
+                  f"{_f(lv['tokens_per_s'], 1)} |" + (f" {_accuracy(lv)} |" if graded else "") for lv in t["levels"]]
     b = report.get("batch")
     if b:
         lines += ["", f"**Batch**: {b['requests']} concurrent requests of N = {o['n']} samples each. {b['ponder']}: "
@@ -153,14 +163,16 @@ def write(report: dict[str, Any], output: Path, make_plot: bool = True) -> None:
 
 
 # ---- targets ------------------------------------------------------------------------------------------------------
-def workload_prompts(name: str, count: int) -> tuple[str, ...]:
-    """``arith``: the arith task's test problems as its policy sees them; ``chat``: short questions."""
+def workload_prompts(name: str, count: int, level: int | None = None) -> tuple[tuple[str, ...], Any]:
+    """The prompts and their grader: ``arith``: the arith task's test problems (of ``level``, or of every level) as
+    its policy sees them, each answer graded by the task's verifier; ``chat``: short questions, not graded."""
     if name == "chat":
-        return PROMPTS
+        return PROMPTS, None
     from training.tasks import get_task
 
     task = get_task("arith")
-    return tuple(task.prompt(p) for p in task.load("test", limit=count, seed=0))
+    problems = task.load("test", limit=count, seed=0, level=level)
+    return tuple(task.prompt(p) for p in problems), lambda index, text: task.grade(problems[index], text)
 
 
 def served_model(url: str, headers: dict[str, str]) -> str:
@@ -265,8 +277,8 @@ def kv_env() -> dict[str, str]:
 # ---- the run ------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every target, one side at a time; returns the report."""
-    workload = Workload(workload_prompts(args.workload, args.prompts), args.max_tokens, args.temperature,
-                        args.timeout)
+    prompts, grade = workload_prompts(args.workload, args.prompts, args.level)
+    workload = Workload(prompts, args.max_tokens, args.temperature, args.timeout, grade)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     targets: dict[str, dict[str, Any]] = {}
     ponder_name = vllm_name = None
@@ -353,6 +365,7 @@ def build_parser() -> Parser:
                    help="concurrent N-sample requests for the Ponder/vLLM batch ratio (0: skip)")
     p.add_argument("--workload", choices=("arith", "chat"), default="arith")
     p.add_argument("--prompts", type=int, default=64, help="distinct arith prompts, used in turn")
+    p.add_argument("--level", type=int, help="arith level of the prompts (default: every level)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--timeout", type=float, default=600.0, help="client-side timeout per request, seconds")
@@ -378,6 +391,8 @@ def validate(args: argparse.Namespace) -> None:
     if min(args.n, args.requests, args.prompts, args.optillm_requests or 1) < 1 or min(args.warmup, args.batch) < 0:
         raise UsageError("--n, --requests, --optillm-requests and --prompts must be at least 1, --warmup and --batch "
                          "at least 0")
+    if args.level is not None and (args.workload != "arith" or not 1 <= args.level <= 8):
+        raise UsageError("--level is an arith level, 1 to 8, with --workload arith")
     if args.prm_format and args.no_prm:
         raise UsageError("--prm-format names how to read a reward model; it cannot go with --no-prm")
     if not isinstance(args.ponder_params, dict):

@@ -12,7 +12,16 @@ import pytest
 
 from benchmarks.cli import main as bench_main
 from benchmarks.loadgen import Outcome, Target, Workload, aggregate, measure
-from benchmarks.serve import build_report, markdown, optillm_cmd, optillm_target, ponder_target, vllm_target, write
+from benchmarks.serve import (
+    build_report,
+    markdown,
+    optillm_cmd,
+    optillm_target,
+    ponder_target,
+    vllm_target,
+    workload_prompts,
+    write,
+)
 from benchmarks.servers import ponder_cmd
 from server.app import create_app
 from server.config import ServerConfig
@@ -142,6 +151,37 @@ def test_every_target_sends_the_same_workload():
     assert best_of_n(8).body["strategy_params"] == {"num_samples": 8} and vllm_target("u", "m", 8).body["n"] == 8
 
 
+async def test_the_arith_workload_grades_every_answer():
+    from training.tasks import get_task
+
+    problems = get_task("arith").load("test", limit=3, seed=0, level=2)
+    prompts, grade = workload_prompts("arith", 3, level=2)
+    right = problems[0].solution  # the fake policy solves the first problem and answers -1 to the others
+
+    def answer(prompt: str, i: int) -> str:
+        return right if prompts[0] in prompt else "1 + 1 = 2\n\n\\boxed{-1}"
+
+    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"), engine=FakeEngine(answer),
+                     scorer=FakeScorer())
+    workload = Workload(prompts, grade=grade)
+    result = await measure(best_of_n(2), workload, [2], requests=6, warmup=0, transport=httpx.ASGITransport(app=app))
+    level = result["levels"][0]
+    assert (level["graded"], level["accuracy"]) == (6, pytest.approx(1 / 3))  # prompts 0, 1, 2, 0, 1, 2
+    report = build_report({"requests": 6, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "arith",
+                           "prompts": 3}, {"Ponder best_of_n N=2": result}, None, None)
+    assert "| accuracy |" in markdown(report) and "| 33.3% (2 / 6) |" in markdown(report)
+
+
+def test_chat_workload_is_not_graded():
+    prompts, grade = workload_prompts("chat", 3)
+    assert grade is None and prompts
+    level = aggregate([Outcome(1.0, 10)], wall=1.0, concurrency=1)
+    assert (level["graded"], level["accuracy"]) == (0, None)
+    report = build_report({"requests": 1, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "chat",
+                           "prompts": 3}, {"vLLM n=2": {"levels": [level]}}, None, None)
+    assert "accuracy" not in markdown(report)
+
+
 # ---- optillm, as its 0.4.0 source reads -------------------------------------------------------------------------
 def test_optillm_requests_and_command():
     bon = optillm_target("http://o", "model", "bon", 8)
@@ -197,6 +237,8 @@ def test_spawned_ponder_reads_the_prm_as_told():
     (["--url", "http://a", "--ponder-strategy", "best_of_n,nope:4"], "unknown strategy 'nope'"),
     (["--url", "http://a", "--ponder-strategy", "self_consistency:0"], "at least 1"),
     (["--url", "http://a", "--ponder-strategy", ","], "names no strategy"),
+    (["--url", "http://a", "--level", "9"], "--level is an arith level"),
+    (["--url", "http://a", "--workload", "chat", "--level", "2"], "--level is an arith level"),
 ])
 def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["serve", *argv, "--output", str(tmp_path / "o")]) == 2
