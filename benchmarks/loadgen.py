@@ -133,8 +133,8 @@ def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dic
             "wall_s": wall, "latency_s": percentiles([o.latency_s for o in ok]),
             "requests_per_s": len(ok) / wall if wall else None, "tokens_per_s": tokens / wall if wall else None,
             "completion_tokens": tokens, "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok])
-            if ok else None, "graded": len(graded),
-            "accuracy": sum(graded) / len(graded) if graded else None, "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
+            if ok else None, "graded": len(graded), "accuracy": sum(graded) / len(graded) if graded else None,
+            "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
 
 
 async def measure(target: Target, workload: Workload, levels: Sequence[int], requests: int, warmup: int,
