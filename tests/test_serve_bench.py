@@ -250,3 +250,11 @@ def test_an_unreachable_server_is_one_line_and_exit_2(tmp_path, capsys):
     assert bench_main(["serve", "--url", "http://127.0.0.1:9", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "http://127.0.0.1:9: cannot list its models" in err and err.count("\n") == 1
+
+
+def test_the_optillm_prompt_check_refuses_a_missing_model(tmp_path, capsys):
+    from benchmarks.optillm_prompt import main as prompt_main
+
+    assert prompt_main(["--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m benchmarks.optillm_prompt: error: ") and err.count("\n") == 1
