@@ -8,6 +8,7 @@ the verifier's reward was computed on every completion.
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import json
 import os
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training import cli, grpo
+from training.evaluate_policy import chat_prompt
 from training.grpo import PolicyGRPOConfig, VerifierReward, completion_text, format_reward, prompt_rows
 from training.tasks import get_task
 from training.tiny_models import save_tiny_policy
@@ -111,6 +113,7 @@ def test_grpo_trains_the_policy_and_saves_a_servable_folder(tiny_policy, tmp_pat
     [
         (["grpo", "--use_vllm", "true"], "use_vllm"),
         (["grpo", "--format_reward_weight", "-1"], "must not be negative"),
+        (["grpo", "--hard_fraction", "1.5"], "hard_fraction must be in [0, 1]"),
         (["grpo", "--task", "nope"], "unknown task 'nope'"),
     ],
 )
@@ -144,3 +147,33 @@ def test_accuracy_before_and_after_on_vllm(tiny_policy, tmp_path):
     assert set(metrics["before"]["levels"]) == set(metrics["after"]["levels"]) == {"1", "2"}
     assert metrics["before"]["levels"]["1"]["num_problems"] == 3 and set(metrics["gain"]["levels"]) == {"1", "2"}
     assert "| level | problems | SFT policy | after | gain |" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.e2e
+def test_hard_prompts_are_the_policys_greedy_mistakes(tmp_path, monkeypatch):
+    """``hard_fraction``: the shipped policy decodes a pool greedily on vLLM; the chosen hard prompts are the ones
+    it got wrong, checked against a transformers greedy decode of the same problems."""
+    from server.default_models import ensure_default_models
+
+    policy = ensure_default_models().policy
+    config = PolicyGRPOConfig(policy=str(policy), output_dir=str(tmp_path), levels=[6], num_train_problems=8,
+                              hard_pool_factor=3, hard_fraction=0.5, eval_kv_cache_gib=0.25)
+    task = get_task("arith")
+    pool = task.load("train", limit=24, seed=config.seed, level=[6])
+    wrong = asyncio.run(grpo.greedy_wrong(config, task, pool))
+    assert 0 < sum(wrong) < len(pool)  # the policy solves about 70% of level 6 greedily
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(policy), AutoTokenizer.from_pretrained(policy)
+    agree = 0
+    for problem, is_wrong in list(zip(pool, wrong, strict=True))[:6]:
+        text = chat_prompt(tokenizer, task, problem)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=task.max_tokens, do_sample=False)
+        agree += task.grade(problem, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)) != is_wrong
+    assert agree >= 5  # vLLM may run bf16 where transformers runs float32: a near tie can flip one answer
+    async def decoded(*_):  # the same pool: its greedy decode above, not a second engine
+        return wrong
+
+    monkeypatch.setattr(grpo, "greedy_wrong", decoded)
+    chosen = grpo.choose_problems(config, task)
+    hard = {p.id for p, w in zip(pool, wrong, strict=True) if w}
+    assert len(chosen) == 8 and sum(p.id in hard for p in chosen) == min(4, len(hard))

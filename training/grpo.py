@@ -21,6 +21,8 @@ level before (the SFT policy) and after on the vLLM engine and writes the same o
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ from trl import GRPOConfig
 
 from training.runs import BF16_HELP
 from training.tasks import Problem, TaskSpec, get_task
-from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finish, load_policy
+from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finish, load_policy, require_policy
 from training.tuning import train_problems as load_train_problems
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,6 +61,16 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
     num_train_problems: int = field(
         default=320,  # 80 steps: generation through transformers costs most of a CPU step
         metadata={"help": "Train-split prompts, shared equally between the levels (one epoch)."},
+    )
+    hard_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the prompts drawn from train problems the SFT policy answers wrong greedily (decoded "
+            "on vLLM before training, from a pool of hard_pool_factor x num_train_problems); 0: as they come."
+        },
+    )
+    hard_pool_factor: int = field(
+        default=5, metadata={"help": "Pool of train problems decoded greedily to find hard ones, x num_train_problems."}
     )
     format_reward_weight: float = field(
         default=0.0,
@@ -99,6 +111,8 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
         check_tuning_args(self)
         if self.format_reward_weight < 0:
             raise ValueError("format_reward_weight must not be negative")
+        if not 0.0 <= self.hard_fraction <= 1.0 or self.hard_pool_factor < 1:
+            raise ValueError("hard_fraction must be in [0, 1] and hard_pool_factor at least 1")
         if self.use_vllm:
             raise ValueError("use_vllm: generation runs through transformers here (vLLM on the CPU is not supported)")
         self.reward_weights = [1.0, self.format_reward_weight] if self.format_reward_weight else None
@@ -155,6 +169,53 @@ def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
     return [float(BOXED_AT_END.search(completion_text(c)) is not None) for c in completions]
 
 
+def mix_hard(problems: Sequence[Problem], wrong: Sequence[bool], count: int, hard_fraction: float,
+             seed: int) -> list[Problem]:
+    """``count`` problems, ``hard_fraction`` of them from those marked ``wrong``, the rest from the others; when
+    either kind runs short the other fills in. Shuffled with ``seed``.
+
+    >>> pool = [Problem(id=str(i), question="q", answer="1") for i in range(10)]
+    >>> chosen = mix_hard(pool, [i % 5 == 0 for i in range(10)], 4, 0.5, seed=0)
+    >>> sorted(p.id for p in chosen if p.id in ("0", "5")), len(chosen)
+    (['0', '5'], 4)
+    >>> len(mix_hard(pool, [True] * 10, 4, 0.5, seed=0)), len(mix_hard(pool, [False] * 10, 4, 1.0, seed=0))
+    (4, 4)
+    """
+    hard = [p for p, w in zip(problems, wrong, strict=True) if w]
+    easy = [p for p, w in zip(problems, wrong, strict=True) if not w]
+    take = min(len(hard), max(round(count * hard_fraction), count - len(easy)))
+    chosen = hard[:take] + easy[: count - take]
+    random.Random(seed).shuffle(chosen)
+    return chosen
+
+
+async def greedy_wrong(config: PolicyGRPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> list[bool]:
+    """Whether the SFT policy's greedy answer to each problem is wrong (one vLLM session)."""
+    from server.engine.vllm_engine import VLLMEngine
+    from strategies.base import SamplingSpec
+    from training.evaluate_policy import chat_prompt
+    from training.label import sample_solutions
+
+    engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
+    try:
+        prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
+        greedy = SamplingSpec(temperature=0.0, max_tokens=task.max_tokens)
+        solutions = await sample_solutions(engine, prompts, 1, greedy, round_size=256)
+    finally:
+        await engine.shutdown()
+    return [not task.grade(p, s[0]) for p, s in zip(problems, solutions, strict=True)]
+
+
+def choose_problems(config: PolicyGRPOConfig, task: TaskSpec) -> list[Problem]:
+    """The train prompts: as they come, or with ``hard_fraction`` of them from the policy's greedy mistakes."""
+    if not config.hard_fraction:
+        return load_train_problems(config)
+    count = config.num_train_problems
+    pool = get_task(config.task).load("train", limit=count * config.hard_pool_factor, seed=config.seed,
+                                      level=config.levels)
+    return mix_hard(pool, asyncio.run(greedy_wrong(config, task, pool)), count, config.hard_fraction, config.seed)
+
+
 def reward_functions(task: TaskSpec, problems: Sequence[Problem], format_weight: float) -> list[Any]:
     """The verifier's reward, and the format reward when it has a weight (the config sets ``reward_weights``)."""
     return [VerifierReward(task, problems), *([format_reward] if format_weight else [])]
@@ -168,7 +229,8 @@ def train(config: PolicyGRPOConfig, command: str | None = None) -> dict[str, Any
 
     started = time.perf_counter()
     task = get_task(config.task)
-    problems = load_train_problems(config)
+    require_policy(config.policy)
+    problems = choose_problems(config, task)
     model, tokenizer = load_policy(config.policy)
     before = evaluate(config.policy, config) if config.eval_after_training else {}
     trainer = GRPOTrainer(
@@ -185,7 +247,10 @@ def train(config: PolicyGRPOConfig, command: str | None = None) -> dict[str, Any
         "trainer": "GRPOTrainer",
         "paper": "Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath)",
         "data": f"{len(problems):,} train-split prompts, {config.num_generations} completions each, rewarded by the "
-        "task's verifier" + (f" (+ {config.format_reward_weight:g} x format)." if config.format_reward_weight else "."),
+        "task's verifier" + (f" (+ {config.format_reward_weight:g} x format)." if config.format_reward_weight else ".")
+        + (f" {config.hard_fraction:.0%} of the prompts drawn from the SFT policy's greedy mistakes."
+           if config.hard_fraction else ""),
+        "hard_fraction": config.hard_fraction,
         "started": started,
         "task": config.task,
         "preset": config.preset,
