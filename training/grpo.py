@@ -11,7 +11,9 @@ those the policy sometimes solves. TRL's ``GRPOTrainer`` runs it; its defaults f
 The reward is DeepSeekMath's rule-based outcome reward: 1 when the task's verifier (:meth:`TaskSpec.grade`) accepts
 the completion's final answer, else 0, plus optionally ``format_reward_weight`` times a format reward (1 when the
 completion ends in a ``\boxed{}`` answer, DeepSeek-R1's format reward in this task's layout). Prompts are the user
-message the server sends, ``[{"role": "user", "content": task.prompt(problem)}]``, for train-split problems.
+message the server sends, ``[{"role": "user", "content": task.prompt(problem)}]``, for train-split problems;
+``--hard_fraction F`` draws that share of them from problems the SFT policy answers wrong greedily (decoded on vLLM
+before training), where the policy's confident mistakes are.
 Generation runs through transformers on the CPU (``use_vllm`` stays off). The run measures greedy test accuracy per
 level before (the SFT policy) and after on the vLLM engine and writes the same outputs as ``ponder train dpo``
 (:mod:`training.tuning`).
@@ -211,8 +213,7 @@ def choose_problems(config: PolicyGRPOConfig, task: TaskSpec) -> list[Problem]:
     if not config.hard_fraction:
         return load_train_problems(config)
     count = config.num_train_problems
-    pool = get_task(config.task).load("train", limit=count * config.hard_pool_factor, seed=config.seed,
-                                      level=config.levels)
+    pool = task.load("train", limit=count * config.hard_pool_factor, seed=config.seed, level=config.levels)
     return mix_hard(pool, asyncio.run(greedy_wrong(config, task, pool)), count, config.hard_fraction, config.seed)
 
 
