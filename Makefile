@@ -36,11 +36,11 @@ test: $(STAMP)
 
 # The embedded defaults, from scratch with the bundled scripts (the cards in models/*/README.md give each command,
 # seed, data and time). The policy: SFT from random weights on 40k arith problems, then 40k fresh ones from that
-# checkpoint (about 80 min on 2 cores). The default PRM (models/default-prm): a verifier LM, the policy trained on
-# 20k fresh problems more (about 13 min), read as a likelihood PRM: each step scored by the lowest probability the
+# checkpoint (47 min on a 2-core AMD EPYC). The default PRM (models/default-prm): a verifier LM, the policy trained on
+# 20k fresh problems more (11 min), read as a likelihood PRM: each step scored by the lowest probability the
 # verifier gives its tokens (README, "Training"). Then the token-classification PRM: the policy's own samples
 # labelled exactly by the task's checker, reference solutions with planted errors, and a PRM on the frozen policy
-# body with 3 fresh layers and a label at every token (about 10 + 31 min), read as the lowest token score
+# body with 3 fresh layers and a label at every token (4 + 9 min), read as the lowest token score
 # (ponder_prm_step_read: min). It stays in runs/prm: it does not pass its held-out check yet, so it is not shipped.
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
