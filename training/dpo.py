@@ -39,7 +39,7 @@ from typing import Any
 from trl import DPOConfig, DPOTrainer
 
 from training.evaluate_policy import chat_prompt
-from training.label import load_rows, plant_error, sample_solutions
+from training.label import greedy_solutions, load_rows, plant_error, sample_solutions
 from training.runs import BF16_HELP
 from training.step_pairs import step_pairs, tokenize_pair
 from training.tasks import Problem, TaskSpec, get_task
@@ -225,8 +225,7 @@ async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Seque
         prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
         solutions: list[list[str]] = [[] for _ in problems]
         if config.greedy_errors:
-            greedy = SamplingSpec(temperature=0.0, max_tokens=task.max_tokens)
-            solutions = await sample_solutions(engine, prompts, 1, greedy, round_size=256)
+            solutions = [[text] for text in await greedy_solutions(engine, prompts, task.max_tokens)]
         if config.num_samples:
             spec = SamplingSpec(temperature=config.temperature, max_tokens=task.max_tokens)  # engine-seeded
             sampled = await sample_solutions(engine, prompts, config.num_samples, spec, round_size=256)

@@ -194,18 +194,16 @@ def mix_hard(problems: Sequence[Problem], wrong: Sequence[bool], count: int, har
 async def greedy_wrong(config: PolicyGRPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> list[bool]:
     """Whether the SFT policy's greedy answer to each problem is wrong (one vLLM session)."""
     from server.engine.vllm_engine import VLLMEngine
-    from strategies.base import SamplingSpec
     from training.evaluate_policy import chat_prompt
-    from training.label import sample_solutions
+    from training.label import greedy_solutions
 
     engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
     try:
         prompts = [chat_prompt(engine.tokenizer, task, p) for p in problems]
-        greedy = SamplingSpec(temperature=0.0, max_tokens=task.max_tokens)
-        solutions = await sample_solutions(engine, prompts, 1, greedy, round_size=256)
+        solutions = await greedy_solutions(engine, prompts, task.max_tokens)
     finally:
         await engine.shutdown()
-    return [not task.grade(p, s[0]) for p, s in zip(problems, solutions, strict=True)]
+    return [not task.grade(p, text) for p, text in zip(problems, solutions, strict=True)]
 
 
 def choose_problems(config: PolicyGRPOConfig, task: TaskSpec) -> list[Problem]:

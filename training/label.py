@@ -144,6 +144,12 @@ async def sample_solutions(
     return out
 
 
+async def greedy_solutions(engine: Engine, prompts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each prompt's greedy completion (temperature 0), in rounds of 256 prompts as :func:`sample_solutions`."""
+    greedy = SamplingSpec(temperature=0.0, max_tokens=max_tokens)
+    return [first for first, in await sample_solutions(engine, prompts, 1, greedy, round_size=256)]
+
+
 def _round_seed(spec: SamplingSpec, round_index: int) -> int | None:
     return None if spec.seed is None else spec.seed + round_index
 
