@@ -16,7 +16,10 @@ Output in ``--output DIR``:
   latency. A run that is interrupted and started again with the same ``--output`` keeps these and runs only what
   is missing (resumable).
 - ``results.json``: a list of rows ``{dataset, level, strategy, n, accuracy, ci_low, ci_high, num_problems,
-  num_seeds, completion_tokens_mean, ...}``; the 95% interval is a percentile bootstrap over problems.
+  num_seeds, completion_tokens_mean, ...}``; the 95% interval is a percentile bootstrap over problems. With the
+  policy as its own likelihood PRM (``--prm`` = ``--model``, in-process), ``record_hits`` and ``record_misses``
+  count the scored items read from the samples' own log-probabilities and those read again on the engine
+  (:mod:`reward_models.self_likelihood`).
 - ``results.md``: the same as a Markdown table; ``accuracy.png``: accuracy against mean generated tokens per
   problem (log x), one line per strategy, one panel per dataset and level.
 
@@ -39,7 +42,7 @@ import hashlib
 import json
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -152,6 +155,12 @@ class InProcessClient:
             return Answer("", job.ledger.completion_tokens, job.ledger.engine_calls, error=str(exc))
         return Answer(result.choices[0].text, job.ledger.completion_tokens, job.ledger.engine_calls)
 
+    def record_counts(self) -> dict[str, int] | None:
+        """With the policy as its own likelihood PRM: scoring items answered from the samples' log-probabilities
+        (hits) and read again on the engine (misses), so far; None with any other reward model."""
+        totals = getattr(self.scorer, "totals", None)
+        return None if totals is None else {"hits": totals["hits"], "misses": totals["misses"]}
+
     async def close(self) -> None:
         for model in (self.scorer, self.engine):
             if model is not None:
@@ -222,11 +231,15 @@ async def run_config(client: Client, config: Config, problems: Sequence[Any], do
             bar.update(1)
 
     todo = [p for p in problems if p.id not in done]
-    started = time.perf_counter()
-    tokens_before = sum_tokens[0]
+    counts = getattr(client, "record_counts", lambda: None)
+    before, started = counts(), time.perf_counter()
     await asyncio.gather(*(one(p) for p in todo))
-    return {**asdict(config), "answers": len(todo), "wall_s": round(time.perf_counter() - started, 4),
-            "completion_tokens": sum_tokens[0] - tokens_before}
+    timing = {**asdict(config), "answers": len(todo), "wall_s": round(time.perf_counter() - started, 4),
+              "completion_tokens": sum_tokens[0]}
+    after = counts()
+    if before is not None and after is not None:
+        timing |= {f"record_{k}": after[k] - before[k] for k in ("hits", "misses")}
+    return timing
 
 
 def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -263,10 +276,12 @@ def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any
     """One row per (dataset, level, strategy, n) over its seeds: accuracy with a bootstrap interval, tokens, and
     the generation speed (tokens generated per wall-clock second while the configuration's requests ran)."""
     speed: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    recorded: dict[tuple[Any, ...], Counter] = defaultdict(Counter)
     for t in timings:
-        cell = speed[(t["dataset"], t["level"], t["strategy"], t["n"])]
-        cell[0] += t["completion_tokens"]
-        cell[1] += t["wall_s"]
+        key = (t["dataset"], t["level"], t["strategy"], t["n"])
+        speed[key][0] += t["completion_tokens"]
+        speed[key][1] += t["wall_s"]
+        recorded[key].update({k: t[f"record_{k}"] for k in ("hits", "misses") if f"record_{k}" in t})
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["level"], r["strategy"], r["n"])].append(r)
@@ -292,6 +307,8 @@ def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any
             "errors": sum(r["error"] is not None for r in group),
             "tokens_per_s": round(speed[(dataset, level, strategy, n)][0] / speed[(dataset, level, strategy, n)][1], 1)
             if speed[(dataset, level, strategy, n)][1] else None,
+            **({f"record_{k}": v for k, v in recorded[(dataset, level, strategy, n)].items()}
+               if recorded[(dataset, level, strategy, n)] else {}),
         })
     return sorted(rows, key=lambda r: (r["dataset"], str(r["level"]), r["strategy"], r["n"]))
 

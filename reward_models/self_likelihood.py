@@ -23,6 +23,7 @@ two agree where the sampled tokenization is the tokenizer's own (always, for a c
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -39,10 +40,12 @@ class SelfLikelihoodPRM(LikelihoodPRM):
 
     def __init__(self, engine: Any, model_name: str, delimiter: str = DELIMITER) -> None:
         super().__init__(engine.llm, model_name, delimiter)
+        self.totals = Counter()  # over every session: items scored from the samples ("hits") or read again ("misses")
 
     def session(self, task: Task, engine: Engine) -> tuple[Engine, Scorer]:
         """The engine and scorer one request's strategy runs on (they share its record of step scores)."""
-        record = StepRecord(task, self.delimiter, enabled=render(self.tokenizer, task.question, [])[0] == task.prompt)
+        record = StepRecord(task, self.delimiter, enabled=render(self.tokenizer, task.question, [])[0] == task.prompt,
+                            totals=self.totals)
         return RecordingEngine(engine, record), RecordedScorer(self, record)
 
     async def shutdown(self) -> None:
@@ -52,10 +55,17 @@ class SelfLikelihoodPRM(LikelihoodPRM):
 class StepRecord:
     """One request's step scores read from its samples, keyed by the steps up to each one."""
 
-    def __init__(self, task: Task, delimiter: str, *, enabled: bool) -> None:
+    def __init__(self, task: Task, delimiter: str, *, enabled: bool, totals: Counter | None = None) -> None:
         self.task, self.delimiter, self.enabled = task, delimiter, enabled
         self.scores: dict[Key, float] = {}
         self.hits = self.misses = 0
+        self.totals = totals if totals is not None else Counter()  # the PRM's, summed over its sessions
+
+    def count(self, hits: int, misses: int) -> None:
+        """Items answered from this record (hits) and read again (misses), here and in the PRM's totals."""
+        self.hits += hits
+        self.misses += misses
+        self.totals.update(hits=hits, misses=misses)
 
     def add(self, prompt: str, sample: Sample) -> None:
         """Record every step of ``sample`` (a continuation of ``prompt``) that it wrote whole."""
@@ -136,8 +146,7 @@ class RecordedScorer:
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         found = [self.record.lookup(question, steps) if steps else [] for question, steps in items]
         missing = [i for i, got in enumerate(found) if got is None]
-        self.record.hits += len(items) - len(missing)
-        self.record.misses += len(missing)
+        self.record.count(len(items) - len(missing), len(missing))
         if missing:
             read = await self._prm.score([items[i] for i in missing], request_id)
             for i, scores in zip(missing, read, strict=True):

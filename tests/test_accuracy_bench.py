@@ -125,3 +125,29 @@ def test_bench_cli_lists_benchmarks(capsys):
     assert bench_main([]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert bench_main(["nope"]) == 2
+
+
+class CountingClient:
+    """A client whose reward model keeps self-likelihood totals: each answer adds two hits and one miss."""
+
+    def __init__(self, client: accuracy.InProcessClient) -> None:
+        self.client, self.totals = client, {"hits": 0, "misses": 0}
+
+    async def answer(self, *args):
+        self.totals = {"hits": self.totals["hits"] + 2, "misses": self.totals["misses"] + 1}
+        return await self.client.answer(*args)
+
+    def record_counts(self) -> dict[str, int]:
+        return dict(self.totals)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def test_self_likelihood_counts_are_summed_per_configuration(tmp_path):
+    client, _ = fake_client()
+    rows = asyncio.run(accuracy.run(args_for(tmp_path), CountingClient(client)))
+    assert {(r["record_hits"], r["record_misses"]) for r in rows} == {(12, 6)}  # 6 problems per cell
+    client, _ = fake_client()
+    rows = asyncio.run(accuracy.run(args_for(tmp_path / "plain"), client))  # no self-likelihood PRM: no counts
+    assert client.record_counts() is None and not any("record_hits" in r for r in rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,7 +105,8 @@ async def test_the_recording_engine_asks_for_log_probabilities_and_keeps_what_it
 
 
 async def test_the_scorer_reads_only_what_was_not_sampled_and_in_one_call() -> None:
-    record = StepRecord(task(), "\n\n", enabled=True)
+    totals = Counter(hits=5)  # the PRM's, from earlier sessions
+    record = StepRecord(task(), "\n\n", enabled=True, totals=totals)
     record.add(PROMPT, sample("a=1\n\nb=2", [("a=1", 0.6), ("\n\n", 0.9), ("b=2", 0.5)]))
     fresh = FakeScorer(default=0.25)
     scorer = RecordedScorer(fresh, record)  # type: ignore[arg-type]
@@ -112,6 +114,7 @@ async def test_the_scorer_reads_only_what_was_not_sampled_and_in_one_call() -> N
     assert await scorer.score(items, "s") == [pytest.approx([0.6, 0.5]), [0.25, 0.25], [], [0.25]]
     assert fresh.calls == [[("q", ["a=1", "zz"]), ("q", ["yy"])]]
     assert (record.hits, record.misses) == (2, 2) and scorer.kind == "prm" and scorer.aggregation == "min"
+    assert totals == Counter(hits=7, misses=2)
 
 
 def test_token_offsets_come_from_the_decoded_tokens() -> None:
