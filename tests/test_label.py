@@ -21,6 +21,7 @@ from training.label import (
     load_rows,
     main,
     monte_carlo,
+    parse_config,
     plant_error,
     save_rows,
     step_prefixes,
@@ -164,6 +165,17 @@ def test_label_cli_reads_yaml_and_flags_override_it(tmp_path: Path) -> None:
 def test_label_cli_says_when_the_policy_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--policy", str(tmp_path / "nothing"), "--output", str(tmp_path / "x")]) == 2
     assert "no policy checkpoint" in capsys.readouterr().err
+
+
+def test_label_cli_says_when_the_task_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--task", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("ponder label: error: unknown task 'nope'; known: aime, arith")
+
+
+def test_label_config_drops_the_arith_levels_for_a_task_without_levels() -> None:
+    """game24 has no difficulty levels: the default (arith's 1-6) is dropped rather than refused."""
+    assert parse_config(["--task", "game24"]).levels is None
+    assert parse_config(["--task", "arith"]).levels == [1, 2, 3, 4, 5, 6]
 
 
 def test_eval_labels_compares_monte_carlo_with_exact_labels(tmp_path: Path, capsys) -> None:

@@ -96,9 +96,11 @@ def parse_config(trainer: str, argv: list[str]) -> Any:
     parser = Parser(config_class, prog=f"{PROG} {trainer}", description=TRAINERS[trainer].help)
     parser.add_argument("--config", help="YAML file of field values (flags override it)")
     parser.set_defaults(**{**presets[preset], **from_file, "preset": preset})
+    from training.tasks.base import UnknownTaskError
+
     try:
         config, _extra, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    except (ValueError, TypeError) as exc:  # raised by the config's __post_init__ (or TRL's): a bad value
+    except (ValueError, TypeError, UnknownTaskError) as exc:  # from the config's __post_init__ (or TRL's): a bad value
         raise ConfigError(_one_line(exc)) from None
     if unused:
         raise ConfigError(f"unrecognized arguments: {' '.join(unused)}")

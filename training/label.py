@@ -39,7 +39,7 @@ from strategies.base import Engine, SamplingSpec
 from training.evaluate_policy import chat_prompt
 from training.tasks import Problem, TaskSpec, get_task
 from training.tasks.arith import apply, format_step, parse_question
-from training.tasks.base import first_error
+from training.tasks.base import UnknownTaskError, first_error
 
 DEFAULT_POLICY = str(Path(__file__).resolve().parents[1] / "models" / "default-policy")
 
@@ -83,6 +83,8 @@ class LabelConfig:
             raise ValueError(f"label_source={self.label_source} needs mc_rollouts >= 1")
         if min(self.num_problems, self.num_samples, self.round_size) < 1:
             raise ValueError("num_problems, num_samples and round_size must be at least 1")
+        if self.levels is not None and not get_task(self.task).levels:  # game24: all of its problems, no levels
+            self.levels = None
 
 
 # ---- solutions ----------------------------------------------------------------------------------------------------
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(sys.argv[1:] if argv is None else list(argv))
         started = time.perf_counter()
         rows = asyncio.run(build_rows(config))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, UnknownTaskError) as exc:
         print(f"ponder label: error: {exc}", file=sys.stderr)
         return 2
     path = save_rows(rows, config.output)
