@@ -37,7 +37,7 @@ from strategies.sampling import ScoredConfig, split_steps
 VALUE_PROMPT = ("Before going on, judge the steps so far: can they still reach a correct final answer? "
                 "Reply with one word: sure, likely or impossible.\nVerdict:")
 VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
-VALUE_TOKENS = 8  # a verdict is one word; slack for whitespace or a newline first (the first verdict word counts)
+VALUE_TOKENS = 12  # one word: " impossible" is 11 tokens to a character-level tokenizer (the first verdict counts)
 _VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
 
 

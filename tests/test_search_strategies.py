@@ -17,7 +17,7 @@ from server.accounting import CountingEngine, CountingScorer, Ledger
 from server.app import create_app
 from server.config import ServerConfig
 from strategies.base import Sample, SamplingSpec, Task
-from strategies.search import VALUE_PROMPT
+from strategies.search import VALUE_PROMPT, VALUE_TOKENS
 from tests.fakes import FakeEngine, tokens
 
 PROMPT = "user: q\nassistant:"
@@ -235,7 +235,7 @@ async def test_tot_bfs_values_states_by_self_evaluation_without_a_reward_model()
     assert shape(engine) == [(1, 2), (2, 3), (2, 2), (4, 3), (2, 2), (3, 3)]  # the last level has a duplicate
     verdicts = engine.calls[1]
     assert verdicts[0] == [PROMPT + "right 0\n\n" + VALUE_PROMPT, PROMPT + "wrong 0 1\n\n" + VALUE_PROMPT]
-    assert verdicts[1].stop == () and verdicts[1].max_tokens == 8
+    assert verdicts[1].stop == () and verdicts[1].max_tokens == VALUE_TOKENS == 12
     votes = {n["text"]: n["votes"] for n in result.extra["tree"]["nodes"] if "votes" in n}
     assert votes["right 0\n\n"] == {"sure": 3} and votes["wrong 0 1\n\n"] == {"impossible": 3}
 

@@ -130,6 +130,35 @@ def test_value_rows_teach_the_verdict_after_the_strategys_value_prompt():
         sft_data.value_rows(get_task("arith"), tokenizer, task.load("train", limit=1), per_problem=1, seed=0)
 
 
+def test_labelled_value_rows_judge_every_prefix_by_its_labels(tmp_path):
+    """`ponder label` rows -> value-prompt rows: sure until the first false label, impossible from it on, each
+    distinct prefix once (a second sample sharing a first step adds only its new prefixes)."""
+    from strategies.search import VALUE_PROMPT
+
+    task = get_task("game24")
+    tokenizer = build_char_tokenizer()
+    problem = task.load("train", limit=1)[0]
+    steps = ["4 + 8 = 12 (left: 4 6 12)", "6 - 4 = 2 (left: 2 12)", "12 * 2 = 24 (left: 24)",
+             "\\boxed{(4 + 8) * (6 - 4)}"]
+    rows = [{"prompt": task.prompt(problem), "completions": steps, "labels": [True, False, False, False]},
+            {"prompt": task.prompt(problem), "completions": steps[:1] + ["6 * 4 = 24 (left: 12 24)"],
+             "labels": [True, True]}]
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    got = sft_data.labelled_value_rows(tokenizer, str(data))
+    head = evaluate_policy.chat_prompt(tokenizer, task, problem)
+    seen = []
+    for row in got:
+        n_prompt = row["labels"].count(-100)
+        prompt, verdict = tokenizer.decode(row["input_ids"][:n_prompt]), tokenizer.decode(row["input_ids"][n_prompt:])
+        assert prompt.startswith(head) and prompt.endswith("\n\n" + VALUE_PROMPT)
+        seen.append((prompt[len(head):-len("\n\n" + VALUE_PROMPT)].count("\n\n") + 1, verdict))
+    assert seen == [(1, " sure</s>"), (2, " impossible</s>"), (3, " impossible</s>"), (4, " impossible</s>"),
+                    (2, " sure</s>")]
+    with pytest.raises(ValueError, match="value_data: no label data at"):
+        PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), value_data=str(tmp_path / "none"))
+
+
 def test_a_task_without_levels_trains_with_value_examples(tmp_path):
     config = PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), task="game24", num_train_problems=12,
                                          reseed_every=6, value_examples_per_problem=1)

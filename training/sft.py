@@ -110,6 +110,14 @@ class PolicySFTConfig(SFTConfig):
             "value prompt, and the task's verdict (sure / impossible; tasks with value examples, e.g. game24)."
         },
     )
+    value_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stepwise labels (`ponder label` output: a folder or .jsonl, several joined by commas) turned "
+            "into value-prompt rows: every step prefix of every solution, verdict sure while all its labels are "
+            "true, else impossible. Labelled samples of the policy itself teach it to judge its own mistakes."
+        },
+    )
     num_train_problems: int = field(
         default=40_000, metadata={"help": "Training problems in all (the train split; one pass is one epoch)."}
     )
@@ -218,6 +226,9 @@ class PolicySFTConfig(SFTConfig):
             self.eval_strategy = "no"
         if self.value_examples_per_problem < 0:
             raise ValueError("value_examples_per_problem must not be negative")
+        missing = [p for p in (self.value_data or "").split(",") if p.strip() and not Path(p.strip()).exists()]
+        if missing:
+            raise ValueError(f"value_data: no label data at {', '.join(missing)}")
         if self.level_weights is not None and len(self.level_weights) != len(self.levels):
             raise ValueError(f"level_weights has {len(self.level_weights)} entries for {len(self.levels)} levels")
         super().__post_init__()

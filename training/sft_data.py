@@ -91,6 +91,30 @@ def value_rows(task: TaskSpec, tokenizer: Any, problems: list[Problem], per_prob
     return rows
 
 
+def labelled_value_rows(tokenizer: Any, path: str) -> list[dict]:
+    r"""Value-prompt rows from stepwise labels (``ponder label``): each distinct step prefix of each solution,
+    answered `` sure`` while every label up to it is true, else `` impossible`` (the loss on the verdict only).
+
+    Math-Shepherd's and the Qwen PRM paper's recipe for a verifier, with the policy as the verifier: its own
+    labelled samples show it the mistakes it makes, which the solver's :meth:`value_example` only imitates.
+    """
+    from strategies.search import value_query
+    from training.label import load_rows
+
+    rows, seen = [], set()
+    for row in load_rows(path):
+        head = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
+                                             tokenize=False)
+        right = True
+        for depth, label in enumerate(row["labels"], start=1):
+            right = right and bool(label)
+            query = value_query(head, "\n\n".join(row["completions"][:depth]))
+            if query not in seen:
+                seen.add(query)
+                rows.append(_tokenized(tokenizer, query, (" sure" if right else " impossible") + tokenizer.eos_token))
+    return rows
+
+
 def tokenized_rows(tokenizer: Any, rows: list[dict[str, list[dict[str, str]]]]) -> list[dict]:
     """:func:`sft_rows` tokenized as TRL tokenizes conversational prompt-completion rows (loss on the completion)."""
     rendered = []
@@ -113,10 +137,12 @@ def datasets_for(config: PolicySFTConfig, task: TaskSpec, tokenizer: Any, train:
     from datasets import Dataset
 
     rows = sft_rows(task, train, config.bare_question_share, config.seed)
-    if not config.value_examples_per_problem:
+    if not config.value_examples_per_problem and not config.value_data:
         return Dataset.from_list(rows), Dataset.from_list(sft_rows(task, val)) if val else None
     tokenized = tokenized_rows(tokenizer, rows)
     tokenized += value_rows(task, tokenizer, train, config.value_examples_per_problem, config.seed)
+    if config.value_data:
+        tokenized += labelled_value_rows(tokenizer, config.value_data)
     random.Random(f"shuffle/{config.seed}").shuffle(tokenized)
     val_rows = Dataset.from_list(tokenized_rows(tokenizer, sft_rows(task, val))) if val else None
     return Dataset.from_list(tokenized), val_rows
