@@ -1,0 +1,73 @@
+"""The shipped Game of 24 policy (``models/game24-policy``) on the vLLM engine: Tree of Thoughts' value prompt and
+the search it guides.
+
+Train-split puzzles only: the test split (rows 900-999) is what the README measures, never what a test tunes on.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import strategies
+from server.accounting import CountingEngine, Ledger
+from strategies.base import SamplingSpec, Task
+from strategies.search import VALUE_TOKENS, self_value, value_query
+from training.evaluate_policy import chat_prompt
+from training.tasks import get_task
+
+GAME24_POLICY = Path(__file__).resolve().parents[1] / "models" / "game24-policy"
+game24 = get_task("game24")
+
+
+@pytest.fixture(scope="module")  # on the session loop (pyproject)
+async def policy():
+    from server.engine.vllm_engine import VLLMEngine
+
+    engine = await VLLMEngine.create(str(GAME24_POLICY), kv_cache_gib=0.5, dtype="float32", seed=0)
+    yield engine
+    await engine.shutdown()
+
+
+def task_for(engine, problem, request_id: str) -> Task:
+    prompt = chat_prompt(engine.tokenizer, game24, problem)
+    return Task(prompt=prompt, question=game24.prompt(problem), max_tokens=game24.max_tokens, temperature=None,
+                top_p=1.0, request_id=request_id)
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio(loop_scope="session")
+async def test_its_verdicts_agree_with_the_solver(policy) -> None:
+    """Partial solutions of generated puzzles (numbers up to 24), half of them dead ends or slips: the greedy verdict
+    to the value prompt that ``tree_of_thought`` and ``mcts`` send is the solver's for most (18 of 24 for the shipped
+    policy; a coin would get 12)."""
+    problems = game24.load("train", limit=1262 + 12, seed=7)[-12:]  # past the file rows: generated puzzles
+    assert all(p.meta["source"] == "generated" for p in problems)
+    rng = random.Random(0)
+    cases = [(p, *game24.value_example(p, rng)) for p in problems for _ in range(2)]
+    prompts = [value_query(chat_prompt(policy.tokenizer, game24, p), partial) for p, partial, _ in cases]
+    outputs = await policy.generate(prompts, SamplingSpec(n=1, temperature=0.0, max_tokens=VALUE_TOKENS), "verdicts")
+    verdicts = [self_value([samples[0].text])[1] for samples in outputs]
+    assert all(len(v) == 1 for v in verdicts)  # one of sure / likely / impossible, every time
+    agree = sum(("sure" in v) == sure for v, (_, _, sure) in zip(verdicts, cases, strict=True))
+    assert {sure for *_, sure in cases} == {True, False} and agree >= 16, f"{agree} of 24 verdicts agree"
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio(loop_scope="session")
+async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts(policy) -> None:
+    """ToT's BFS (b = 5, k = 5) valued by the policy's verdicts: two engine calls per level, answers that grade."""
+    problems = game24.load("train", limit=4, seed=3)
+    spec = strategies.get("tree_of_thought")
+    solved = 0
+    for k, problem in enumerate(problems):
+        task = task_for(policy, problem, f"tot-{k}")
+        ledger = Ledger(token_budget=20_000)
+        config = spec.config_cls(value_source="self", return_trace=True)
+        result = await spec.fn(task, config, CountingEngine(policy, ledger, task.request_id), None)
+        levels = len(result.extra["rounds"])
+        assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
+        solved += game24.grade(problem, result.choices[0].text)
+    assert solved >= 3, f"{solved} of 4 solved"
