@@ -82,8 +82,9 @@ class Answer:
 
 
 class Client(Protocol):
-    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
-                     temperature: float, seed: int) -> Answer: ...
+    async def answer(
+        self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int, temperature: float, seed: int
+    ) -> Answer: ...
 
     async def close(self) -> None: ...
 
@@ -99,8 +100,13 @@ def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str,
     return strategy, {N_PARAM.get(strategy, "num_samples"): n, **extra}, None
 
 
-def grid(datasets: Sequence[str], levels: Sequence[int | None], strategies: Sequence[str], ns: Sequence[int],
-         seeds: Sequence[int]) -> list[Config]:
+def grid(
+    datasets: Sequence[str],
+    levels: Sequence[int | None],
+    strategies: Sequence[str],
+    ns: Sequence[int],
+    seeds: Sequence[int],
+) -> list[Config]:
     """Every configuration, cheapest first; strategies without N run once (n=1)."""
     from training.tasks import get_task
 
@@ -134,17 +140,29 @@ class InProcessClient:
         engine = await VLLMEngine.create(model, kv_cache_gib=kv_cache_gib, seed=seed)
         kv = max(kv_cache_gib / 4, 0.25)
         scorer = await load_scorer_beside(engine, model, prm, kv_cache_gib=kv, format=prm_format) if prm else None
-        config = ServerConfig(model_name=Path(model).name, reward_model_name=prm, max_num_samples=4096,
-                              max_total_tokens=1 << 26, max_tree_nodes=1 << 20, request_timeout=24 * 3600.0)
+        config = ServerConfig(
+            model_name=Path(model).name,
+            reward_model_name=prm,
+            max_num_samples=4096,
+            max_total_tokens=1 << 26,
+            max_tree_nodes=1 << 20,
+            request_timeout=24 * 3600.0,
+        )
         return cls(ChatService(engine, scorer, config, Metrics()), engine, scorer)
 
-    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
-                     temperature: float, seed: int) -> Answer:
+    async def answer(
+        self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int, temperature: float, seed: int
+    ) -> Answer:
         from server.errors import APIError
         from server.protocol import ChatCompletionRequest
 
-        request = ChatCompletionRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                        temperature=temperature, strategy=strategy, strategy_params=params)
+        request = ChatCompletionRequest(
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            strategy=strategy,
+            strategy_params=params,
+        )
         try:
             job = self.service.prepare(request)
         except APIError as exc:  # refused before it ran (a bad --param, a cap): the command's mistake
@@ -173,20 +191,27 @@ class HTTPClient:
     def __init__(self, url: str, model: str | None, api_key: str | None, timeout: float) -> None:
         from openai import AsyncOpenAI
 
-        self.client = AsyncOpenAI(base_url=url.rstrip("/") + "/v1", api_key=api_key or "none", timeout=timeout,
-                                  max_retries=3)
+        self.client = AsyncOpenAI(
+            base_url=url.rstrip("/") + "/v1", api_key=api_key or "none", timeout=timeout, max_retries=3
+        )
         self.model = model
 
-    async def answer(self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int,
-                     temperature: float, seed: int) -> Answer:
+    async def answer(
+        self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int, temperature: float, seed: int
+    ) -> Answer:
         import openai
 
         if self.model is None:
             self.model = (await self.client.models.list()).data[0].id
         try:
             response = await self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                temperature=temperature, seed=seed, extra_body={"strategy": strategy, "strategy_params": params})
+                model=self.model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                extra_body={"strategy": strategy, "strategy_params": params},
+            )
         except openai.BadRequestError as exc:
             if "budget" in str(exc):
                 return Answer("", 0, error=str(exc))
@@ -204,8 +229,9 @@ def request_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{problem_id}".encode()).digest()[:4], "big")
 
 
-async def run_config(client: Client, config: Config, problems: Sequence[Any], done: set[str], args: Any,
-                     out: Any, bar: Any) -> dict[str, Any]:
+async def run_config(
+    client: Client, config: Config, problems: Sequence[Any], done: set[str], args: Any, out: Any, bar: Any
+) -> dict[str, Any]:
     """Answer every problem of ``config`` not in ``done`` concurrently, appending one record per answer to ``out``;
     returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
     from training.tasks import get_task
@@ -219,12 +245,25 @@ async def run_config(client: Client, config: Config, problems: Sequence[Any], do
     async def one(problem: Any) -> None:
         async with gate:
             started = time.perf_counter()
-            got = await client.answer(task.prompt(problem), strategy, params, task.max_tokens, temperature,
-                                      request_seed(config.seed, problem.id))
-            record = {**asdict(config), "problem_id": problem.id, "correct": task.grade(problem, got.text),
-                      "completion_tokens": got.completion_tokens, "engine_calls": got.engine_calls,
-                      "latency_s": round(time.perf_counter() - started, 4), "error": got.error,
-                      "answer": task.extract(got.text), "gold": problem.answer}
+            got = await client.answer(
+                task.prompt(problem),
+                strategy,
+                params,
+                task.max_tokens,
+                temperature,
+                request_seed(config.seed, problem.id),
+            )
+            record = {
+                **asdict(config),
+                "problem_id": problem.id,
+                "correct": task.grade(problem, got.text),
+                "completion_tokens": got.completion_tokens,
+                "engine_calls": got.engine_calls,
+                "latency_s": round(time.perf_counter() - started, 4),
+                "error": got.error,
+                "answer": task.extract(got.text),
+                "gold": problem.answer,
+            }
             sum_tokens[0] += got.completion_tokens
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -234,8 +273,12 @@ async def run_config(client: Client, config: Config, problems: Sequence[Any], do
     counts = getattr(client, "record_counts", lambda: None)
     before, started = counts(), time.perf_counter()
     await asyncio.gather(*(one(p) for p in todo))
-    timing = {**asdict(config), "answers": len(todo), "wall_s": round(time.perf_counter() - started, 4),
-              "completion_tokens": sum_tokens[0]}
+    timing = {
+        **asdict(config),
+        "answers": len(todo),
+        "wall_s": round(time.perf_counter() - started, 4),
+        "completion_tokens": sum_tokens[0],
+    }
     after = counts()
     if before is not None and after is not None:
         timing |= {f"record_{k}": after[k] - before[k] for k in ("hits", "misses")}
@@ -295,31 +338,48 @@ def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any
         per_problem = [sum(r["correct"] for r in rs) / len(rs) for rs in by_problem.values()]
         low, high = bootstrap_ci(per_problem)
         calls = [r["engine_calls"] for r in group if r.get("engine_calls") is not None]
-        rows.append({
-            "dataset": dataset, "level": level, "strategy": strategy, "n": n,
-            "accuracy": round(sum(per_problem) / len(per_problem), 4),
-            "ci_low": round(low, 4), "ci_high": round(high, 4),
-            "num_problems": len(by_problem), "num_seeds": len(by_seed),
-            "accuracy_per_seed": {str(s): round(sum(v) / len(v), 4) for s, v in sorted(by_seed.items())},
-            "completion_tokens_mean": round(sum(r["completion_tokens"] for r in group) / len(group), 1),
-            "engine_calls_mean": round(sum(calls) / len(calls), 2) if calls else None,
-            "latency_s_mean": round(sum(r["latency_s"] for r in group) / len(group), 3),
-            "errors": sum(r["error"] is not None for r in group),
-            "tokens_per_s": round(speed[(dataset, level, strategy, n)][0] / speed[(dataset, level, strategy, n)][1], 1)
-            if speed[(dataset, level, strategy, n)][1] else None,
-            **({f"record_{k}": v for k, v in recorded[(dataset, level, strategy, n)].items()}
-               if recorded[(dataset, level, strategy, n)] else {}),
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "level": level,
+                "strategy": strategy,
+                "n": n,
+                "accuracy": round(sum(per_problem) / len(per_problem), 4),
+                "ci_low": round(low, 4),
+                "ci_high": round(high, 4),
+                "num_problems": len(by_problem),
+                "num_seeds": len(by_seed),
+                "accuracy_per_seed": {str(s): round(sum(v) / len(v), 4) for s, v in sorted(by_seed.items())},
+                "completion_tokens_mean": round(sum(r["completion_tokens"] for r in group) / len(group), 1),
+                "engine_calls_mean": round(sum(calls) / len(calls), 2) if calls else None,
+                "latency_s_mean": round(sum(r["latency_s"] for r in group) / len(group), 3),
+                "errors": sum(r["error"] is not None for r in group),
+                "tokens_per_s": round(
+                    speed[(dataset, level, strategy, n)][0] / speed[(dataset, level, strategy, n)][1], 1
+                )
+                if speed[(dataset, level, strategy, n)][1]
+                else None,
+                **(
+                    {f"record_{k}": v for k, v in recorded[(dataset, level, strategy, n)].items()}
+                    if recorded[(dataset, level, strategy, n)]
+                    else {}
+                ),
+            }
+        )
     return sorted(rows, key=lambda r: (r["dataset"], str(r["level"]), r["strategy"], r["n"]))
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| dataset | level | strategy | N | accuracy | 95% CI | problems × seeds | tokens / problem | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | level | strategy | N | accuracy | 95% CI | problems × seeds | tokens / problem | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['level'] if r['level'] is not None else '–'} | {r['strategy']} | "
-                     f"{r['n']} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} | "
-                     f"{r['num_problems']} × {r['num_seeds']} | {r['completion_tokens_mean']:,.0f} | {r['errors']} |")
+        lines.append(
+            f"| {r['dataset']} | {r['level'] if r['level'] is not None else '–'} | {r['strategy']} | "
+            f"{r['n']} | {r['accuracy']:.1%} | {r['ci_low']:.1%}–{r['ci_high']:.1%} | "
+            f"{r['num_problems']} × {r['num_seeds']} | {r['completion_tokens_mean']:,.0f} | {r['errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -342,8 +402,13 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
             err = [[r["accuracy"] - r["ci_low"] for r in line], [r["ci_high"] - r["accuracy"] for r in line]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=strategy)
             for r in line:
-                ax.annotate(f"{r['n']}", (r["completion_tokens_mean"], r["accuracy"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    f"{r['n']}",
+                    (r["completion_tokens_mean"], r["accuracy"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
         ax.set_xlabel("generated tokens per problem (mean, log scale)")
@@ -359,8 +424,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     return path
 
 
-def write_results(records: Sequence[dict[str, Any]], output: Path, make_plot: bool = True,
-                  timings: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def write_results(
+    records: Sequence[dict[str, Any]], output: Path, make_plot: bool = True, timings: Sequence[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
     rows = summarize(records, timings)
     (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (output / "results.md").write_text(markdown(rows))
@@ -382,21 +448,37 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ponder bench accuracy", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=_names, required=True, help="task names, comma-separated (arith, game24, "
-                        "gsm8k, math500, aime)")
+    parser = argparse.ArgumentParser(
+        prog="ponder bench accuracy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dataset",
+        type=_names,
+        required=True,
+        help="task names, comma-separated (arith, game24, gsm8k, math500, aime)",
+    )
     parser.add_argument("--data-file", help="JSONL file for the loaders (gsm8k, math500, aime)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--level", type=_ints, default=None, help="levels, comma-separated (tasks with levels)")
-    parser.add_argument("--strategies", type=_names, default=["greedy", "self_consistency", "best_of_n"],
-                        help="comma-separated; plus greedy and sample (default: %(default)s)")
+    parser.add_argument(
+        "--strategies",
+        type=_names,
+        default=["greedy", "self_consistency", "best_of_n"],
+        help="comma-separated; plus greedy and sample (default: %(default)s)",
+    )
     parser.add_argument("--n", type=_ints, default=[1, 4, 16], help="budgets N, comma-separated (default: 1,4,16)")
     parser.add_argument("--limit", type=int, default=100, help="problems per dataset and level (default: 100)")
     parser.add_argument("--seed", type=_ints, default=[0], help="seeds, comma-separated: repetitions (default: 0)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
-    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
-                        help="a strategy parameter (JSON value), e.g. beam_search.beam_width=4; repeatable")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="STRATEGY.KEY=VALUE",
+        help="a strategy parameter (JSON value), e.g. beam_search.beam_width=4; repeatable",
+    )
     parser.add_argument("--model", help="policy checkpoint (default: the shipped default policy)")
     parser.add_argument("--prm", help="reward model checkpoint (default: the shipped default PRM)")
     parser.add_argument("--no-prm", action="store_true", help="load no reward model")
@@ -476,8 +558,9 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
         task = get_task(dataset)
         for level in (args.level or [None]) if task.levels else [None]:
             try:
-                problems[(dataset, level)] = task.load(args.split, limit=args.limit, seed=0, level=level,
-                                                       data_file=args.data_file)
+                problems[(dataset, level)] = task.load(
+                    args.split, limit=args.limit, seed=0, level=level, data_file=args.data_file
+                )
             except (ValueError, FileNotFoundError) as exc:
                 raise UsageError(str(exc)) from None
     records_path = output / "records.jsonl"
@@ -497,22 +580,27 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
             model, prm = default_models(args)
             client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib, args.prm_format)
         try:
-            with records_path.open("a") as out, (output / "timings.jsonl").open("a") as timings, tqdm(
-                    total=total, initial=total - remaining, desc="accuracy", unit="answer") as bar:
+            with (
+                records_path.open("a") as out,
+                (output / "timings.jsonl").open("a") as timings,
+                tqdm(total=total, initial=total - remaining, desc="accuracy", unit="answer") as bar,
+            ):
                 for config in configs:
                     if len(done[config.key()]) >= len(problems[(config.dataset, config.level)]):
                         continue
                     bar.set_postfix_str(f"{config.dataset} L{config.level} {config.strategy} N={config.n}")
-                    timing = await run_config(client, config, problems[(config.dataset, config.level)],
-                                              done[config.key()], args, out, bar)
+                    timing = await run_config(
+                        client, config, problems[(config.dataset, config.level)], done[config.key()], args, out, bar
+                    )
                     timings.write(json.dumps(timing) + "\n")
                     timings.flush()
         finally:
             if owned:
                 await client.close()
     wanted = {c.key() for c in configs}
-    kept = [r for r in load_records(records_path)
-            if (r["dataset"], r["level"], r["strategy"], r["n"], r["seed"]) in wanted]
+    kept = [
+        r for r in load_records(records_path) if (r["dataset"], r["level"], r["strategy"], r["n"], r["seed"]) in wanted
+    ]
     return write_results(kept, output, make_plot=not args.no_plot, timings=load_records(output / "timings.jsonl"))
 
 
@@ -526,8 +614,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ponder bench accuracy: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished answers are kept in records.jsonl; run the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: finished answers are kept in records.jsonl; run the same command to resume", file=sys.stderr
+        )
         return 130
     print(markdown(rows), end="")
     print(f"wrote {Path(args.output) / 'results.json'}")

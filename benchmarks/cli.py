@@ -20,8 +20,11 @@ BENCHMARKS = {
 
 
 def usage() -> str:
-    lines = ["usage: ponder bench BENCHMARK [options]   (ponder bench BENCHMARK --help for its options)", "",
-             "benchmarks:"]
+    lines = [
+        "usage: ponder bench BENCHMARK [options]   (ponder bench BENCHMARK --help for its options)",
+        "",
+        "benchmarks:",
+    ]
     lines += [f"  {name:<10} {help}" for name, (_, help) in BENCHMARKS.items()]
     return "\n".join(lines)
 
@@ -32,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] not in BENCHMARKS:
-        print(f"ponder bench: error: unknown benchmark {argv[0]!r}; benchmarks: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(
+            f"ponder bench: error: unknown benchmark {argv[0]!r}; benchmarks: {', '.join(BENCHMARKS)}", file=sys.stderr
+        )
         return 2
     module = importlib.import_module(BENCHMARKS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)

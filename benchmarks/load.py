@@ -41,8 +41,12 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-PROMPTS = ("What is 2 + 3?", "Natalia sold 48 clips in April and half as many in May. How many in all?",
-           "Solve for x: 3x + 4 = 19.", "Use 4, 6, 8 and 2 to make 24.")
+PROMPTS = (
+    "What is 2 + 3?",
+    "Natalia sold 48 clips in April and half as many in May. How many in all?",
+    "Solve for x: 3x + 4 = 19.",
+    "Use 4, 6, 8 and 2 to make 24.",
+)
 RSS_GROWTH_TARGET = 0.10
 
 
@@ -60,12 +64,21 @@ SCENARIOS = (
     Scenario("none-stream", "none", True, {"max_tokens": 32}),
     Scenario("best_of_n", "best_of_n", False, {"max_tokens": 24, "strategy_params": {"num_samples": 4}}, True),
     Scenario("best_of_n-stream", "best_of_n", True, {"max_tokens": 24, "strategy_params": {"num_samples": 4}}, True),
-    Scenario("self_consistency", "self_consistency", False,
-             {"max_tokens": 24, "strategy_params": {"num_samples": 4}}),
-    Scenario("weighted_best_of_n", "weighted_best_of_n", False,
-             {"max_tokens": 24, "strategy_params": {"num_samples": 4}}, True),
-    Scenario("beam_search", "beam_search", False,
-             {"max_tokens": 16, "strategy_params": {"num_samples": 4, "beam_width": 2, "max_depth": 3}}, True),
+    Scenario("self_consistency", "self_consistency", False, {"max_tokens": 24, "strategy_params": {"num_samples": 4}}),
+    Scenario(
+        "weighted_best_of_n",
+        "weighted_best_of_n",
+        False,
+        {"max_tokens": 24, "strategy_params": {"num_samples": 4}},
+        True,
+    ),
+    Scenario(
+        "beam_search",
+        "beam_search",
+        False,
+        {"max_tokens": 16, "strategy_params": {"num_samples": 4, "beam_width": 2, "max_depth": 3}},
+        True,
+    ),
 )
 
 
@@ -167,7 +180,7 @@ async def send(client: httpx.AsyncClient, body: dict, stream: bool, outcome: Out
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             if payload == "[DONE]":
                 done = True
                 continue
@@ -223,22 +236,28 @@ async def settle(client: httpx.AsyncClient, seconds: float) -> dict[str, Any]:
         in_flight = metric(text, "ponder_requests_in_flight")
         history.append((running, in_flight))
         idle = running in (0, None) and in_flight in (0, None)
-        window = history[-(3 if idle else 15):]
+        window = history[-(3 if idle else 15) :]
         if len(window) == (3 if idle else 15) and len(set(window)) == 1:
             break
         if time.perf_counter() - started > seconds:
             break
         await asyncio.sleep(1.0)
-    return {"engine_requests_running": running, "requests_in_flight": in_flight, "polls": len(history),
-            "waited_s": round(time.perf_counter() - started, 2), "metrics": text}
+    return {
+        "engine_requests_running": running,
+        "requests_in_flight": in_flight,
+        "polls": len(history),
+        "waited_s": round(time.perf_counter() - started, 2),
+        "metrics": text,
+    }
 
 
 async def run_load(options: Options, *, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
     """Run the load against ``options.url`` (through ``transport`` when given: tests use an in-process app)."""
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     limits = httpx.Limits(max_connections=options.concurrency + 4, max_keepalive_connections=options.concurrency)
-    client = httpx.AsyncClient(base_url=options.url, headers=headers, timeout=options.timeout, limits=limits,
-                               transport=transport)
+    client = httpx.AsyncClient(
+        base_url=options.url, headers=headers, timeout=options.timeout, limits=limits, transport=transport
+    )
     probe = httpx.AsyncClient(base_url=options.url, headers=headers, timeout=60, transport=transport)
     async with client, probe:
         models = (await probe.get("/v1/models")).raise_for_status().json()
@@ -252,22 +271,28 @@ async def run_load(options: Options, *, transport: httpx.AsyncBaseTransport | No
         rng = random.Random(options.seed)
 
         def body_of(scenario: Scenario) -> dict:
-            return {"model": model, "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
-                    "temperature": options.temperature, "strategy": scenario.strategy, "stream": scenario.stream,
-                    **scenario.body}
+            return {
+                "model": model,
+                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+                "temperature": options.temperature,
+                "strategy": scenario.strategy,
+                "stream": scenario.stream,
+                **scenario.body,
+            }
 
         cold_text = (await probe.get("/metrics")).text
         rss_cold = {"metrics": metric(cold_text, "process_resident_memory_bytes"), "pid": process_rss(options.pid)}
-        warmup = [await one(client, Outcome(-1, s.name, s.stream, None), body_of(s))
-                  for _ in range(options.warmup) for s in scenarios]
+        warmup = [
+            await one(client, Outcome(-1, s.name, s.stream, None), body_of(s))
+            for _ in range(options.warmup)
+            for s in scenarios
+        ]
         before_text = (await probe.get("/metrics")).text
-        rss_before = {"metrics": metric(before_text, "process_resident_memory_bytes"),
-                      "pid": process_rss(options.pid)}
+        rss_before = {"metrics": metric(before_text, "process_resident_memory_bytes"), "pid": process_rss(options.pid)}
 
         outcomes: list[Outcome] = []
         rounds: list[dict[str, Any]] = []
-        bar = tqdm(total=options.requests * options.rounds, desc="load", file=sys.stderr,
-                   disable=not options.progress)
+        bar = tqdm(total=options.requests * options.rounds, desc="load", file=sys.stderr, disable=not options.progress)
         wall = 0.0
         for round_ in range(options.rounds):
             queue: asyncio.Queue = asyncio.Queue()
@@ -288,38 +313,72 @@ async def run_load(options: Options, *, transport: httpx.AsyncBaseTransport | No
             wall += time.perf_counter() - started
             settled = await settle(probe, options.settle_seconds)
             after_text = settled.pop("metrics")
-            rss_after = {"metrics": metric(after_text, "process_resident_memory_bytes"),
-                         "pid": process_rss(options.pid)}
-            rounds.append({"round": round_ + 1, "engine_requests_running": settled["engine_requests_running"],
-                           "rss": rss_after})
+            rss_after = {
+                "metrics": metric(after_text, "process_resident_memory_bytes"),
+                "pid": process_rss(options.pid),
+            }
+            rounds.append(
+                {"round": round_ + 1, "engine_requests_running": settled["engine_requests_running"], "rss": rss_after}
+            )
         bar.close()
         settled["rounds"] = rounds
-    return report(options, outcomes, warmup, wall, scenarios, skipped, settled, before_text, after_text,
-                  rss_cold, rss_before, rss_after)
+    return report(
+        options,
+        outcomes,
+        warmup,
+        wall,
+        scenarios,
+        skipped,
+        settled,
+        before_text,
+        after_text,
+        rss_cold,
+        rss_before,
+        rss_after,
+    )
 
 
-def report(options: Options, outcomes: list[Outcome], warmup: list[Outcome], wall: float, scenarios: list[Scenario],
-           skipped: list[str], settled: dict, before_text: str, after_text: str, rss_cold: dict, rss_before: dict,
-           rss_after: dict) -> dict[str, Any]:
+def report(
+    options: Options,
+    outcomes: list[Outcome],
+    warmup: list[Outcome],
+    wall: float,
+    scenarios: list[Scenario],
+    skipped: list[str],
+    settled: dict,
+    before_text: str,
+    after_text: str,
+    rss_cold: dict,
+    rss_before: dict,
+    rss_after: dict,
+) -> dict[str, Any]:
     ok = [o for o in outcomes if o.kind == "ok"]
     kinds = Counter(o.kind for o in outcomes)
     by_scenario = {}
     for s in scenarios:
         mine = [o for o in outcomes if o.scenario == s.name]
-        by_scenario[s.name] = {"requests": len(mine), **{k: n for k, n in Counter(o.kind for o in mine).items()},
-                               "latency_s": percentiles([o.latency_s for o in mine if o.kind == "ok"])}
+        by_scenario[s.name] = {
+            "requests": len(mine),
+            **{k: n for k, n in Counter(o.kind for o in mine).items()},
+            "latency_s": percentiles([o.latency_s for o in mine if o.kind == "ok"]),
+        }
     # The target is the server process (the API, strategies, their bookkeeping): what /metrics reports. The tree
     # (vLLM's engine cores and workers too) is reported beside it.
     if rss_before["pid"] and rss_after["pid"]:
         rss_source, before, after = "server process (--pid)", rss_before["pid"]["process"], rss_after["pid"]["process"]
-        tree = {"before_bytes": rss_before["pid"]["tree"], "after_bytes": rss_after["pid"]["tree"],
-                "growth": rss_after["pid"]["tree"] / rss_before["pid"]["tree"] - 1}
+        tree = {
+            "before_bytes": rss_before["pid"]["tree"],
+            "after_bytes": rss_after["pid"]["tree"],
+            "growth": rss_after["pid"]["tree"] / rss_before["pid"]["tree"] - 1,
+        }
     else:
         rss_source, before, after = "server process (/metrics)", rss_before["metrics"], rss_after["metrics"]
         tree = None
     growth = (after - before) / before if before and after else None
-    left = max((x["engine_requests_running"] or 0 for x in settled.get("rounds", [])),
-               default=settled["engine_requests_running"])  # the worst round
+    left = max(
+        (x["engine_requests_running"] or 0 for x in settled.get("rounds", [])),
+        default=settled["engine_requests_running"],
+    )  # the worst round
     targets = {
         "unexpected_errors == 0": kinds["unexpected"] == 0,
         "engine_requests_left_running == 0": left == 0,
@@ -327,14 +386,21 @@ def report(options: Options, outcomes: list[Outcome], warmup: list[Outcome], wal
     }
     return {
         "options": {k: v for k, v in asdict(options).items() if k not in ("api_key", "progress")},
-        "scenarios": [s.name for s in scenarios], "scenarios_skipped_no_reward_model": skipped,
-        "requests": len(outcomes), "wall_s": wall,
+        "scenarios": [s.name for s in scenarios],
+        "scenarios_skipped_no_reward_model": skipped,
+        "requests": len(outcomes),
+        "wall_s": wall,
         "requests_per_s": len(outcomes) / wall if wall else None,
         "successful_per_s": len(ok) / wall if wall else None,
-        "outcomes": {"ok": kinds["ok"], "rejected_429": kinds["rejected"], "disconnected": kinds["disconnected"],
-                     "unexpected_errors": kinds["unexpected"],
-                     "planned_disconnect_but_finished_first": sum(1 for o in outcomes if o.planned_disconnect
-                                                                  is not None and o.kind != "disconnected")},
+        "outcomes": {
+            "ok": kinds["ok"],
+            "rejected_429": kinds["rejected"],
+            "disconnected": kinds["disconnected"],
+            "unexpected_errors": kinds["unexpected"],
+            "planned_disconnect_but_finished_first": sum(
+                1 for o in outcomes if o.planned_disconnect is not None and o.kind != "disconnected"
+            ),
+        },
         "unexpected": [asdict(o) for o in outcomes if o.kind == "unexpected"][:50],
         "unexpected_statuses": dict(Counter(str(o.status) for o in outcomes if o.kind == "unexpected")),
         "warmup_unexpected": [asdict(o) for o in warmup if o.kind != "ok"],
@@ -344,16 +410,28 @@ def report(options: Options, outcomes: list[Outcome], warmup: list[Outcome], wal
         "requests_in_flight_after": settled["requests_in_flight"],
         "settle": {k: v for k, v in settled.items() if k not in ("engine_requests_running", "requests_in_flight")},
         "server_counters": {
-            "aborted_by_strategy": delta(series(after_text, "ponder_requests_aborted_total"),
-                                         series(before_text, "ponder_requests_aborted_total")),
-            "requests_by_strategy_status": delta(series(after_text, "ponder_requests_total"),
-                                                 series(before_text, "ponder_requests_total")),
+            "aborted_by_strategy": delta(
+                series(after_text, "ponder_requests_aborted_total"),
+                series(before_text, "ponder_requests_aborted_total"),
+            ),
+            "requests_by_strategy_status": delta(
+                series(after_text, "ponder_requests_total"), series(before_text, "ponder_requests_total")
+            ),
             "rejected_429": (metric(after_text, "ponder_requests_rejected_total") or 0)
             - (metric(before_text, "ponder_requests_rejected_total") or 0),
         },
-        "rss": {"source": rss_source, "before_bytes": before, "after_bytes": after, "growth": growth,
-                "tree": tree, "cold": rss_cold, "before": rss_before, "after": rss_after},
-        "targets": targets, "passed": all(targets.values()),
+        "rss": {
+            "source": rss_source,
+            "before_bytes": before,
+            "after_bytes": after,
+            "growth": growth,
+            "tree": tree,
+            "cold": rss_cold,
+            "before": rss_before,
+            "after": rss_after,
+        },
+        "targets": targets,
+        "passed": all(targets.values()),
     }
 
 
@@ -369,12 +447,18 @@ def markdown(r: dict[str, Any]) -> str:
     o, lat, rss = r["outcomes"], r["latency_s"], r["rss"]
     growth = "n/a" if rss["growth"] is None else f"{rss['growth']:+.1%}"
     lines = [
-        "# Load and soak", "",
+        "# Load and soak",
+        "",
         f"{r['requests']} requests, concurrency {r['options']['concurrency']}, disconnect fraction "
         f"{r['options']['disconnect_fraction']}, seed {r['options']['seed']}; scenarios: {', '.join(r['scenarios'])}"
-        + (f" (skipped, no reward model: {', '.join(r['scenarios_skipped_no_reward_model'])})"
-           if r["scenarios_skipped_no_reward_model"] else ""), "",
-        "| measure | value | target |", "|---|---|---|",
+        + (
+            f" (skipped, no reward model: {', '.join(r['scenarios_skipped_no_reward_model'])})"
+            if r["scenarios_skipped_no_reward_model"]
+            else ""
+        ),
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
         f"| completed requests with unexpected errors | {o['unexpected_errors']} | 0 |",
         f"| engine requests left running after the run | {r['engine_requests_left_running']} | 0 |",
         f"| server RSS before / after ({rss['source']}) | {_mib(rss['before_bytes'])} / {_mib(rss['after_bytes'])}"
@@ -384,28 +468,44 @@ def markdown(r: dict[str, Any]) -> str:
         " | |",
         f"| ok / 429 / disconnected / unexpected | {o['ok']} / {o['rejected_429']} / {o['disconnected']} / "
         f"{o['unexpected_errors']} | |",
-        f"| wall time | {r['wall_s']:.1f} s | |", "",
+        f"| wall time | {r['wall_s']:.1f} s | |",
+        "",
         "| scenario | requests | ok | disconnected | 429 | unexpected | p50 s | p99 s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in r["by_scenario"].items():
-        lines.append(f"| {name} | {s['requests']} | {s.get('ok', 0)} | {s.get('disconnected', 0)} | "
-                     f"{s.get('rejected', 0)} | {s.get('unexpected', 0)} | {_s(s['latency_s']['p50'])} | "
-                     f"{_s(s['latency_s']['p99'])} |")
+        lines.append(
+            f"| {name} | {s['requests']} | {s.get('ok', 0)} | {s.get('disconnected', 0)} | "
+            f"{s.get('rejected', 0)} | {s.get('unexpected', 0)} | {_s(s['latency_s']['p50'])} | "
+            f"{_s(s['latency_s']['p99'])} |"
+        )
     if rss["tree"]:
         t = rss["tree"]
-        lines += ["", f"Process tree (the server and vLLM's engine cores and workers): {_mib(t['before_bytes'])} / "
-                      f"{_mib(t['after_bytes'])} ({t['growth']:+.1%})."]
+        lines += [
+            "",
+            f"Process tree (the server and vLLM's engine cores and workers): {_mib(t['before_bytes'])} / "
+            f"{_mib(t['after_bytes'])} ({t['growth']:+.1%}).",
+        ]
     if len(r["settle"].get("rounds", [])) > 1:
+
         def at(x: dict) -> str:
             pid = x["rss"]["pid"]
             return f"{_mib(pid['process'])}, tree {_mib(pid['tree'])}" if pid else _mib(x["rss"]["metrics"])
 
-        lines += ["", "After each round: " + "; ".join(
-            f"{x['round']}: {at(x)}, engine requests running {x['engine_requests_running']:g}"
-            for x in r["settle"]["rounds"])]
-    lines += ["", f"Server counters during the run: aborted {r['server_counters']['aborted_by_strategy']}, "
-                  f"rejected (429) {r['server_counters']['rejected_429']:g}.", ""]
+        lines += [
+            "",
+            "After each round: "
+            + "; ".join(
+                f"{x['round']}: {at(x)}, engine requests running {x['engine_requests_running']:g}"
+                for x in r["settle"]["rounds"]
+            ),
+        ]
+    lines += [
+        "",
+        f"Server counters during the run: aborted {r['server_counters']['aborted_by_strategy']}, "
+        f"rejected (429) {r['server_counters']['rejected_429']:g}.",
+        "",
+    ]
     if r["unexpected"]:
         lines += ["Unexpected errors (first ones):", ""]
         lines += [f"- #{u['index']} {u['scenario']}: status {u['status']}: {u['error']}" for u in r["unexpected"][:10]]
@@ -424,8 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running Ponder server, e.g. http://127.0.0.1:8000")
-    where.add_argument("--spawn", action="store_true",
-                       help="start `ponder serve` on the embedded default models (or --model/--prm) for the run")
+    where.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start `ponder serve` on the embedded default models (or --model/--prm) for the run",
+    )
     p.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"), help="bearer key (env PONDER_API_KEY)")
     p.add_argument("--pid", type=int, help="the server's PID: RSS of its process tree (default: from /metrics)")
     p.add_argument("--requests", type=int, default=500)
@@ -435,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="client-side timeout per request, seconds")
     p.add_argument("--scenarios", default="", help=f"comma-separated subset of: {', '.join(s.name for s in SCENARIOS)}")
     p.add_argument("--warmup", type=int, default=1, help="rounds of one request per scenario before RSS is read")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat the run this many times (a soak); RSS is read after each round")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="repeat the run this many times (a soak); RSS is read after each round"
+    )
     p.add_argument("--settle-seconds", type=float, default=120.0)
     p.add_argument("--output", type=Path, default=Path("results/load"))
     p.add_argument("--model", help="with --spawn: policy folder (default: the embedded default policy)")
@@ -447,11 +551,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.requests, args.concurrency, args.rounds) < 1 or not 0 <= args.disconnect_fraction <= 1:
         p.error("--requests, --concurrency and --rounds must be at least 1, --disconnect-fraction in [0, 1]")
-    options = Options(url=args.url or "", requests=args.requests, concurrency=args.concurrency,
-                      disconnect_fraction=args.disconnect_fraction, api_key=args.api_key, pid=args.pid,
-                      seed=args.seed, timeout=args.timeout, warmup=args.warmup, rounds=args.rounds,
-                      settle_seconds=args.settle_seconds,
-                      scenarios=tuple(filter(None, args.scenarios.split(","))), progress=not args.no_progress)
+    options = Options(
+        url=args.url or "",
+        requests=args.requests,
+        concurrency=args.concurrency,
+        disconnect_fraction=args.disconnect_fraction,
+        api_key=args.api_key,
+        pid=args.pid,
+        seed=args.seed,
+        timeout=args.timeout,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        settle_seconds=args.settle_seconds,
+        scenarios=tuple(filter(None, args.scenarios.split(","))),
+        progress=not args.no_progress,
+    )
     r = spawned(args, options) if args.spawn else asyncio.run(run_load(options))
     write(r, args.output)
     print(markdown(r))
@@ -470,12 +584,17 @@ def spawned(args: argparse.Namespace, options: Options) -> dict[str, Any]:
     extra = shlex.split(args.server_args) + (["--api-key", args.api_key] if args.api_key else [])
     args.output.mkdir(parents=True, exist_ok=True)
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, *extra), args.output / "server.log",
-                 env=env) as server:
+    with running(
+        ponder_cmd(args.model, args.prm, args.memory_fraction, *extra), args.output / "server.log", env=env
+    ) as server:
         options.url, options.pid = server.url, server.proc.pid
         r = asyncio.run(run_load(options))
-        r["spawned"] = {"model": args.model, "prm": args.prm, "server_args": args.server_args,
-                        "exit_status": server.stop()}
+        r["spawned"] = {
+            "model": args.model,
+            "prm": args.prm,
+            "server_args": args.server_args,
+            "exit_status": server.stop(),
+        }
     return r
 
 

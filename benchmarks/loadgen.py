@@ -48,8 +48,12 @@ class Workload:
 
     def body(self, target: Target, index: int) -> dict[str, Any]:
         prompt = self.prompts[index % len(self.prompts)]
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, **target.body,
-                "messages": [{"role": "user", "content": prompt}]}
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            **target.body,
+            "messages": [{"role": "user", "content": prompt}],
+        }
 
 
 @dataclass
@@ -77,16 +81,22 @@ class Gauge:
             self.now -= 1
 
 
-async def one(client: httpx.AsyncClient, target: Target, body: dict[str, Any], gauge: Gauge,
-              grade: Callable[[str], bool] | None = None) -> Outcome:
+async def one(
+    client: httpx.AsyncClient,
+    target: Target,
+    body: dict[str, Any],
+    gauge: Gauge,
+    grade: Callable[[str], bool] | None = None,
+) -> Outcome:
     """One chat completion; any status but 200, a transport error or a body without usage is an error. ``grade``
     judges the first choice's text (an answer without text is wrong)."""
     outcome = Outcome()
     started = time.perf_counter()
     with gauge.held():
         try:
-            response = await client.post(target.url.rstrip("/") + "/v1/chat/completions", json=body,
-                                         headers=target.headers)
+            response = await client.post(
+                target.url.rstrip("/") + "/v1/chat/completions", json=body, headers=target.headers
+            )
             if response.status_code != 200:
                 outcome.error = f"{response.status_code}: {response.text[:200]}"
             else:
@@ -106,8 +116,9 @@ def first_text(payload: dict[str, Any]) -> str:
     return (choices[0].get("message") or {}).get("content") or ""
 
 
-async def run_level(client: httpx.AsyncClient, target: Target, workload: Workload, concurrency: int,
-                    requests: int) -> dict[str, Any]:
+async def run_level(
+    client: httpx.AsyncClient, target: Target, workload: Workload, concurrency: int, requests: int
+) -> dict[str, Any]:
     """``requests`` requests from ``concurrency`` clients at once, each sending its next one when answered."""
     pending = list(range(requests))[::-1]
     outcomes: list[Outcome] = []
@@ -129,16 +140,32 @@ def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dic
     ok = [o for o in outcomes if o.error is None]
     tokens = sum(o.completion_tokens for o in ok)
     graded = [o.correct for o in ok if o.correct is not None]
-    return {"concurrency": concurrency, "requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
-            "wall_s": wall, "latency_s": percentiles([o.latency_s for o in ok]),
-            "requests_per_s": len(ok) / wall if wall else None, "tokens_per_s": tokens / wall if wall else None,
-            "completion_tokens": tokens, "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok])
-            if ok else None, "graded": len(graded), "accuracy": sum(graded) / len(graded) if graded else None,
-            "first_errors": sorted({o.error for o in outcomes if o.error})[:3]}
+    return {
+        "concurrency": concurrency,
+        "requests": len(outcomes),
+        "ok": len(ok),
+        "errors": len(outcomes) - len(ok),
+        "wall_s": wall,
+        "latency_s": percentiles([o.latency_s for o in ok]),
+        "requests_per_s": len(ok) / wall if wall else None,
+        "tokens_per_s": tokens / wall if wall else None,
+        "completion_tokens": tokens,
+        "completion_tokens_mean": statistics.fmean([o.completion_tokens for o in ok]) if ok else None,
+        "graded": len(graded),
+        "accuracy": sum(graded) / len(graded) if graded else None,
+        "first_errors": sorted({o.error for o in outcomes if o.error})[:3],
+    }
 
 
-async def measure(target: Target, workload: Workload, levels: Sequence[int], requests: int, warmup: int,
-                  batch: int = 0, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+async def measure(
+    target: Target,
+    workload: Workload,
+    levels: Sequence[int],
+    requests: int,
+    warmup: int,
+    batch: int = 0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, Any]:
     """A target's figures at every concurrency level (after ``warmup`` requests one at a time), and its batch run."""
     limits = httpx.Limits(max_connections=max([*levels, batch]) + 4, max_keepalive_connections=max([*levels, batch]))
     async with httpx.AsyncClient(timeout=workload.timeout, limits=limits, transport=transport) as client:

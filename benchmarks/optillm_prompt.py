@@ -48,9 +48,14 @@ def measure(model: str, level: int, problems: int, samples: int, temperatures: l
     llm = LLM(model, max_model_len=1024, seed=0)
     rows = []
     for layout in LAYOUTS:
-        prompts = [{"prompt_token_ids": tokenizer.apply_chat_template(
-            messages(layout, task.prompt(p)), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]}
-            for p in chosen]
+        prompts = [
+            {
+                "prompt_token_ids": tokenizer.apply_chat_template(
+                    messages(layout, task.prompt(p)), add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+            }
+            for p in chosen
+        ]
         for temperature in temperatures:
             params = SamplingParams(n=samples, temperature=temperature, max_tokens=task.max_tokens, seed=1)
             outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -70,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="JSON file for the figures")
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir() or not 1 <= args.level <= 8 or min(args.problems, args.samples) < 1:
-        print("python -m benchmarks.optillm_prompt: error: --model must be a folder, --level 1-8, --problems and "
-              "--samples at least 1", file=sys.stderr)
+        print(
+            "python -m benchmarks.optillm_prompt: error: --model must be a folder, --level 1-8, --problems and "
+            "--samples at least 1",
+            file=sys.stderr,
+        )
         return 2
     report = measure(args.model, args.level, args.problems, args.samples, args.temperature)
     if args.output:

@@ -23,8 +23,13 @@ from tqdm import tqdm
 from benchmarks.servers import ponder_cmd, running, vllm_cmd
 from reward_models import PRM_FORMATS
 
-PROMPT = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
-                                      "many clips in May. How many clips did Natalia sell altogether?"}]
+PROMPT = [
+    {
+        "role": "user",
+        "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+        "many clips in May. How many clips did Natalia sell altogether?",
+    }
+]
 
 
 def measure(url: str, body: dict, requests: int, warmup: int, label: str) -> list[dict]:
@@ -38,18 +43,25 @@ def measure(url: str, body: dict, requests: int, warmup: int, label: str) -> lis
             data = r.json()
             if i >= warmup:
                 ponder = data.get("ponder") or {}
-                rows.append({"latency_s": elapsed, "completion_tokens": data["usage"]["completion_tokens"],
-                             "scorer_seconds": ponder.get("scorer_seconds", 0.0),
-                             "engine_requests": ponder.get("engine_requests")})
+                rows.append(
+                    {
+                        "latency_s": elapsed,
+                        "completion_tokens": data["usage"]["completion_tokens"],
+                        "scorer_seconds": ponder.get("scorer_seconds", 0.0),
+                        "engine_requests": ponder.get("engine_requests"),
+                    }
+                )
     return rows
 
 
 def summary(rows: list[dict]) -> dict:
-    return {"median_latency_s": statistics.median(r["latency_s"] for r in rows),
-            "median_scorer_s": statistics.median(r["scorer_seconds"] for r in rows),
-            "mean_completion_tokens": statistics.fmean(r["completion_tokens"] for r in rows),
-            "engine_requests": sorted({r["engine_requests"] for r in rows if r["engine_requests"] is not None}),
-            "requests": len(rows)}
+    return {
+        "median_latency_s": statistics.median(r["latency_s"] for r in rows),
+        "median_scorer_s": statistics.median(r["scorer_seconds"] for r in rows),
+        "mean_completion_tokens": statistics.fmean(r["completion_tokens"] for r in rows),
+        "engine_requests": sorted({r["engine_requests"] for r in rows if r["engine_requests"] is not None}),
+        "requests": len(rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,27 +89,45 @@ def main(argv: list[str] | None = None) -> None:
     with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as server:
         plain = sampling | {"model": "model", "n": n}
         vllm_rows = measure(server.url, plain, args.requests, args.warmup, f"vllm n={n}")
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, prm_format=args.prm_format),
-                 args.output / "ponder.log") as server:
+    with running(
+        ponder_cmd(args.model, args.prm, args.memory_fraction, prm_format=args.prm_format), args.output / "ponder.log"
+    ) as server:
         url = server.url
         bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
         bon_rows = measure(url, bon, args.requests, args.warmup, f"ponder best_of_n N={n}")
         none_rows = measure(url, sampling | {"n": n}, args.requests, args.warmup, f"ponder none n={n}")
 
-    result = {"model": args.model, "prm": args.prm, "num_samples": n, "max_tokens": args.max_tokens,
-              "vllm": summary(vllm_rows), "ponder_best_of_n": summary(bon_rows), "ponder_none": summary(none_rows)}
+    result = {
+        "model": args.model,
+        "prm": args.prm,
+        "num_samples": n,
+        "max_tokens": args.max_tokens,
+        "vllm": summary(vllm_rows),
+        "ponder_best_of_n": summary(bon_rows),
+        "ponder_none": summary(none_rows),
+    }
     base = result["vllm"]["median_latency_s"]
     result["ratio_best_of_n"] = result["ponder_best_of_n"]["median_latency_s"] / base
     result["ratio_none"] = result["ponder_none"]["median_latency_s"] / base
-    (args.output / "overhead.json").write_text(json.dumps(result | {"rows": {
-        "vllm": vllm_rows, "ponder_best_of_n": bon_rows, "ponder_none": none_rows}}, indent=2))
-    table = ["| run | median latency (s) | of which reward model (s) | mean generated tokens | ratio to vLLM |",
-             "|---|---|---|---|---|"]
-    for key, label in (("vllm", f"vLLM server, n={n}"), ("ponder_none", f"Ponder none, n={n}"),
-                       ("ponder_best_of_n", f"Ponder best_of_n, N={n}")):
+    (args.output / "overhead.json").write_text(
+        json.dumps(
+            result | {"rows": {"vllm": vllm_rows, "ponder_best_of_n": bon_rows, "ponder_none": none_rows}}, indent=2
+        )
+    )
+    table = [
+        "| run | median latency (s) | of which reward model (s) | mean generated tokens | ratio to vLLM |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("vllm", f"vLLM server, n={n}"),
+        ("ponder_none", f"Ponder none, n={n}"),
+        ("ponder_best_of_n", f"Ponder best_of_n, N={n}"),
+    ):
         s = result[key]
-        table.append(f"| {label} | {s['median_latency_s']:.3f} | {s['median_scorer_s']:.3f} | "
-                     f"{s['mean_completion_tokens']:.0f} | {s['median_latency_s'] / base:.2f} |")
+        table.append(
+            f"| {label} | {s['median_latency_s']:.3f} | {s['median_scorer_s']:.3f} | "
+            f"{s['mean_completion_tokens']:.0f} | {s['median_latency_s'] / base:.2f} |"
+        )
     table.append(f"\nEngine requests per Ponder best_of_n request: {result['ponder_best_of_n']['engine_requests']}")
     (args.output / "overhead.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -73,12 +73,18 @@ def batch_ratio(targets: dict[str, dict[str, Any]], ponder: str | None, vllm: st
     if not (ponder in targets and vllm in targets and "batch" in targets[ponder] and "batch" in targets[vllm]):
         return None
     p, v = targets[ponder]["batch"], targets[vllm]["batch"]
-    return {"ponder": ponder, "vllm": vllm, "requests": p["requests"],
-            "ponder_tokens_per_s": p["tokens_per_s"], "vllm_tokens_per_s": v["tokens_per_s"],
-            "ponder_wall_s": p["wall_s"], "vllm_wall_s": v["wall_s"],
-            "tokens_per_s_ratio": p["tokens_per_s"] / v["tokens_per_s"] if v["tokens_per_s"] else None,
-            "wall_ratio": p["wall_s"] / v["wall_s"] if v["wall_s"] else None,
-            "errors": p["errors"] + v["errors"]}
+    return {
+        "ponder": ponder,
+        "vllm": vllm,
+        "requests": p["requests"],
+        "ponder_tokens_per_s": p["tokens_per_s"],
+        "vllm_tokens_per_s": v["tokens_per_s"],
+        "ponder_wall_s": p["wall_s"],
+        "vllm_wall_s": v["wall_s"],
+        "tokens_per_s_ratio": p["tokens_per_s"] / v["tokens_per_s"] if v["tokens_per_s"] else None,
+        "wall_ratio": p["wall_s"] / v["wall_s"] if v["wall_s"] else None,
+        "errors": p["errors"] + v["errors"],
+    }
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
@@ -102,22 +108,33 @@ def _accuracy(level: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     o = report["options"]
     graded = any(lv.get("graded") for t in report["targets"].values() for lv in t["levels"])
-    lines = ["# Serving speed", "",
-             f"{o['requests']} requests per level, max_tokens {o['max_tokens']}, temperature {o['temperature']}, "
-             f"N = {o['n']}, workload {o['workload']} ({o['prompts']} prompts), model {o.get('model') or 'as served'}.",
-             "", "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |"
-             + (" accuracy |" if graded else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if graded else "")]
+    lines = [
+        "# Serving speed",
+        "",
+        f"{o['requests']} requests per level, max_tokens {o['max_tokens']}, temperature {o['temperature']}, "
+        f"N = {o['n']}, workload {o['workload']} ({o['prompts']} prompts), model {o.get('model') or 'as served'}.",
+        "",
+        "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |"
+        + (" accuracy |" if graded else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if graded else ""),
+    ]
     for name, t in report["targets"].items():
-        lines += [f"| {name} | {_level(lv)} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
-                  f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
-                  f"{_f(lv['tokens_per_s'], 1)} |" + (f" {_accuracy(lv)} |" if graded else "") for lv in t["levels"]]
+        lines += [
+            f"| {name} | {_level(lv)} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
+            f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
+            f"{_f(lv['tokens_per_s'], 1)} |" + (f" {_accuracy(lv)} |" if graded else "")
+            for lv in t["levels"]
+        ]
     b = report.get("batch")
     if b:
-        lines += ["", f"**Batch**: {b['requests']} concurrent requests of N = {o['n']} samples each. {b['ponder']}: "
-                      f"{_f(b['ponder_tokens_per_s'], 1)} generated tokens/s in {_f(b['ponder_wall_s'], 2)} s; "
-                      f"{b['vllm']}: {_f(b['vllm_tokens_per_s'], 1)} tokens/s in {_f(b['vllm_wall_s'], 2)} s. "
-                      f"Throughput ratio {_f(b['tokens_per_s_ratio'], 2)}, wall-time ratio {_f(b['wall_ratio'], 2)}"
-                      f" ({b['errors']} errors)."]
+        lines += [
+            "",
+            f"**Batch**: {b['requests']} concurrent requests of N = {o['n']} samples each. {b['ponder']}: "
+            f"{_f(b['ponder_tokens_per_s'], 1)} generated tokens/s in {_f(b['ponder_wall_s'], 2)} s; "
+            f"{b['vllm']}: {_f(b['vllm_tokens_per_s'], 1)} tokens/s in {_f(b['vllm_wall_s'], 2)} s. "
+            f"Throughput ratio {_f(b['tokens_per_s_ratio'], 2)}, wall-time ratio {_f(b['wall_ratio'], 2)}"
+            f" ({b['errors']} errors).",
+        ]
     errors = [(n, e) for n, t in report["targets"].items() for lv in t["levels"] for e in lv["first_errors"]]
     if errors:
         lines += ["", "First errors:", ""] + [f"- {n}: {e}" for n, e in errors[:10]]
@@ -135,12 +152,11 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     levels = sorted({lv["concurrency"] for t in report["targets"].values() for lv in t["levels"]})
     for name, t in report["targets"].items():
         x = [lv["concurrency"] for lv in t["levels"]]
-        line, = axes[0].plot(x, [lv["latency_s"]["p50"] for lv in t["levels"]], marker="o", label=name)
+        (line,) = axes[0].plot(x, [lv["latency_s"]["p50"] for lv in t["levels"]], marker="o", label=name)
         axes[0].plot(x, [lv["latency_s"]["p95"] for lv in t["levels"]], ls="--", color=line.get_color())
         axes[1].plot(x, [lv["requests_per_s"] for lv in t["levels"]], marker="o", label=name)
         axes[2].plot(x, [lv["tokens_per_s"] for lv in t["levels"]], marker="o", label=name)
-    for ax, label in zip(axes, ("latency, s (p50 solid, p95 dashed)", "requests/s", "generated tokens/s"),
-                         strict=True):
+    for ax, label in zip(axes, ("latency, s (p50 solid, p95 dashed)", "requests/s", "generated tokens/s"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(level) for level in levels])
         ax.set_xlabel("concurrent requests")
@@ -184,16 +200,18 @@ def served_model(url: str, headers: dict[str, str]) -> str:
         raise UsageError(f"{url}: cannot list its models ({type(exc).__name__}: {exc})") from None
 
 
-def ponder_target(url: str, model: str, strategy: str, n: int, params: dict[str, Any],
-                  headers: dict[str, str]) -> Target:
+def ponder_target(
+    url: str, model: str, strategy: str, n: int, params: dict[str, Any], headers: dict[str, str]
+) -> Target:
     from benchmarks.accuracy import strategy_request
 
     if strategy == "none":
         return Target(f"Ponder none n={n}", url, {"model": model, "n": n}, headers)
     name, strategy_params, temperature = strategy_request(strategy, n, params)
     body = {"model": model, "strategy": name, "strategy_params": strategy_params}
-    return Target(f"Ponder {strategy} N={n}", url, body | ({"temperature": temperature} if temperature else {}),
-                  headers)
+    return Target(
+        f"Ponder {strategy} N={n}", url, body | ({"temperature": temperature} if temperature else {}), headers
+    )
 
 
 def ponder_strategies(text: str, n: int) -> list[tuple[str, int]]:
@@ -235,8 +253,11 @@ def ponder_side(args: argparse.Namespace) -> Iterator[str | None]:
     from benchmarks.servers import ponder_cmd, running
 
     extra = ["--api-key", args.api_key] if args.api_key else []
-    with running(ponder_cmd(args.model, args.prm, args.memory_fraction, *extra, prm_format=args.prm_format),
-                 args.output / "ponder.log", env=kv_env()) as server:
+    with running(
+        ponder_cmd(args.model, args.prm, args.memory_fraction, *extra, prm_format=args.prm_format),
+        args.output / "ponder.log",
+        env=kv_env(),
+    ) as server:
         yield server.url
 
 
@@ -248,20 +269,37 @@ def vllm_side(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None
     with contextlib.ExitStack() as stack:
         vllm_url = args.vllm_url
         if args.spawn_vllm:
-            vllm_url = stack.enter_context(running(vllm_cmd(args.model, args.memory_fraction),
-                                                   args.output / "vllm.log", env=kv_env())).url
+            vllm_url = stack.enter_context(
+                running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log", env=kv_env())
+            ).url
         optillm_url = args.optillm_url
         if args.spawn_optillm:
-            optillm_url = stack.enter_context(running(optillm_cmd(args.optillm_cmd, vllm_url, args.n),
-                                                      args.output / "optillm.log", env=optillm_env(),
-                                                      timeout=300)).url
+            optillm_url = stack.enter_context(
+                running(
+                    optillm_cmd(args.optillm_cmd, vllm_url, args.n),
+                    args.output / "optillm.log",
+                    env=optillm_env(),
+                    timeout=300,
+                )
+            ).url
         yield vllm_url, optillm_url
 
 
 def optillm_cmd(optillm: str, vllm_url: str, n: int) -> list[str]:
     """optillm as a proxy to the vLLM server on loopback, on a free port; ``bon`` draws ``n`` samples."""
-    return [optillm, "--base-url", vllm_url.rstrip("/") + "/v1", "--host", "127.0.0.1", "--port", "{port}",
-            "--best-of-n", str(n), "--log", "warning"]
+    return [
+        optillm,
+        "--base-url",
+        vllm_url.rstrip("/") + "/v1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--best-of-n",
+        str(n),
+        "--log",
+        "warning",
+    ]
 
 
 def optillm_env() -> dict[str, str]:
@@ -287,25 +325,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i, (strategy, n) in enumerate(ponder_strategies(args.ponder_strategy, args.n) if url else ()):
             target = ponder_target(url, model, strategy, n, args.ponder_params, headers)
             ponder_name = ponder_name or target.name  # the first strategy's batch is the one compared
-            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
-                                                       args.warmup, args.batch if i == 0 else 0))
+            targets[target.name] = asyncio.run(
+                measure(target, workload, args.concurrency, args.requests, args.warmup, args.batch if i == 0 else 0)
+            )
     with vllm_side(args) as (vllm_url, optillm_url):
         model = served_model(vllm_url, {}) if vllm_url else None
         if vllm_url:
             target = vllm_target(vllm_url, model, args.n)
             vllm_name = target.name
-            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency, args.requests,
-                                                       args.warmup, args.batch))
+            targets[target.name] = asyncio.run(
+                measure(target, workload, args.concurrency, args.requests, args.warmup, args.batch)
+            )
         for approach in args.optillm_approaches if optillm_url else ():
             target = optillm_target(optillm_url, model or served_model(optillm_url, {}), approach, args.n)
-            targets[target.name] = asyncio.run(measure(target, workload, args.concurrency,
-                                                       args.optillm_requests or args.requests, args.warmup))
+            targets[target.name] = asyncio.run(
+                measure(target, workload, args.concurrency, args.optillm_requests or args.requests, args.warmup)
+            )
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
     return build_report(options | {"prompts": len(workload.prompts)}, targets, ponder_name, vllm_name)
 
 
-def build_report(options: dict[str, Any], targets: dict[str, dict[str, Any]], ponder: str | None,
-                 vllm: str | None) -> dict[str, Any]:
+def build_report(
+    options: dict[str, Any], targets: dict[str, dict[str, Any]], ponder: str | None, vllm: str | None
+) -> dict[str, Any]:
     """The whole report: the run's options, every target's levels and batch, and Ponder's batch against vLLM's."""
     return {"options": options, "targets": targets, "batch": batch_ratio(targets, ponder, vllm)}
 
@@ -338,31 +380,46 @@ def build_parser() -> Parser:
     p.add_argument("--spawn-ponder", action="store_true", help="start `ponder serve` on --model/--prm for the run")
     p.add_argument("--vllm-url", help="a running vLLM OpenAI server")
     p.add_argument("--spawn-vllm", action="store_true", help="start vLLM's own OpenAI server on --model")
-    p.add_argument("--optillm-url", help="a running optillm proxy on the vLLM target's server (started with "
-                   "--best-of-n N for bon)")
+    p.add_argument(
+        "--optillm-url", help="a running optillm proxy on the vLLM target's server (started with --best-of-n N for bon)"
+    )
     p.add_argument("--spawn-optillm", action="store_true", help="start optillm with the vLLM target as its base URL")
-    p.add_argument("--optillm-cmd", default=".venv-optillm/bin/optillm",
-                   help="optillm's console script (benchmarks/install_optillm.sh puts it there)")
-    p.add_argument("--optillm-approaches", type=_names, default=list(APPROACHES),
-                   help=f"comma-separated, of: {', '.join(APPROACHES)}")
+    p.add_argument(
+        "--optillm-cmd",
+        default=".venv-optillm/bin/optillm",
+        help="optillm's console script (benchmarks/install_optillm.sh puts it there)",
+    )
+    p.add_argument(
+        "--optillm-approaches",
+        type=_names,
+        default=list(APPROACHES),
+        help=f"comma-separated, of: {', '.join(APPROACHES)}",
+    )
     p.add_argument("--model", help="policy folder for spawned servers (default: the embedded default policy)")
     p.add_argument("--prm", help="reward model folder for a spawned Ponder (default: the embedded default PRM)")
     p.add_argument("--no-prm", action="store_true", help="spawn Ponder without a reward model")
-    p.add_argument("--prm-format", choices=PRM_FORMATS,
-                   help="how the spawned Ponder reads --prm (ponder serve --prm-format; default: its config)")
+    p.add_argument(
+        "--prm-format",
+        choices=PRM_FORMATS,
+        help="how the spawned Ponder reads --prm (ponder serve --prm-format; default: its config)",
+    )
     p.add_argument("--memory-fraction", type=float, default=0.2, help="KV-cache fraction of spawned servers")
     p.add_argument("--api-key", default=os.environ.get("PONDER_API_KEY"), help="Ponder's bearer key")
-    p.add_argument("--ponder-strategy", default="best_of_n",
-                   help="Ponder's strategies, comma-separated, each with its own N after a colon if not --n "
-                   "(e.g. best_of_n,self_consistency:5; default best_of_n)")
+    p.add_argument(
+        "--ponder-strategy",
+        default="best_of_n",
+        help="Ponder's strategies, comma-separated, each with its own N after a colon if not --n "
+        "(e.g. best_of_n,self_consistency:5; default best_of_n)",
+    )
     p.add_argument("--ponder-params", type=json.loads, default={}, help="more strategy_params, a JSON object")
     p.add_argument("--n", type=int, default=8, help="samples per request: Ponder's N, vLLM's n, optillm's budget")
     p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32], help="levels, comma-separated")
     p.add_argument("--requests", type=int, default=64, help="requests per level and target")
     p.add_argument("--optillm-requests", type=int, help="requests per level for optillm (default: --requests)")
     p.add_argument("--warmup", type=int, default=2, help="requests one at a time before the levels, not counted")
-    p.add_argument("--batch", type=int, default=32,
-                   help="concurrent N-sample requests for the Ponder/vLLM batch ratio (0: skip)")
+    p.add_argument(
+        "--batch", type=int, default=32, help="concurrent N-sample requests for the Ponder/vLLM batch ratio (0: skip)"
+    )
     p.add_argument("--workload", choices=("arith", "chat"), default="arith")
     p.add_argument("--prompts", type=int, default=64, help="distinct arith prompts, used in turn")
     p.add_argument("--level", type=int, help="arith level of the prompts (default: every level)")
@@ -376,8 +433,14 @@ def build_parser() -> Parser:
 
 def validate(args: argparse.Namespace) -> None:
     """Cross-option checks and defaults; UsageError for a mistake."""
-    if args.ponder_url and args.spawn_ponder or args.vllm_url and args.spawn_vllm \
-            or args.optillm_url and args.spawn_optillm:
+    if (
+        args.ponder_url
+        and args.spawn_ponder
+        or args.vllm_url
+        and args.spawn_vllm
+        or args.optillm_url
+        and args.spawn_optillm
+    ):
         raise UsageError("give a target's URL or spawn it, not both")
     if not (args.ponder_url or args.spawn_ponder or args.vllm_url or args.spawn_vllm):
         raise UsageError("no target: give --ponder-url/--spawn-ponder and/or --vllm-url/--spawn-vllm")
@@ -389,8 +452,9 @@ def validate(args: argparse.Namespace) -> None:
     if args.spawn_optillm and not Path(args.optillm_cmd).is_file():
         raise UsageError(f"--optillm-cmd {args.optillm_cmd}: not found; run benchmarks/install_optillm.sh")
     if min(args.n, args.requests, args.prompts, args.optillm_requests or 1) < 1 or min(args.warmup, args.batch) < 0:
-        raise UsageError("--n, --requests, --optillm-requests and --prompts must be at least 1, --warmup and --batch "
-                         "at least 0")
+        raise UsageError(
+            "--n, --requests, --optillm-requests and --prompts must be at least 1, --warmup and --batch at least 0"
+        )
     if args.level is not None and (args.workload != "arith" or not 1 <= args.level <= 8):
         raise UsageError("--level is an arith level, 1 to 8, with --workload arith")
     if args.prm_format and args.no_prm:

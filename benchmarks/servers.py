@@ -62,8 +62,9 @@ def running(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeou
     port = free_port()
     cmd = [part.replace("{port}", str(port)) for part in cmd]
     with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
-                                env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}))
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {})
+        )
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     try:
         server.wait_healthy(timeout)
@@ -73,17 +74,46 @@ def running(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeou
             server.stop()
 
 
-def ponder_cmd(model: str, prm: str | None, memory_fraction: float, *extra: str,
-               prm_format: str | None = None) -> list[str]:
+def ponder_cmd(
+    model: str, prm: str | None, memory_fraction: float, *extra: str, prm_format: str | None = None
+) -> list[str]:
     """``ponder serve`` on ``model`` and ``prm`` (read as ``prm_format``; None: as its config says)."""
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", "{port}",
-           "--memory-fraction", str(memory_fraction), "--log-level", "warning", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        "{port}",
+        "--memory-fraction",
+        str(memory_fraction),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     if prm and prm_format:
         cmd += ["--prm-format", prm_format]
     return cmd + (["--prm", prm] if prm else ["--no-prm"])
 
 
 def vllm_cmd(model: str, memory_fraction: float, seed: int = 0) -> list[str]:
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", "{port}",
-            "--host", "127.0.0.1", "--gpu-memory-utilization", str(memory_fraction), "--seed", str(seed),
-            "--served-model-name", "model", "--disable-log-stats"]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--port",
+        "{port}",
+        "--host",
+        "127.0.0.1",
+        "--gpu-memory-utilization",
+        str(memory_fraction),
+        "--seed",
+        str(seed),
+        "--served-model-name",
+        "model",
+        "--disable-log-stats",
+    ]

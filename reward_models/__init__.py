@@ -90,8 +90,10 @@ async def load_scorer(
     is_causal_lm = any(arch in CAUSAL_LM_ARCHITECTURES for arch in architectures)
     if format in ("math_shepherd", "rlhflow", "likelihood"):
         if not is_causal_lm:
-            raise ValueError(f"reward model {str(path)!r}: PRM format {format!r} needs a causal LM "
-                             f"({', '.join(CAUSAL_LM_ARCHITECTURES)}), not {architectures}")
+            raise ValueError(
+                f"reward model {str(path)!r}: PRM format {format!r} needs a causal LM "
+                f"({', '.join(CAUSAL_LM_ARCHITECTURES)}), not {architectures}"
+            )
         if format == "likelihood":
             from reward_models.likelihood import LikelihoodPRM
 
@@ -102,8 +104,9 @@ async def load_scorer(
             str(path), format=format, good_token=good_token, bad_token=bad_token, step_tag=step_tag, **kwargs
         )
     if format == "qwen" and not is_prm:
-        raise ValueError(f"reward model {str(path)!r}: PRM format 'qwen' needs a *ForProcessRewardModel, "
-                         f"not {architectures}")
+        raise ValueError(
+            f"reward model {str(path)!r}: PRM format 'qwen' needs a *ForProcessRewardModel, not {architectures}"
+        )
     if is_prm:
         from reward_models.vllm_prm import VLLMProcessRewardModel
 

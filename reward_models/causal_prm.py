@@ -127,8 +127,10 @@ class CausalLMProcessRewardModel(VLLMPoolingScorer):
         for i in range(len(steps)):
             prefix = self._template(messages[: 2 * i + 1], add_generation_prompt=True)  # up to answer i
             if not text.startswith(prefix + self.format.good_token):
-                raise ScorerError(f"{self.model_name}: its chat template does not render a conversation as the "
-                                  "concatenation of its turns; cannot locate the assistant's answers")
+                raise ScorerError(
+                    f"{self.model_name}: its chat template does not render a conversation as the "
+                    "concatenation of its turns; cannot locate the assistant's answers"
+                )
             anchors.append(len(prefix))
         return text, anchors
 

@@ -142,15 +142,21 @@ class LikelihoodPRM(VLLMPoolingScorer):
     async def _pool_one(self, ids: list[int], request_id: str, *, fresh: bool = False) -> torch.Tensor:
         """Every prompt token's probability under the LM (the first, which nothing predicts, is 1); NaN for the
         tokens vLLM served from its prefix cache (``fresh``: read none from it)."""
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                skip_reading_prefix_cache=fresh)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=fresh
+        )
         final = await self._last(self._llm.generate(engine_input(self._llm, ids), params, request_id), request_id)
         if final is None or final.prompt_logprobs is None or len(final.prompt_logprobs) != len(ids):
             raise ScorerError(f"the reward model returned no prompt log-probabilities for {request_id}")
         cached = 0 if fresh else final.num_cached_tokens or 0  # token p is predicted from p - 1: computed if p > cached
         given = zip(final.prompt_logprobs[1:], ids[1:], strict=True)
-        return torch.tensor([1.0] + [math.exp(step[token].logprob) if p > cached else math.nan
-                                     for p, (step, token) in enumerate(given, start=1)])
+        return torch.tensor(
+            [1.0]
+            + [
+                math.exp(step[token].logprob) if p > cached else math.nan
+                for p, (step, token) in enumerate(given, start=1)
+            ]
+        )
 
     async def score(self, items: Sequence[tuple[str, Sequence[str]]], request_id: str) -> list[list[float]]:
         """Per-step probabilities for every (question, steps) item: one forward pass per item, all in one batch
@@ -158,12 +164,14 @@ class LikelihoodPRM(VLLMPoolingScorer):
         todo = [i for i, (_, steps) in enumerate(items) if steps]  # no steps: nothing to score
         encoded = [encode_steps(self.tokenizer, *items[i], self.delimiter) for i in todo]
         pooled = await self._pool_ids([ids for ids, _ in encoded], request_id)
-        read_back = [self._read(ids, positions, probs.tolist()) for (ids, positions), probs in zip(encoded, pooled,
-                                                                                                   strict=True)]
+        read_back = [
+            self._read(ids, positions, probs.tolist()) for (ids, positions), probs in zip(encoded, pooled, strict=True)
+        ]
         again = [k for k, got in enumerate(read_back) if got is None]
         if again:
-            fresh = await asyncio.gather(*(self._pool_one(encoded[k][0], f"{request_id}-fresh-{k}", fresh=True)
-                                           for k in again))
+            fresh = await asyncio.gather(
+                *(self._pool_one(encoded[k][0], f"{request_id}-fresh-{k}", fresh=True) for k in again)
+            )
             for k, probs in zip(again, fresh, strict=True):
                 read_back[k] = self._read(*encoded[k], probs.tolist())
         scores: list[list[float]] = [[] for _ in items]

@@ -44,8 +44,12 @@ class SelfLikelihoodPRM(LikelihoodPRM):
 
     def session(self, task: Task, engine: Engine) -> tuple[Engine, Scorer]:
         """The engine and scorer one request's strategy runs on (they share its record of step scores)."""
-        record = StepRecord(task, self.delimiter, enabled=render(self.tokenizer, task.question, [])[0] == task.prompt,
-                            totals=self.totals)
+        record = StepRecord(
+            task,
+            self.delimiter,
+            enabled=render(self.tokenizer, task.question, [])[0] == task.prompt,
+            totals=self.totals,
+        )
         return RecordingEngine(engine, record), RecordedScorer(self, record)
 
     async def shutdown(self) -> None:
@@ -71,7 +75,7 @@ class StepRecord:
         """Record every step of ``sample`` (a continuation of ``prompt``) that it wrote whole."""
         if not self.enabled or sample.token_logprobs is None or not prompt.startswith(self.task.prompt):
             return
-        prefix = prompt[len(self.task.prompt):]
+        prefix = prompt[len(self.task.prompt) :]
         text, base = prefix + sample.text, len(prefix)
         tokens, start = [], base
         for end, logprob in sample.token_logprobs:

@@ -41,8 +41,10 @@ class Ledger:
     def reserve(self, spec: SamplingSpec, num_prompts: int) -> int:
         """Reserve the worst case of one engine call; returns how much was reserved."""
         if self.nodes + spec.n * num_prompts > self.node_budget:
-            raise NodeCapExceededError(f"the strategy asked for {self.nodes + spec.n * num_prompts} samples in all, "
-                                       f"above this server's cap of {self.node_budget} (--max-tree-nodes)")
+            raise NodeCapExceededError(
+                f"the strategy asked for {self.nodes + spec.n * num_prompts} samples in all, "
+                f"above this server's cap of {self.node_budget} (--max-tree-nodes)"
+            )
         worst = spec.n * num_prompts * spec.max_tokens
         if self.completion_tokens + self.reserved + worst > self.token_budget:
             left = self.token_budget - self.completion_tokens - self.reserved

@@ -38,8 +38,9 @@ DISCONNECT_POLL_SECONDS = 0.25
 WATCHDOG_SECONDS = 1.0  # how often the engine's health is checked
 
 
-def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | None = None,
-               loader: Loader | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig, *, engine: Any = None, scorer: Scorer | None = None, loader: Loader | None = None
+) -> FastAPI:
     metrics = Metrics()
     admission = Admission(config.max_concurrent_requests, config.max_queued_requests)
 
@@ -58,8 +59,9 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
                 if hasattr(part, "shutdown"):
                     await part.shutdown()
 
-    app = FastAPI(title="Ponder", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible test-time-scaling server.")
+    app = FastAPI(
+        title="Ponder", version="0.1.0", lifespan=lifespan, description="OpenAI-compatible test-time-scaling server."
+    )
     app.state.service = None
     if engine is not None:
         _serve(app, ChatService(engine, scorer, config, metrics))
@@ -73,8 +75,13 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
     def service_of(request: Request) -> ChatService:
         service: ChatService | None = request.app.state.service
         if service is None:
-            raise APIError("the server is still loading its models", status=503, type="service_unavailable",
-                           code="not_ready", headers={"Retry-After": "5"})
+            raise APIError(
+                "the server is still loading its models",
+                status=503,
+                type="service_unavailable",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
         if hasattr(service.engine, "healthy") and not service.engine.healthy():
             raise APIError("the engine is not running", status=503, type="service_unavailable", code="engine_dead")
         return service
@@ -90,21 +97,47 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
     @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES)
     async def models(request: Request) -> ModelList:
         has_scorer = request.app.state.service is not None and request.app.state.service.scorer is not None
-        cards = [StrategyCard(name=s.name, description=s.description, needs_reward_model=s.needs_scorer,
-                              available=has_scorer or not s.needs_scorer, params=_defaults(s.config_cls))
-                 for s in strategies.available()]
-        return ModelList(data=[ModelCard(id=config.model_name)], strategies=cards,
-                         reward_model=config.reward_model_name if has_scorer else None)
+        cards = [
+            StrategyCard(
+                name=s.name,
+                description=s.description,
+                needs_reward_model=s.needs_scorer,
+                available=has_scorer or not s.needs_scorer,
+                params=_defaults(s.config_cls),
+            )
+            for s in strategies.available()
+        ]
+        return ModelList(
+            data=[ModelCard(id=config.model_name)],
+            strategies=cards,
+            reward_model=config.reward_model_name if has_scorer else None,
+        )
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=AUTH_RESPONSES | {
-        200: {"content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
-              "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses=AUTH_RESPONSES
+        | {
+            200: {
+                "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                "description": "Prometheus text format",
+            }
+        },
+    )
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES | {
-        200: {"content": {"text/event-stream": {}},
-              "description": "A chat completion, or with stream=true an SSE stream of chunks"}})
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses=ERROR_RESPONSES
+        | {
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "A chat completion, or with stream=true an SSE stream of chunks",
+            }
+        },
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         service = service_of(request)
         job = service.prepare(body)
@@ -139,7 +172,8 @@ def create_app(config: ServerConfig, *, engine: Any = None, scorer: Scorer | Non
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": what} for code, what in (
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in (
         (400, "Invalid request: bad field, unknown strategy or parameter, above a cap"),
         (401, "Missing or invalid API key"),
         (413, "Request body above the cap"),
@@ -149,9 +183,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: {
-    "description": "Missing or invalid API key",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "Missing or invalid API key",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+}
 
 
 def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
@@ -169,8 +206,7 @@ def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
 
 def _serve(app: FastAPI, service: ChatService) -> None:
     app.state.service = service
-    service.metrics.watch_engine(lambda: service.engine.num_running() if hasattr(service.engine, "num_running")
-                                 else 0)
+    service.metrics.watch_engine(lambda: service.engine.num_running() if hasattr(service.engine, "num_running") else 0)
 
 
 async def _load(app: FastAPI, loader: Loader, config: ServerConfig, metrics: Metrics) -> None:
@@ -228,5 +264,6 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
 def _defaults(config_cls: type) -> dict[str, Any]:
     import dataclasses
 
-    return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
-            for f in dataclasses.fields(config_cls)}
+    return {
+        f.name: (f.default if f.default is not dataclasses.MISSING else None) for f in dataclasses.fields(config_cls)
+    }

@@ -25,28 +25,48 @@ class CLIError(Exception):
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the OpenAI-compatible API",
-                       description="Serve /v1/chat/completions with reasoning strategies on a vLLM engine.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible API",
+        description="Serve /v1/chat/completions with reasoning strategies on a vLLM engine.",
+    )
     p.add_argument("--model", help="policy checkpoint folder (default: the embedded default policy)")
-    p.add_argument("--prm", help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
-                                 "ORM (default: the embedded default PRM when --model is not given)")
+    p.add_argument(
+        "--prm",
+        help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
+        "ORM (default: the embedded default PRM when --model is not given)",
+    )
     p.add_argument("--no-prm", action="store_true", help="serve without a reward model")
-    p.add_argument("--prm-format", choices=PRM_FORMATS,
-                   help="how the PRM reads steps: qwen (*ForProcessRewardModel), math_shepherd or rlhflow (a causal "
-                        "LM judging each step by its '+'/'-' token), likelihood (a causal LM, e.g. the policy, "
-                        "judging each step by its own lowest token probability); default: from the checkpoint")
+    p.add_argument(
+        "--prm-format",
+        choices=PRM_FORMATS,
+        help="how the PRM reads steps: qwen (*ForProcessRewardModel), math_shepherd or rlhflow (a causal "
+        "LM judging each step by its '+'/'-' token), likelihood (a causal LM, e.g. the policy, "
+        "judging each step by its own lowest token probability); default: from the checkpoint",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=("vllm", "openai"), default="vllm",
-                   help="vllm: in-process engine; openai: a remote OpenAI-compatible server (--base-url)")
+    p.add_argument(
+        "--backend",
+        choices=("vllm", "openai"),
+        default="vllm",
+        help="vllm: in-process engine; openai: a remote OpenAI-compatible server (--base-url)",
+    )
     p.add_argument("--base-url", help="with --backend openai: the remote server's /v1 URL")
     p.add_argument("--remote-model", help="with --backend openai: the model name the remote server serves")
-    p.add_argument("--remote-api-key", default=os.environ.get("PONDER_REMOTE_API_KEY"),
-                   help="with --backend openai: bearer key for the remote server (env PONDER_REMOTE_API_KEY)")
+    p.add_argument(
+        "--remote-api-key",
+        default=os.environ.get("PONDER_REMOTE_API_KEY"),
+        help="with --backend openai: bearer key for the remote server (env PONDER_REMOTE_API_KEY)",
+    )
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model); the chat template is applied here")
     p.add_argument("--served-model-name", help="the model id clients see (default: the model folder's name)")
-    p.add_argument("--memory-fraction", type=float, default=0.25,
-                   help="policy KV cache: fraction of GPU memory (of RAM on the CPU engine)")
+    p.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.25,
+        help="policy KV cache: fraction of GPU memory (of RAM on the CPU engine)",
+    )
     p.add_argument("--prm-memory-fraction", type=float, default=0.1, help="reward model's fraction")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
@@ -55,18 +75,34 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
     p.add_argument("--default-max-tokens", type=int, default=1024, help="max_tokens when a request sends none")
     p.add_argument("--max-tree-nodes", type=int, default=4096, help="cap on samples one request draws in all")
-    p.add_argument("--request-timeout", type=float, default=600.0,
-                   help="wall-clock deadline per request, seconds; its engine work is aborted when it passes")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="wall-clock deadline per request, seconds; its engine work is aborted when it passes",
+    )
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="cap on request body size (413 above)")
     p.add_argument("--max-messages", type=int, default=512, help="cap on messages per request")
     p.add_argument("--max-concurrent-requests", type=int, default=64, help="chat requests served at once")
-    p.add_argument("--max-queued-requests", type=int, default=256,
-                   help="chat requests waiting for a slot; beyond it a request gets 429 with Retry-After")
-    p.add_argument("--api-key", action="append", default=None,
-                   help="accept this bearer key (repeatable; or env PONDER_API_KEYS, comma-separated); "
-                        "every route but /health then needs one")
-    p.add_argument("--shutdown-grace", type=float, default=30.0,
-                   help="on SIGTERM, seconds to let in-flight requests finish before they are cancelled")
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="chat requests waiting for a slot; beyond it a request gets 429 with Retry-After",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="accept this bearer key (repeatable; or env PONDER_API_KEYS, comma-separated); "
+        "every route but /health then needs one",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds to let in-flight requests finish before they are cancelled",
+    )
     p.add_argument("--log-prompts", action="store_true", help="log messages and outputs with each request")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -120,20 +156,34 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                 from server.engine.openai_engine import OpenAIEngine
 
                 tokenizer = AutoTokenizer.from_pretrained(str(policy))
-                engine: Any = OpenAIEngine(args.base_url, args.remote_model, tokenizer, api_key=args.remote_api_key,
-                                           max_model_len=args.max_model_len or 4096)
+                engine: Any = OpenAIEngine(
+                    args.base_url,
+                    args.remote_model,
+                    tokenizer,
+                    api_key=args.remote_api_key,
+                    max_model_len=args.max_model_len or 4096,
+                )
             else:
                 from server.engine.vllm_engine import VLLMEngine
 
-                engine = await _maybe_await(VLLMEngine.create(
-                    str(policy), memory_fraction=args.memory_fraction, max_model_len=args.max_model_len,
-                    seed=args.seed, tensor_parallel_size=args.tensor_parallel_size))
+                engine = await _maybe_await(
+                    VLLMEngine.create(
+                        str(policy),
+                        memory_fraction=args.memory_fraction,
+                        max_model_len=args.max_model_len,
+                        seed=args.seed,
+                        tensor_parallel_size=args.tensor_parallel_size,
+                    )
+                )
             scorer = None
             if prm is not None:
                 from reward_models import load_scorer_beside
 
-                scorer = await _maybe_await(load_scorer_beside(engine, policy, prm, format=args.prm_format,
-                                                               memory_fraction=args.prm_memory_fraction))
+                scorer = await _maybe_await(
+                    load_scorer_beside(
+                        engine, policy, prm, format=args.prm_format, memory_fraction=args.prm_memory_fraction
+                    )
+                )
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
             print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
             os._exit(1)
@@ -149,8 +199,17 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
     from server.config import ServerConfig
 
-    for flag in ("max_num_samples", "max_total_tokens", "default_max_tokens", "tensor_parallel_size", "max_tree_nodes",
-                 "max_body_bytes", "max_messages", "max_concurrent_requests", "request_timeout"):
+    for flag in (
+        "max_num_samples",
+        "max_total_tokens",
+        "default_max_tokens",
+        "tensor_parallel_size",
+        "max_tree_nodes",
+        "max_body_bytes",
+        "max_messages",
+        "max_concurrent_requests",
+        "request_timeout",
+    ):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_queued_requests < 0 or args.shutdown_grace < 0:
@@ -162,18 +221,30 @@ def serve(args: argparse.Namespace) -> None:
     _check_port(args.host, args.port)
     policy, prm = _resolve_models(args)
     name = args.served_model_name or (args.remote_model if args.backend == "openai" else policy.name)
-    keys = tuple(args.api_key or ()) + tuple(k.strip() for k in os.environ.get("PONDER_API_KEYS", "").split(",")
-                                             if k.strip())
+    keys = tuple(args.api_key or ()) + tuple(
+        k.strip() for k in os.environ.get("PONDER_API_KEYS", "").split(",") if k.strip()
+    )
     config = ServerConfig(
-        model_name=name, reward_model_name=prm.name if prm else None, max_num_samples=args.max_num_samples,
-        max_total_tokens=args.max_total_tokens, max_tree_nodes=args.max_tree_nodes,
-        default_max_tokens=args.default_max_tokens, request_timeout=args.request_timeout,
-        max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
-        max_concurrent_requests=args.max_concurrent_requests, max_queued_requests=args.max_queued_requests,
-        api_keys=keys, log_prompts=args.log_prompts)
+        model_name=name,
+        reward_model_name=prm.name if prm else None,
+        max_num_samples=args.max_num_samples,
+        max_total_tokens=args.max_total_tokens,
+        max_tree_nodes=args.max_tree_nodes,
+        default_max_tokens=args.default_max_tokens,
+        request_timeout=args.request_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_messages=args.max_messages,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_queued_requests=args.max_queued_requests,
+        api_keys=keys,
+        log_prompts=args.log_prompts,
+    )
     app = create_app(config, loader=_loader(args, policy, prm))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=args.shutdown_grace))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_grace
+        )
+    )
     app.state.uvicorn = server
     server.run()
     if app.state.exit_code:

@@ -37,8 +37,15 @@ class APIError(Exception):
         self.headers = headers
 
 
-def envelope(message: str, *, status: int, type: str, param: str | None = None, code: str | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    message: str,
+    *,
+    status: int,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -49,8 +56,7 @@ def _location(loc: tuple) -> str | None:
 
 
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return envelope(exc.message, status=exc.status, type=exc.type, param=exc.param, code=exc.code,
-                    headers=exc.headers)
+    return envelope(exc.message, status=exc.status, type=exc.type, param=exc.param, code=exc.code, headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,8 +81,9 @@ async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
 
 async def _scorer_error(_: Request, exc: ScorerError) -> JSONResponse:
     log.error("reward model error: %s", exc)
-    return envelope(f"the reward model failed: {exc}", status=503, type="service_unavailable",
-                    code="reward_model_error")
+    return envelope(
+        f"the reward model failed: {exc}", status=503, type="service_unavailable", code="reward_model_error"
+    )
 
 
 async def _internal_error(_: Request, exc: Exception) -> JSONResponse:

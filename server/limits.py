@@ -43,9 +43,16 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.keys and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
-            return await _reply(send, 401, _error_body("missing or invalid API key (send Authorization: Bearer KEY)",
-                                                       "invalid_request_error", "invalid_api_key"),
-                                {b"www-authenticate": b"Bearer"})
+            return await _reply(
+                send,
+                401,
+                _error_body(
+                    "missing or invalid API key (send Authorization: Bearer KEY)",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+                {b"www-authenticate": b"Bearer"},
+            )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return await _reply(send, 413, self._too_large())
@@ -95,8 +102,13 @@ class Admission:
 
     @staticmethod
     def busy() -> APIError:
-        return APIError("the server is at capacity (--max-concurrent-requests, --max-queued-requests); retry shortly",
-                        status=429, type="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+        return APIError(
+            "the server is at capacity (--max-concurrent-requests, --max-queued-requests); retry shortly",
+            status=429,
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": "1"},
+        )
 
     @contextlib.asynccontextmanager
     async def slot(self, queue_anyway: bool = False) -> AsyncIterator[None]:

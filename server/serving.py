@@ -40,8 +40,16 @@ from strategies.base import InvalidRequestError, Sample, SamplingSpec, Scorer, S
 log = logging.getLogger("ponder.requests")
 
 # OpenAI request fields Ponder does not implement: refused rather than silently ignored.
-UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "response_format", "tools", "tool_choice",
-               "frequency_penalty", "presence_penalty")
+UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "frequency_penalty",
+    "presence_penalty",
+)
 KEEPALIVE_SECONDS = 5.0  # SSE comment cadence while a strategy searches: keeps proxies from timing out
 
 
@@ -65,8 +73,12 @@ class ChatService:
     # ---- validation -------------------------------------------------------------------------------------------
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
         if len(request.messages) > self.config.max_messages:
-            raise APIError(f"{len(request.messages)} messages are above this server's cap of "
-                           f"{self.config.max_messages} (--max-messages)", param="messages", code="above_cap")
+            raise APIError(
+                f"{len(request.messages)} messages are above this server's cap of "
+                f"{self.config.max_messages} (--max-messages)",
+                param="messages",
+                code="above_cap",
+            )
         for name in UNSUPPORTED:
             if getattr(request, name) not in (None, False, 0, 0.0):
                 raise APIError(f"{name} is not supported by Ponder", param=name, code="unsupported_parameter")
@@ -75,12 +87,20 @@ class ChatService:
         prompt, question = self._render(request)
         prompt_tokens = self.engine.count_tokens(prompt)
         max_tokens = self._max_tokens(request, prompt_tokens)
-        task = Task(prompt=prompt, question=question, max_tokens=max_tokens, temperature=request.temperature,
-                    top_p=request.top_p, stop=tuple(request.stop or ()), seed=request.seed,
-                    request_id=f"ponder-{uuid.uuid4().hex[:16]}")
+        task = Task(
+            prompt=prompt,
+            question=question,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=tuple(request.stop or ()),
+            seed=request.seed,
+            request_id=f"ponder-{uuid.uuid4().hex[:16]}",
+        )
         ledger = Ledger(token_budget=config.max_total_tokens, node_budget=self.config.max_tree_nodes)
-        return Prepared(request, spec, config, task, prompt_tokens, ledger,
-                        deadline=time.monotonic() + self.config.request_timeout)
+        return Prepared(
+            request, spec, config, task, prompt_tokens, ledger, deadline=time.monotonic() + self.config.request_timeout
+        )
 
     def _strategy(self, name: str) -> strategies.StrategySpec:
         try:
@@ -88,8 +108,11 @@ class ChatService:
         except strategies.UnknownStrategyError as exc:
             raise APIError(str(exc), param="strategy", code="unknown_strategy") from None
         if spec.needs_scorer and self.scorer is None:
-            raise APIError(f"strategy {name!r} needs a reward model, and this server has none loaded "
-                           "(start it with --prm PATH)", param="strategy", code="reward_model_required")
+            raise APIError(
+                f"strategy {name!r} needs a reward model, and this server has none loaded (start it with --prm PATH)",
+                param="strategy",
+                code="reward_model_required",
+            )
         return spec
 
     def _strategy_config(self, spec: strategies.StrategySpec, request: ChatCompletionRequest) -> StrategyConfig:
@@ -97,69 +120,100 @@ class ChatService:
         known = {f.name for f in dataclasses.fields(spec.config_cls)}
         if request.n > 1:
             if "num_samples" not in known or spec.name != "none":
-                raise APIError("n > 1 is only supported with strategy 'none'; other strategies return one "
-                               "answer (set strategy_params.num_samples)", param="n")
+                raise APIError(
+                    "n > 1 is only supported with strategy 'none'; other strategies return one "
+                    "answer (set strategy_params.num_samples)",
+                    param="n",
+                )
             params.setdefault("num_samples", request.n)
         for key in params:
             if key not in known:
-                raise APIError(f"unknown parameter {key!r} for strategy {spec.name!r}; known: "
-                               f"{', '.join(sorted(known))}", param=f"strategy_params.{key}", code="unknown_parameter")
+                raise APIError(
+                    f"unknown parameter {key!r} for strategy {spec.name!r}; known: {', '.join(sorted(known))}",
+                    param=f"strategy_params.{key}",
+                    code="unknown_parameter",
+                )
         try:
             config = TypeAdapter(spec.config_cls).validate_python(params)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or None
             message = str(first.get("ctx", {}).get("error") or first["msg"])
-            raise APIError(f"invalid strategy_params{'.' + where if where else ''}: {message}",
-                           param=f"strategy_params{'.' + where if where else ''}", code="invalid_parameter") from None
+            raise APIError(
+                f"invalid strategy_params{'.' + where if where else ''}: {message}",
+                param=f"strategy_params{'.' + where if where else ''}",
+                code="invalid_parameter",
+            ) from None
         return self._apply_caps(config)
 
     def _apply_caps(self, config: StrategyConfig) -> StrategyConfig:
         caps = self.config
         samples = getattr(config, "num_samples", 1)
         if samples > caps.max_num_samples:
-            raise APIError(f"num_samples={samples} is above this server's cap of {caps.max_num_samples} "
-                           "(--max-num-samples)", param="strategy_params.num_samples", code="above_cap")
+            raise APIError(
+                f"num_samples={samples} is above this server's cap of {caps.max_num_samples} (--max-num-samples)",
+                param="strategy_params.num_samples",
+                code="above_cap",
+            )
         if config.max_total_tokens is not None and config.max_total_tokens > caps.max_total_tokens:
-            raise APIError(f"max_total_tokens={config.max_total_tokens} is above this server's cap of "
-                           f"{caps.max_total_tokens} (--max-total-tokens)", param="strategy_params.max_total_tokens",
-                           code="above_cap")
+            raise APIError(
+                f"max_total_tokens={config.max_total_tokens} is above this server's cap of "
+                f"{caps.max_total_tokens} (--max-total-tokens)",
+                param="strategy_params.max_total_tokens",
+                code="above_cap",
+            )
         if config.max_total_tokens is None:
             try:
                 config = dataclasses.replace(config, max_total_tokens=caps.max_total_tokens)
             except ValueError as exc:
-                raise APIError(f"{exc} within this server's cap of {caps.max_total_tokens} tokens "
-                               "(--max-total-tokens)", param="strategy_params", code="above_cap") from None
+                raise APIError(
+                    f"{exc} within this server's cap of {caps.max_total_tokens} tokens (--max-total-tokens)",
+                    param="strategy_params",
+                    code="above_cap",
+                ) from None
         return config
 
     def _render(self, request: ChatCompletionRequest) -> tuple[str, str]:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in request.messages]
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+        ]
         prefill = messages[-1]["role"] == "assistant"
         try:
             prompt = self.engine.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill)
+                messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+            )
         except Exception as exc:  # a template that refuses these roles or their order (jinja raise_exception)
             raise APIError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError:
-            raise APIError("the messages contain text that is not valid Unicode (a lone surrogate escape)",
-                           param="messages", code="invalid_text") from None
+            raise APIError(
+                "the messages contain text that is not valid Unicode (a lone surrogate escape)",
+                param="messages",
+                code="invalid_text",
+            ) from None
         users = [m["content"] for m in messages if m["role"] == "user"]
         return prompt, users[-1] if users else messages[-1]["content"]
 
     def _max_tokens(self, request: ChatCompletionRequest, prompt_tokens: int) -> int:
         room = self.engine.max_model_len - prompt_tokens
         if room < 1:
-            raise APIError(f"the prompt is {prompt_tokens} tokens, which leaves no room in the model's context of "
-                           f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
+            raise APIError(
+                f"the prompt is {prompt_tokens} tokens, which leaves no room in the model's context of "
+                f"{self.engine.max_model_len}",
+                param="messages",
+                code="context_length_exceeded",
+            )
         asked = request.token_limit()
         if asked is None:
             return min(room, self.config.default_max_tokens)
         if asked > room:
-            raise APIError(f"max_tokens={asked} plus the prompt's {prompt_tokens} tokens exceed the model's context "
-                           f"of {self.engine.max_model_len}", param="max_tokens", code="context_length_exceeded")
+            raise APIError(
+                f"max_tokens={asked} plus the prompt's {prompt_tokens} tokens exceed the model's context "
+                f"of {self.engine.max_model_len}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return asked
 
     # ---- running ----------------------------------------------------------------------------------------------
@@ -172,8 +226,11 @@ class ChatService:
             raise self._deadline_error() from None
 
     def _deadline_error(self) -> APIError:
-        return APIError(f"the request ran past this server's deadline of {self.config.request_timeout:g} s "
-                        "(--request-timeout); its work was aborted", code="deadline_exceeded")
+        return APIError(
+            f"the request ran past this server's deadline of {self.config.request_timeout:g} s "
+            "(--request-timeout); its work was aborted",
+            code="deadline_exceeded",
+        )
 
     async def _run_strategy(self, job: Prepared) -> StrategyResult:
         engine, scorer = self.engine, self.scorer
@@ -197,8 +254,11 @@ class ChatService:
     def info(self, job: Prepared, result: StrategyResult) -> PonderInfo:
         trace = job.config.return_trace
         return PonderInfo(
-            strategy=job.spec.name, engine_calls=job.ledger.engine_calls, engine_requests=job.ledger.engine_requests,
-            scorer_calls=job.ledger.scorer_calls, scorer_seconds=round(job.ledger.scorer_seconds, 6),
+            strategy=job.spec.name,
+            engine_calls=job.ledger.engine_calls,
+            engine_requests=job.ledger.engine_requests,
+            scorer_calls=job.ledger.scorer_calls,
+            scorer_seconds=round(job.ledger.scorer_seconds, 6),
             chosen_completion_tokens=sum(c.num_tokens for c in result.choices),
             candidates=[c.to_dict() for c in result.candidates] if trace else None,
             trace=result.extra if trace and result.extra else None,
@@ -209,19 +269,28 @@ class ChatService:
         return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=done, total_tokens=job.prompt_tokens + done)
 
     def respond(self, job: Prepared, result: StrategyResult) -> ChatCompletionResponse:
-        choices = [Choice(index=i, message=ResponseMessage(content=c.text), finish_reason=c.finish_reason)
-                   for i, c in enumerate(result.choices)]
-        return ChatCompletionResponse(model=self.config.model_name, choices=choices, usage=self.usage(job),
-                                      ponder=self.info(job, result))
+        choices = [
+            Choice(index=i, message=ResponseMessage(content=c.text), finish_reason=c.finish_reason)
+            for i, c in enumerate(result.choices)
+        ]
+        return ChatCompletionResponse(
+            model=self.config.model_name, choices=choices, usage=self.usage(job), ponder=self.info(job, result)
+        )
 
     def record(self, job: Prepared, status: int, started: float, result: StrategyResult | None = None) -> None:
         """Metrics and one structured log line per request; messages and outputs only with --log-prompts."""
         elapsed = time.perf_counter() - started
         self.metrics.observe(job.spec.name, status, elapsed, job.prompt_tokens, job.ledger.completion_tokens)
-        line = {"request_id": job.task.request_id, "strategy": job.spec.name, "status": status,
-                "prompt_tokens": job.prompt_tokens, "completion_tokens": job.ledger.completion_tokens,
-                "engine_calls": job.ledger.engine_calls, "scorer_calls": job.ledger.scorer_calls,
-                "latency_s": round(elapsed, 4)}
+        line = {
+            "request_id": job.task.request_id,
+            "strategy": job.spec.name,
+            "status": status,
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.ledger.completion_tokens,
+            "engine_calls": job.ledger.engine_calls,
+            "scorer_calls": job.ledger.scorer_calls,
+            "latency_s": round(elapsed, 4),
+        }
         if self.config.log_prompts:
             line["messages"] = [m.model_dump(include={"role", "content"}) for m in job.request.messages]
             line["outputs"] = [c.text for c in result.choices] if result else None
@@ -234,8 +303,9 @@ class ChatService:
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def frame(choices: list[ChunkChoice], **extra: Any) -> str:
-            chunk = ChatCompletionChunk(id=chunk_id, created=created, model=self.config.model_name,
-                                        choices=choices, **extra)
+            chunk = ChatCompletionChunk(
+                id=chunk_id, created=created, model=self.config.model_name, choices=choices, **extra
+            )
             return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
         status, result = 200, None
@@ -279,9 +349,14 @@ class ChatService:
     async def _stream_tokens(self, job: Prepared) -> AsyncIterator[Sample]:
         engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
         temperature = job.task.temperature if job.task.temperature is not None else 1.0
-        spec = SamplingSpec(n=1, temperature=temperature, top_p=job.task.top_p,
-                            max_tokens=min(job.task.max_tokens, job.config.max_total_tokens or job.task.max_tokens),
-                            stop=job.task.stop, seed=job.task.seed)
+        spec = SamplingSpec(
+            n=1,
+            temperature=temperature,
+            top_p=job.task.top_p,
+            max_tokens=min(job.task.max_tokens, job.config.max_total_tokens or job.task.max_tokens),
+            stop=job.task.stop,
+            seed=job.task.seed,
+        )
         try:
             async for piece in engine.stream(job.task.prompt, spec, job.task.request_id):
                 if time.monotonic() > job.deadline:

@@ -17,8 +17,16 @@ from strategies.base import Engine, Scorer, StrategyConfig, StrategyResult, Task
 
 StrategyFn = Callable[[Task, Any, Engine, Scorer | None], Awaitable[StrategyResult]]
 
-BUILTIN_MODULES = ("none", "best_of_n", "weighted_best_of_n", "self_consistency",
-                   "beam_search", "dvts", "tree_of_thought", "mcts")
+BUILTIN_MODULES = (
+    "none",
+    "best_of_n",
+    "weighted_best_of_n",
+    "self_consistency",
+    "beam_search",
+    "dvts",
+    "tree_of_thought",
+    "mcts",
+)
 
 
 @dataclass(frozen=True)

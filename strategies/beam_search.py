@@ -53,8 +53,15 @@ async def beam_search(task: Task, config: BeamSearchConfig, engine: Engine, scor
         ranked = sorted(open_, key=lambda c: c.score or 0.0, reverse=True)  # stable: ties keep sampling order
         for pruned in ranked[keep:]:
             pruned.info["pruned"] = True
-        search.rounds.append({"depth": depth, "beams": len(live), "n": config.num_samples // len(live),
-                              "finished": len(finished), "open": len(open_)})
+        search.rounds.append(
+            {
+                "depth": depth,
+                "beams": len(live),
+                "n": config.num_samples // len(live),
+                "finished": len(finished),
+                "open": len(open_),
+            }
+        )
         live = ranked[:keep]
         if len(finished) >= config.num_samples or not live:
             break

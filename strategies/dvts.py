@@ -52,8 +52,7 @@ async def dvts(task: Task, config: DVTSConfig, engine: Engine, scorer: Scorer | 
         best = [max(group, key=lambda c: c.score or 0.0) for group in groups]  # ties keep the first
         for node in best:
             node.info["selected"] = True
-        search.rounds.append({"depth": depth, "subtrees": len(groups), "n": len(groups[0]),
-                              "finished": len(finished)})
+        search.rounds.append({"depth": depth, "subtrees": len(groups), "n": len(groups[0]), "finished": len(finished)})
         leaves = [node for node in best if not node.finished]
         if not leaves:
             break

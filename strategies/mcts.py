@@ -135,16 +135,18 @@ async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> t
     share = search.cap(leaves, samples, reserve=verdicts)  # rollouts and verdicts get theirs
     to_eos = [leaf.depth + 1 >= config.max_depth for leaf in leaves]
     puct = config.selection == "puct"
-    drawn = await search.expand(leaves, config.num_samples, to_eos=to_eos, max_tokens=share, logprobs=0 if puct
-                                else None)
+    drawn = await search.expand(
+        leaves, config.num_samples, to_eos=to_eos, max_tokens=share, logprobs=0 if puct else None
+    )
     if drawn is None:
         return None
     children = [child for group in drawn for child in group]
     for group in drawn:
         _set_priors(group, [child.info.pop("logprob", None) for child in group])
     open_ = [child for child in children if not child.finished]
-    rollouts = await search.expand(open_, config.rollouts, to_eos=True, attach=False) if config.rollouts and open_ \
-        else None
+    rollouts = (
+        await search.expand(open_, config.rollouts, to_eos=True, attach=False) if config.rollouts and open_ else None
+    )
     rollouts = rollouts or [[] for _ in open_]
     valued = children + [r for group in rollouts for r in group]
     if config.value_source == "self":
@@ -172,8 +174,10 @@ def _backup(node: Node, value: float) -> None:
 async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
     """PRM-guided Monte Carlo tree search: UCT or PUCT selection, k children per expansion, mean backup."""
     if config.value_source == "prm" and scorer is None:
-        raise InvalidRequestError("mcts with value_source='prm' needs a reward model, and none is loaded; use "
-                                  "value_source='self' or start the server with a PRM")
+        raise InvalidRequestError(
+            "mcts with value_source='prm' needs a reward model, and none is loaded; use "
+            "value_source='self' or start the server with a PRM"
+        )
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     root = search.tree.root
     trajectories: list[Node] = []
@@ -192,8 +196,14 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
         for child in children:
             _backup(child, child.info["eval"])
         trajectories += [node for node in children + rollouts if node.finished]
-        search.rounds.append({"iteration": iteration, "leaves": [leaf.id for leaf in expandable],
-                              "children": len(children), "rollouts": len(rollouts)})
+        search.rounds.append(
+            {
+                "iteration": iteration,
+                "leaves": [leaf.id for leaf in expandable],
+                "children": len(children),
+                "rollouts": len(rollouts),
+            }
+        )
     if not trajectories:  # nothing finished: the end of the most visited path
         node = root
         while node.children:

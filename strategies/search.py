@@ -34,8 +34,10 @@ from strategies.base import (
 )
 from strategies.sampling import ScoredConfig, split_steps
 
-VALUE_PROMPT = ("Before going on, judge the steps so far: can they still reach a correct final answer? "
-                "Reply with one word: sure, likely or impossible.\nVerdict:")
+VALUE_PROMPT = (
+    "Before going on, judge the steps so far: can they still reach a correct final answer? "
+    "Reply with one word: sure, likely or impossible.\nVerdict:"
+)
 VALUE_MAP = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}  # ToT's game24 value_outputs_unwrap
 VALUE_TOKENS = 12  # one word: " impossible" is 11 tokens to a character-level tokenizer (the first verdict counts)
 _VERDICT = re.compile(r"\b(sure|likely|impossible)\b", re.IGNORECASE)
@@ -143,10 +145,19 @@ class Node:
         return path[::-1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "parent": self.parent.id if self.parent else None, "depth": self.depth,
-                "text": self.text, "tokens": self.num_tokens, "step_scores": self.step_scores, "score": self.score,
-                "visits": self.visits, "value": self.value_sum / self.visits if self.visits else None,
-                "finish_reason": self.finish_reason, **self.info}
+        return {
+            "id": self.id,
+            "parent": self.parent.id if self.parent else None,
+            "depth": self.depth,
+            "text": self.text,
+            "tokens": self.num_tokens,
+            "step_scores": self.step_scores,
+            "score": self.score,
+            "visits": self.visits,
+            "value": self.value_sum / self.visits if self.visits else None,
+            "finish_reason": self.finish_reason,
+            **self.info,
+        }
 
 
 class Tree:
@@ -159,8 +170,16 @@ class Tree:
 
     def add(self, parent: Node, sample: Sample, *, attach: bool = True) -> Node:
         """A child of ``parent`` for one sampled step (``attach=False``: a rollout, kept out of ``children``)."""
-        node = Node(len(self.nodes), parent, sample.text, sample.num_tokens, parent.prefix + sample.text,
-                    parent.prefix_tokens + sample.num_tokens, parent.depth + 1, step_end(sample, self.delimiter))
+        node = Node(
+            len(self.nodes),
+            parent,
+            sample.text,
+            sample.num_tokens,
+            parent.prefix + sample.text,
+            parent.prefix_tokens + sample.num_tokens,
+            parent.depth + 1,
+            step_end(sample, self.delimiter),
+        )
         if sample.cumulative_logprob is not None:
             node.info["logprob"] = sample.cumulative_logprob
         if node.finish_reason is None and node.prefix_tokens >= self.max_tokens:
@@ -171,8 +190,7 @@ class Tree:
         return node
 
     def to_dict(self, chosen: Node) -> dict[str, Any]:
-        return {"nodes": [n.to_dict() for n in self.nodes], "chosen": chosen.id,
-                "path": [n.id for n in chosen.path()]}
+        return {"nodes": [n.to_dict() for n in self.nodes], "chosen": chosen.id, "path": [n.id for n in chosen.path()]}
 
 
 def unique(nodes: Sequence[Node]) -> list[Node]:
@@ -195,8 +213,9 @@ class Searcher:
     ``tree_of_thought``'s own).
     """
 
-    def __init__(self, task: Task, config: Any, engine: Engine, scorer: Scorer | None,
-                 default_temperature: float) -> None:
+    def __init__(
+        self, task: Task, config: Any, engine: Engine, scorer: Scorer | None, default_temperature: float
+    ) -> None:
         self.task, self.config, self.engine, self.scorer = task, config, engine, scorer
         self.temperature = sampling_temperature(config, task, default_temperature)
         self.left = config.max_total_tokens  # tokens the budget still allows; None: no budget (the server sets one)
@@ -212,15 +231,30 @@ class Searcher:
             return max(0, room)
         return max(0, min(room, (self.left - reserve) // max(1, num_samples)))
 
-    def spec(self, n: int, max_tokens: int, *, to_eos: bool = False, temperature: float | None = None,
-             stop: tuple[str, ...] | None = None, logprobs: int | None = None) -> SamplingSpec:
+    def spec(
+        self,
+        n: int,
+        max_tokens: int,
+        *,
+        to_eos: bool = False,
+        temperature: float | None = None,
+        stop: tuple[str, ...] | None = None,
+        logprobs: int | None = None,
+    ) -> SamplingSpec:
         """One step (stop at the delimiter), or the rest of the solution (``to_eos``); a fresh seed per call."""
         if stop is None:
             stop = self.task.stop if to_eos else (self.config.step_delimiter, *self.task.stop)
         self._calls += 1
         seed = None if self.task.seed is None else self.task.seed + self._calls
-        return SamplingSpec(n=n, temperature=self.temperature if temperature is None else temperature,
-                            top_p=self.task.top_p, max_tokens=max_tokens, stop=stop, seed=seed, logprobs=logprobs)
+        return SamplingSpec(
+            n=n,
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.task.top_p,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+            logprobs=logprobs,
+        )
 
     async def generate(self, prompts: list[str], spec: SamplingSpec) -> list[list[Sample]]:
         """One engine call; what it spent comes off the budget."""
@@ -229,9 +263,17 @@ class Searcher:
             self.left -= sum(s.num_tokens for samples in outputs for s in samples)
         return outputs
 
-    async def expand(self, nodes: Sequence[Node], n: int, *, to_eos: bool | Sequence[bool] = False,
-                     reserve: int = 0, max_tokens: int | None = None, logprobs: int | None = None,
-                     attach: bool = True) -> list[list[Node]] | None:
+    async def expand(
+        self,
+        nodes: Sequence[Node],
+        n: int,
+        *,
+        to_eos: bool | Sequence[bool] = False,
+        reserve: int = 0,
+        max_tokens: int | None = None,
+        logprobs: int | None = None,
+        attach: bool = True,
+    ) -> list[list[Node]] | None:
         """``n`` next steps for every node in one engine call; the new children per node, or None when the budget
         cannot give every sample a token. Nodes that must run to EOS and nodes that stop at a step go out as two
         concurrent calls when mixed (only MCTS mixes them)."""
@@ -241,16 +283,22 @@ class Searcher:
             return None
         flags = list(to_eos) if isinstance(to_eos, Sequence) else [to_eos] * len(nodes)
         groups = {flag: [i for i, f in enumerate(flags) if f == flag] for flag in dict.fromkeys(flags)}
-        outputs = await asyncio.gather(*(
-            self.generate([self.task.prompt + nodes[i].prefix for i in members],
-                          self.spec(n, max_tokens, to_eos=flag, logprobs=logprobs))
-            for flag, members in groups.items()))
+        outputs = await asyncio.gather(
+            *(
+                self.generate(
+                    [self.task.prompt + nodes[i].prefix for i in members],
+                    self.spec(n, max_tokens, to_eos=flag, logprobs=logprobs),
+                )
+                for flag, members in groups.items()
+            )
+        )
         samples: list[list[Sample]] = [[] for _ in nodes]
         for members, output in zip(groups.values(), outputs, strict=True):
             for i, drawn in zip(members, output, strict=True):
                 samples[i] = drawn
-        return [[self.tree.add(node, s, attach=attach) for s in drawn] for node, drawn in zip(nodes, samples,
-                                                                                             strict=True)]
+        return [
+            [self.tree.add(node, s, attach=attach) for s in drawn] for node, drawn in zip(nodes, samples, strict=True)
+        ]
 
     async def lookahead(self, nodes: Sequence[Node], steps: int) -> list[str]:
         """Greedy continuations of up to ``steps`` more steps for the open nodes, one engine call per step over
@@ -264,13 +312,16 @@ class Searcher:
             max_tokens = room if self.left is None else min(room, self.left // len(open_))
             if max_tokens < 1:
                 break
-            outputs = await self.generate([self.task.prompt + nodes[i].prefix + suffixes[i] for i in open_],
-                                          self.spec(1, max_tokens, temperature=0.0))
+            outputs = await self.generate(
+                [self.task.prompt + nodes[i].prefix + suffixes[i] for i in open_],
+                self.spec(1, max_tokens, temperature=0.0),
+            )
             for i, (sample,) in zip(open_, outputs, strict=True):
                 suffixes[i] += sample.text
                 used[i] += sample.num_tokens
-            open_ = [i for i, (s,) in zip(open_, outputs, strict=True) if step_end(s, self.config.step_delimiter)
-                     is None]
+            open_ = [
+                i for i, (s,) in zip(open_, outputs, strict=True) if step_end(s, self.config.step_delimiter) is None
+            ]
         return suffixes
 
     async def score(self, nodes: Sequence[Node], suffixes: Sequence[str] | None = None) -> None:
@@ -306,8 +357,17 @@ class Searcher:
         """The chosen solution among ``finals``: weighted best-of-N (``vote``: reward summed per equivalent answer,
         the best member of the heaviest answer) or the highest score; with ``return_trace``, the tree in ``extra``."""
         finals = list(finals) or [self.tree.root]
-        candidates = [Candidate(n.prefix, n.prefix_tokens, n.finish_reason or "length", list(n.step_scores),
-                                n.score, extract_answer(n.prefix)) for n in finals]
+        candidates = [
+            Candidate(
+                n.prefix,
+                n.prefix_tokens,
+                n.finish_reason or "length",
+                list(n.step_scores),
+                n.score,
+                extract_answer(n.prefix),
+            )
+            for n in finals
+        ]
         best, answers = choose(candidates, how)
         candidates[best].chosen = True
         finals[best].info["chosen"] = True
@@ -331,6 +391,7 @@ def choose(candidates: Sequence[Candidate], how: Literal["vote", "score"]) -> tu
         return by_score, []
     totals = [sum(candidates[i].score or 0.0 for i in members) for members in groups]
     heaviest = groups[max(range(len(groups)), key=totals.__getitem__)]
-    answers = [{"answer": candidates[m[0]].answer, "weight": t, "count": len(m)}
-               for m, t in zip(groups, totals, strict=True)]
+    answers = [
+        {"answer": candidates[m[0]].answer, "weight": t, "count": len(m)} for m, t in zip(groups, totals, strict=True)
+    ]
     return max(heaviest, key=lambda i: candidates[i].score or 0.0), answers

@@ -104,8 +104,10 @@ async def tree_of_thought(
 ) -> StrategyResult:
     """Tree of Thoughts: BFS over the b best states or DFS with pruning, valued by the PRM or by self-evaluation."""
     if config.value_source == "prm" and scorer is None:
-        raise InvalidRequestError("tree_of_thought with value_source='prm' needs a reward model, and none is "
-                                  "loaded; use value_source='self' or start the server with a PRM")
+        raise InvalidRequestError(
+            "tree_of_thought with value_source='prm' needs a reward model, and none is "
+            "loaded; use value_source='self' or start the server with a PRM"
+        )
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     run = bfs if config.search == "bfs" else dfs
     finished, open_ = await run(search, config)

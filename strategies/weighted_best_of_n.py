@@ -39,6 +39,7 @@ async def weighted_best_of_n(
     pool = groups[max(range(len(groups)), key=totals.__getitem__)] if groups else range(len(candidates))
     best = candidates[max(pool, key=lambda i: candidates[i].score or 0.0)]
     best.chosen = True
-    answer_totals = [{"answer": candidates[m[0]].answer, "weight": t, "count": len(m)}
-                     for m, t in zip(groups, totals, strict=True)]
+    answer_totals = [
+        {"answer": candidates[m[0]].answer, "weight": t, "count": len(m)} for m, t in zip(groups, totals, strict=True)
+    ]
     return StrategyResult(choices=[best], candidates=candidates, extra={"answers": answer_totals})

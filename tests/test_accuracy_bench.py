@@ -35,8 +35,22 @@ def fake_client() -> tuple[accuracy.InProcessClient, FakeEngine]:
 
 
 def args_for(tmp_path, *extra: str):
-    argv = ["--dataset", "arith", "--level", "1,2", "--strategies", "greedy,self_consistency,best_of_n",
-            "--n", "1,4", "--limit", "6", "--output", str(tmp_path / "out"), "--no-plot", *extra]
+    argv = [
+        "--dataset",
+        "arith",
+        "--level",
+        "1,2",
+        "--strategies",
+        "greedy,self_consistency,best_of_n",
+        "--n",
+        "1,4",
+        "--limit",
+        "6",
+        "--output",
+        str(tmp_path / "out"),
+        "--no-plot",
+        *extra,
+    ]
     args = accuracy.build_parser().parse_args(argv)
     accuracy.validate(args)
     return args
@@ -45,14 +59,22 @@ def args_for(tmp_path, *extra: str):
 def test_grid_runs_strategies_without_n_once():
     configs = accuracy.grid(["arith"], [1], ["greedy", "best_of_n"], [1, 4], [0, 1])
     assert sorted((c.strategy, c.n, c.seed) for c in configs) == [
-        ("best_of_n", 1, 0), ("best_of_n", 1, 1), ("best_of_n", 4, 0), ("best_of_n", 4, 1),
-        ("greedy", 1, 0), ("greedy", 1, 1)]
+        ("best_of_n", 1, 0),
+        ("best_of_n", 1, 1),
+        ("best_of_n", 4, 0),
+        ("best_of_n", 4, 1),
+        ("greedy", 1, 0),
+        ("greedy", 1, 1),
+    ]
 
 
 def test_strategy_request_maps_n_to_each_strategys_budget():
     assert accuracy.strategy_request("greedy", 1, {}) == ("none", {}, 0.0)
     assert accuracy.strategy_request("best_of_n", 8, {"aggregation": "min"}) == (
-        "best_of_n", {"num_samples": 8, "aggregation": "min"}, None)
+        "best_of_n",
+        {"num_samples": 8, "aggregation": "min"},
+        None,
+    )
     assert accuracy.strategy_request("mcts", 16, {})[1] == {"num_iterations": 16}
     assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16}, None)
 
@@ -61,9 +83,17 @@ def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):
     client, engine = fake_client()
     rows = asyncio.run(accuracy.run(args_for(tmp_path), client))
     keys = {(r["level"], r["strategy"], r["n"]) for r in rows}
-    assert keys == {(lv, s, n) for lv in (1, 2) for s, n in
-                    [("greedy", 1), ("self_consistency", 1), ("self_consistency", 4), ("best_of_n", 1),
-                     ("best_of_n", 4)]}
+    assert keys == {
+        (lv, s, n)
+        for lv in (1, 2)
+        for s, n in [
+            ("greedy", 1),
+            ("self_consistency", 1),
+            ("self_consistency", 4),
+            ("best_of_n", 1),
+            ("best_of_n", 4),
+        ]
+    }
     by = {(r["level"], r["strategy"], r["n"]): r for r in rows}
     for level in (1, 2):
         assert by[(level, "greedy", 1)]["accuracy"] == 1.0  # sample 0 is always right
@@ -100,21 +130,34 @@ def test_plot_and_bootstrap():
 
 
 def test_plot_writes_a_png(tmp_path):
-    rows = [{"dataset": "arith", "level": 3, "strategy": s, "n": n, "accuracy": a, "ci_low": a - 0.1,
-             "ci_high": a + 0.1, "completion_tokens_mean": t}
-            for s, n, a, t in [("greedy", 1, 0.3, 40), ("best_of_n", 4, 0.5, 160), ("best_of_n", 16, 0.6, 640)]]
+    rows = [
+        {
+            "dataset": "arith",
+            "level": 3,
+            "strategy": s,
+            "n": n,
+            "accuracy": a,
+            "ci_low": a - 0.1,
+            "ci_high": a + 0.1,
+            "completion_tokens_mean": t,
+        }
+        for s, n, a, t in [("greedy", 1, 0.3, 40), ("best_of_n", 4, 0.5, 160), ("best_of_n", 16, 0.6, 640)]
+    ]
     path = accuracy.plot(rows, tmp_path / "a.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset", "nope"], "unknown task 'nope'"),
-    (["--dataset", "arith", "--strategies", "bogus"], "unknown strategy 'bogus'"),
-    (["--dataset", "arith", "--level", "99"], "has no level [99]"),
-    (["--dataset", "arith", "--n", "0"], "--n needs budgets"),
-    (["--dataset", "arith", "--param", "best_of_n"], "expected STRATEGY.KEY=VALUE"),
-    (["--dataset", "gsm8k", "--data-file", "/nonexistent.jsonl"], "nonexistent"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "nope"], "unknown task 'nope'"),
+        (["--dataset", "arith", "--strategies", "bogus"], "unknown strategy 'bogus'"),
+        (["--dataset", "arith", "--level", "99"], "has no level [99]"),
+        (["--dataset", "arith", "--n", "0"], "--n needs budgets"),
+        (["--dataset", "arith", "--param", "best_of_n"], "expected STRATEGY.KEY=VALUE"),
+        (["--dataset", "gsm8k", "--data-file", "/nonexistent.jsonl"], "nonexistent"),
+    ],
+)
 def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["accuracy", *argv, "--output", str(tmp_path / "o"), "--no-prm", "--model", "/nope"]) == 2
     err = capsys.readouterr().err

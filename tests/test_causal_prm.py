@@ -195,8 +195,12 @@ async def test_likelihood_scores_through_the_prefix_cache_equal_fresh_ones(likel
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     question = "Start with 31. (1) Add 6. (2) Multiply by 2. (3) Subtract 9. What is the result?"
-    steps = ["(1) Add 6: 31 + 6 = 37\n\n", "(2) Multiply by 2: 37 * 2 = 74\n\n", "(3) Subtract 9: 74 - 9 = 65\n\n",
-             "\\boxed{65}"]
+    steps = [
+        "(1) Add 6: 31 + 6 = 37\n\n",
+        "(2) Multiply by 2: 37 * 2 = 74\n\n",
+        "(3) Subtract 9: 74 - 9 = 65\n\n",
+        "\\boxed{65}",
+    ]
     reads: list[tuple[bool, int]] = []  # (fresh, tokens served from the cache) per engine request
     pool_one = likelihood._pool_one
 
@@ -214,8 +218,9 @@ async def test_likelihood_scores_through_the_prefix_cache_equal_fresh_ones(likel
     likelihood._known.clear()  # every step cached in vLLM, none known: read again without the cache
     reads.clear()
     deepest = rounds[-1][:1]
-    assert (await likelihood.score(deepest, "unknown"))[0] == pytest.approx(torch_scores(model, tokenizer,
-                                                                                        deepest)[0], abs=1e-3)
+    assert (await likelihood.score(deepest, "unknown"))[0] == pytest.approx(
+        torch_scores(model, tokenizer, deepest)[0], abs=1e-3
+    )
     assert reads[0][1] > 0 and reads[1] == (True, 0)
 
 
@@ -310,8 +315,13 @@ def test_serve_parses_prm_format() -> None:
 
 
 def ponder(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_serve_rejects_a_bad_prm_format() -> None:

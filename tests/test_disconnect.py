@@ -51,8 +51,17 @@ def save_endless_policy(path: Path) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("disconnect")
     policy, prm = save_endless_policy(root / "policy"), save_tiny_prm(root / "prm", seed=2)
-    cmd = ponder_cmd(str(policy), str(prm), 0.1, "--served-model-name", "tiny", "--request-timeout",
-                     str(DEADLINE_SECONDS), "--log-level", "info")
+    cmd = ponder_cmd(
+        str(policy),
+        str(prm),
+        0.1,
+        "--served-model-name",
+        "tiny",
+        "--request-timeout",
+        str(DEADLINE_SECONDS),
+        "--log-level",
+        "info",
+    )
     with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=STARTUP_SECONDS) as server:
         yield server
 
@@ -97,11 +106,16 @@ def aborted(text: str, strategy: str) -> float:
 
 async def settled(client: httpx.AsyncClient, strategy: str, aborted_before: float, aborts: int = 1) -> None:
     """Ponder's engine requests are back to 0, the aborts were counted, and nothing is left in flight."""
-    text = await wait_for(client, lambda t: running_now(t) == 0 and aborted(t, strategy) >= aborted_before + aborts,
-                          SETTLE_SECONDS, f"engine requests back to 0 and {aborts} abort(s) of {strategy} counted")
+    text = await wait_for(
+        client,
+        lambda t: running_now(t) == 0 and aborted(t, strategy) >= aborted_before + aborts,
+        SETTLE_SECONDS,
+        f"engine requests back to 0 and {aborts} abort(s) of {strategy} counted",
+    )
     assert aborted(text, strategy) == aborted_before + aborts
-    text = await wait_for(client, lambda t: metric(t, "ponder_requests_in_flight") == 0, SETTLE_SECONDS,
-                          "no request in flight")
+    text = await wait_for(
+        client, lambda t: metric(t, "ponder_requests_in_flight") == 0, SETTLE_SECONDS, "no request in flight"
+    )
 
 
 def engine_cpu_seconds(server) -> float:
@@ -147,8 +161,10 @@ async def test_streaming_clients_disconnect_after_their_first_token(server, clie
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             lines = response.aiter_lines()  # kept: a generator dropped mid-stream closes the connection when collected
-            while not ((line := await anext(lines)).startswith("data: ")
-                       and json.loads(line[6:])["choices"][0]["delta"].get("content")):
+            while not (
+                (line := await anext(lines)).startswith("data: ")
+                and json.loads(line[6:])["choices"][0]["delta"].get("content")
+            ):
                 pass  # until a first token: the engine is generating this stream
             started += 1
             if started == STREAMS:
@@ -198,8 +214,13 @@ async def test_a_request_past_its_deadline_is_aborted(server, client):
 
 
 async def test_the_server_still_serves_after_the_aborts(client):
-    body = {"model": "tiny", "messages": QUESTION, "max_tokens": 8, "strategy": "best_of_n",
-            "strategy_params": {"num_samples": 4}}
+    body = {
+        "model": "tiny",
+        "messages": QUESTION,
+        "max_tokens": 8,
+        "strategy": "best_of_n",
+        "strategy_params": {"num_samples": 4},
+    }
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 4 * 8  # EOS never comes: every sample runs to the cap

@@ -26,18 +26,42 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     policy = save_tiny_policy(root / "policy", seed=3)
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     with running(vllm_cmd(str(policy), 0.1), root / "vllm.log", env=env) as vllm:
-        ponder = [sys.executable, "-m", "server.cli", "serve", "--backend", "openai", "--base-url", f"{vllm.url}/v1",
-                  "--remote-model", "model", "--tokenizer", str(policy), "--port", "{port}", "--no-prm",
-                  "--max-model-len", "2048", "--served-model-name", "remote-tiny", "--api-key", "secret-1"]
+        ponder = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--backend",
+            "openai",
+            "--base-url",
+            f"{vllm.url}/v1",
+            "--remote-model",
+            "model",
+            "--tokenizer",
+            str(policy),
+            "--port",
+            "{port}",
+            "--no-prm",
+            "--max-model-len",
+            "2048",
+            "--served-model-name",
+            "remote-tiny",
+            "--api-key",
+            "secret-1",
+        ]
         with running(ponder, root / "ponder.log", env={"PONDER_API_KEYS": "secret-2,secret-3"}) as server:
             yield SimpleNamespace(
-                client=openai.OpenAI(base_url=f"{server.url}/v1", api_key="secret-3", max_retries=0), server=server)
+                client=openai.OpenAI(base_url=f"{server.url}/v1", api_key="secret-3", max_retries=0), server=server
+            )
 
 
 def test_self_consistency_through_the_remote_engine(stack):
     reply = stack.client.chat.completions.create(
-        model="remote-tiny", messages=QUESTION, max_tokens=12,
-        extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 6, "return_trace": True}})
+        model="remote-tiny",
+        messages=QUESTION,
+        max_tokens=12,
+        extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 6, "return_trace": True}},
+    )
     ponder = reply.model_extra["ponder"]
     assert ponder["engine_calls"] == 1 and len(ponder["candidates"]) == 6
     assert reply.usage.completion_tokens == sum(c["completion_tokens"] for c in ponder["candidates"])
@@ -45,9 +69,16 @@ def test_self_consistency_through_the_remote_engine(stack):
 
 
 def test_streaming_through_the_remote_engine(stack):
-    chunks = list(stack.client.chat.completions.create(
-        model="remote-tiny", messages=QUESTION, max_tokens=10, temperature=0, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        stack.client.chat.completions.create(
+            model="remote-tiny",
+            messages=QUESTION,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     plain = stack.client.chat.completions.create(model="remote-tiny", messages=QUESTION, max_tokens=10, temperature=0)
     assert text == plain.choices[0].message.content
@@ -56,8 +87,9 @@ def test_streaming_through_the_remote_engine(stack):
 
 def test_reward_model_strategy_without_prm_is_a_400(stack):
     with pytest.raises(openai.BadRequestError, match="needs a reward model"):
-        stack.client.chat.completions.create(model="remote-tiny", messages=QUESTION,
-                                             extra_body={"strategy": "best_of_n"})
+        stack.client.chat.completions.create(
+            model="remote-tiny", messages=QUESTION, extra_body={"strategy": "best_of_n"}
+        )
 
 
 def test_api_keys_from_flag_and_environment(stack):
@@ -80,8 +112,12 @@ def test_sigterm_drains_in_flight_requests(stack):
 
     def long_request():
         outcome["reply"] = stack.client.chat.completions.create(
-            model="remote-tiny", messages=QUESTION, max_tokens=1500, temperature=1.0,
-            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 32}})
+            model="remote-tiny",
+            messages=QUESTION,
+            max_tokens=1500,
+            temperature=1.0,
+            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 32}},
+        )
         outcome["finished"] = time.monotonic()
 
     worker = threading.Thread(target=long_request)

@@ -21,8 +21,19 @@ STARTUP_SECONDS = 300
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("models")
     policy, prm = save_tiny_policy(root / "policy", seed=1), save_tiny_prm(root / "prm", seed=2)
-    cmd = ponder_cmd(str(policy), str(prm), 0.1, "--served-model-name", "tiny", "--max-num-samples", "32",
-                     "--default-max-tokens", "24", "--log-level", "info")
+    cmd = ponder_cmd(
+        str(policy),
+        str(prm),
+        0.1,
+        "--served-model-name",
+        "tiny",
+        "--max-num-samples",
+        "32",
+        "--default-max-tokens",
+        "24",
+        "--log-level",
+        "info",
+    )
     with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=STARTUP_SECONDS) as server:
         yield server
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
@@ -56,8 +67,11 @@ def test_plain_chat_completion(client):
 
 def test_best_of_n_is_one_engine_request_and_counts_every_token(client):
     reply = client.chat.completions.create(
-        model="tiny", messages=QUESTION, max_tokens=12,
-        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 16, "return_trace": True}})
+        model="tiny",
+        messages=QUESTION,
+        max_tokens=12,
+        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 16, "return_trace": True}},
+    )
     ponder = reply.model_extra["ponder"]
     assert ponder["engine_calls"] == 1 and ponder["engine_requests"] == 1 and ponder["scorer_calls"] == 1
     candidates = ponder["candidates"]
@@ -72,8 +86,11 @@ def test_best_of_n_is_one_engine_request_and_counts_every_token(client):
 def test_self_consistency_and_weighted_best_of_n(client):
     for strategy in ("self_consistency", "weighted_best_of_n"):
         reply = client.chat.completions.create(
-            model="tiny", messages=QUESTION, max_tokens=12,
-            extra_body={"strategy": strategy, "strategy_params": {"num_samples": 4}})
+            model="tiny",
+            messages=QUESTION,
+            max_tokens=12,
+            extra_body={"strategy": strategy, "strategy_params": {"num_samples": 4}},
+        )
         assert reply.model_extra["ponder"]["strategy"] == strategy
         assert reply.usage.completion_tokens >= reply.model_extra["ponder"]["chosen_completion_tokens"]
 
@@ -82,17 +99,30 @@ async def test_async_client_concurrent_requests(server):
     import asyncio
 
     client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-    replies = await asyncio.gather(*[
-        client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=8,
-                                       extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 4}})
-        for _ in range(6)])
+    replies = await asyncio.gather(
+        *[
+            client.chat.completions.create(
+                model="tiny",
+                messages=QUESTION,
+                max_tokens=8,
+                extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 4}},
+            )
+            for _ in range(6)
+        ]
+    )
     assert all(r.model_extra["ponder"]["engine_requests"] == 1 for r in replies)
     await client.close()
 
 
 def test_streaming_tokens_and_usage(client):
-    stream = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     greedy = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=16, temperature=0)
@@ -102,8 +132,13 @@ def test_streaming_tokens_and_usage(client):
 
 def test_streaming_a_strategy(client):
     stream = client.chat.completions.create(
-        model="tiny", messages=QUESTION, max_tokens=10, stream=True, stream_options={"include_usage": True},
-        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 8}})
+        model="tiny",
+        messages=QUESTION,
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 8}},
+    )
     chunks = list(stream)
     assert chunks[-1].usage.completion_tokens > 0
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
@@ -114,8 +149,11 @@ def test_client_errors_are_openai_errors(client):
         client.chat.completions.create(model="tiny", messages=QUESTION, extra_body={"strategy": "nope"})
     assert "available:" in err.value.body["message"]
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="tiny", messages=QUESTION,
-                                       extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 33}})
+        client.chat.completions.create(
+            model="tiny",
+            messages=QUESTION,
+            extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 33}},
+        )
     assert err.value.body["code"] == "above_cap"
 
 

@@ -36,12 +36,26 @@ from training.tiny_models import build_char_tokenizer
 
 SOLUTIONS = ("3 + 4 = 7\n\n\\boxed{7}", "3 + 4 = 8\n\n\\boxed{8}", "Yes, likely.\n\n\\boxed{7}", "hmm\n\n\\boxed{1}")
 EXAMPLES = int(os.environ.get("PONDER_FUZZ_EXAMPLES", "150"))
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("PONDER_FUZZ_RANDOM") != "1",
-                         database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=os.environ.get("PONDER_FUZZ_RANDOM") != "1",
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
 # Small caps keep a fuzzed search (mcts with 10**6 iterations) short on the fake engine, and get hit by the fuzzer.
-CONFIG = ServerConfig(model_name="tiny", reward_model_name="prm", max_num_samples=16, max_total_tokens=2048,
-                      max_tree_nodes=256, default_max_tokens=64, max_messages=8, max_body_bytes=64 << 10,
-                      request_timeout=10.0)
+CONFIG = ServerConfig(
+    model_name="tiny",
+    reward_model_name="prm",
+    max_num_samples=16,
+    max_total_tokens=2048,
+    max_tree_nodes=256,
+    default_max_tokens=64,
+    max_messages=8,
+    max_body_bytes=64 << 10,
+    request_timeout=10.0,
+)
 
 
 class TokenizingEngine(FakeEngine):
@@ -71,8 +85,9 @@ class TokenizingEngine(FakeEngine):
             yield piece
 
 
-def openai_error_envelope(ctx: schemathesis.CheckContext, response: schemathesis.Response,
-                          case: schemathesis.Case) -> None:
+def openai_error_envelope(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> None:
     """Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
     if response.status_code < 400:
         return
@@ -83,8 +98,17 @@ def openai_error_envelope(ctx: schemathesis.CheckContext, response: schemathesis
 
 
 SKIPPED = os.environ.get("PONDER_FUZZ_SKIP_CHECKS", "").split(",")
-CHECKS = [check for check in (not_a_server_error, status_code_conformance, content_type_conformance,
-                              response_schema_conformance, openai_error_envelope) if check.__name__ not in SKIPPED]
+CHECKS = [
+    check
+    for check in (
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        openai_error_envelope,
+    )
+    if check.__name__ not in SKIPPED
+]
 
 app = create_app(CONFIG, engine=TokenizingEngine(), scorer=FakeScorer(default=0.6))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -95,8 +119,10 @@ statuses: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 @pytest.fixture(scope="module", autouse=True)
 def report_cases():
     yield
-    print(f"\nfuzzing: {sum(statuses.values())} cases, {sum(n for (_, s), n in statuses.items() if s >= 500)} 5xx; "
-          + ", ".join(f"{op} {s}: {n}" for (op, s), n in sorted(statuses.items())))
+    print(
+        f"\nfuzzing: {sum(statuses.values())} cases, {sum(n for (_, s), n in statuses.items() if s >= 500)} 5xx; "
+        + ", ".join(f"{op} {s}: {n}" for (op, s), n in sorted(statuses.items()))
+    )
 
 
 def validated(case: schemathesis.Case, label: str = "") -> schemathesis.Response:
@@ -116,8 +142,13 @@ def test_openapi_operations(case: schemathesis.Case) -> None:
 # ---- strategy_params: the right names, values of any type and size ------------------------------------------------
 def _values(annotation: typing.Any) -> st.SearchStrategy:
     """Values for a config field: mostly of its type, at and beyond its edges; sometimes of another type."""
-    wild = st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.lists(st.integers(), max_size=2),
-                     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+    wild = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.text(max_size=8),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+    )
     ints = st.one_of(st.integers(-2, 20), st.sampled_from([2**31, 2**63, 10**6, -(10**6)]))
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
@@ -141,11 +172,15 @@ def _values(annotation: typing.Any) -> st.SearchStrategy:
 def chat_bodies(draw: st.DrawFn) -> dict:
     spec = draw(st.sampled_from(strategies.available()))
     hints = typing.get_type_hints(spec.config_cls)
-    names = draw(st.lists(st.sampled_from([f.name for f in dataclasses.fields(spec.config_cls)]), unique=True,
-                          max_size=4))
-    body: dict = {"model": "tiny", "strategy": spec.name,
-                  "strategy_params": {name: draw(_values(hints[name])) for name in names},
-                  "messages": [{"role": "user", "content": draw(st.text(max_size=40))}]}
+    names = draw(
+        st.lists(st.sampled_from([f.name for f in dataclasses.fields(spec.config_cls)]), unique=True, max_size=4)
+    )
+    body: dict = {
+        "model": "tiny",
+        "strategy": spec.name,
+        "strategy_params": {name: draw(_values(hints[name])) for name in names},
+        "messages": [{"role": "user", "content": draw(st.text(max_size=40))}],
+    }
     if draw(st.booleans()):
         body["max_tokens"] = draw(st.integers(1, 600))
     if draw(st.booleans()):
@@ -198,11 +233,22 @@ def test_raw_bodies(raw: bytes, content_type: str) -> None:
 
 # ---- with API keys: none, wrong ones, malformed headers, the right one ---------------------------------------------
 KEY = "sk-fuzz-0123456789"
-keyed_app = create_app(dataclasses.replace(CONFIG, api_keys=("another-key", KEY)), engine=TokenizingEngine(),
-                       scorer=FakeScorer())
+keyed_app = create_app(
+    dataclasses.replace(CONFIG, api_keys=("another-key", KEY)), engine=TokenizingEngine(), scorer=FakeScorer()
+)
 keyed_schema = schemathesis.openapi.from_asgi("/openapi.json", keyed_app, headers={"Authorization": f"Bearer {KEY}"})
-AUTHORIZATIONS = [None, f"Bearer {KEY}", f"bearer {KEY}", "Bearer sk-wrong", f"Basic {KEY}", "Bearer", "Bearer  ",
-                  f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", "Bearer \u00e9t\u00e9"]
+AUTHORIZATIONS = [
+    None,
+    f"Bearer {KEY}",
+    f"bearer {KEY}",
+    "Bearer sk-wrong",
+    f"Basic {KEY}",
+    "Bearer",
+    "Bearer  ",
+    f"Bearer {KEY}x",
+    f"Bearer {KEY[:-1]}",
+    "Bearer \u00e9t\u00e9",
+]
 
 
 @keyed_schema.parametrize()

@@ -33,8 +33,14 @@ async def policy():
 
 def task_for(engine, problem, request_id: str) -> Task:
     prompt = chat_prompt(engine.tokenizer, game24, problem)
-    return Task(prompt=prompt, question=game24.prompt(problem), max_tokens=game24.max_tokens, temperature=None,
-                top_p=1.0, request_id=request_id)
+    return Task(
+        prompt=prompt,
+        question=game24.prompt(problem),
+        max_tokens=game24.max_tokens,
+        temperature=None,
+        top_p=1.0,
+        request_id=request_id,
+    )
 
 
 @pytest.mark.e2e

@@ -156,8 +156,15 @@ def test_hard_prompts_are_the_policys_greedy_mistakes(tmp_path, monkeypatch):
     from server.default_models import ensure_default_models
 
     policy = ensure_default_models().policy
-    config = PolicyGRPOConfig(policy=str(policy), output_dir=str(tmp_path), levels=[6], num_train_problems=8,
-                              hard_pool_factor=3, hard_fraction=0.5, eval_kv_cache_gib=0.25)
+    config = PolicyGRPOConfig(
+        policy=str(policy),
+        output_dir=str(tmp_path),
+        levels=[6],
+        num_train_problems=8,
+        hard_pool_factor=3,
+        hard_fraction=0.5,
+        eval_kv_cache_gib=0.25,
+    )
     task = get_task("arith")
     pool = task.load("train", limit=24, seed=config.seed, level=[6])
     wrong = asyncio.run(grpo.greedy_wrong(config, task, pool))
@@ -168,8 +175,9 @@ def test_hard_prompts_are_the_policys_greedy_mistakes(tmp_path, monkeypatch):
         text = chat_prompt(tokenizer, task, problem)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         out = model.generate(ids, max_new_tokens=task.max_tokens, do_sample=False)
-        agree += task.grade(problem, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)) != is_wrong
+        agree += task.grade(problem, tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)) != is_wrong
     assert agree >= 5  # vLLM may run bf16 where transformers runs float32: a near tie can flip one answer
+
     async def decoded(*_):  # the same pool: its greedy decode above, not a second engine
         return wrong
 

@@ -30,4 +30,3 @@ def test_training_bf16_default_is_resolved(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert RewardModelConfig(output_dir="unused").bf16 is True
     assert RewardModelConfig(output_dir="unused", bf16=False).bf16 is False
-

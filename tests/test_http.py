@@ -43,8 +43,14 @@ async def test_best_of_n_response_schema_usage_and_trace():
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"].startswith("chatcmpl-")
-    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": SOLUTIONS[0]},
-                                "logprobs": None, "finish_reason": "stop"}]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": SOLUTIONS[0]},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
     prompt = "system: Be brief.\nuser: What is 3 + 4?\nassistant:"  # the chat template applied to the messages
     assert engine.calls[0][0] == [prompt]
     usage = body["usage"]
@@ -73,27 +79,45 @@ async def test_none_with_n_returns_n_choices():
     assert body["ponder"]["engine_calls"] == 1 and body["ponder"]["scorer_calls"] == 0
 
 
-@pytest.mark.parametrize(("body", "param", "says"), [
-    ({"strategy": "best_of_m"}, "strategy", "unknown strategy 'best_of_m'; available: "),
-    ({"strategy": "self_consistency", "strategy_params": {"num_sample": 4}}, "strategy_params.num_sample",
-     "unknown parameter"),
-    ({"strategy": "self_consistency", "strategy_params": {"num_samples": "many"}}, "strategy_params.num_samples",
-     "invalid"),
-    ({"strategy": "self_consistency", "strategy_params": {"num_samples": 0}}, None, "num_samples must be"),
-    ({"strategy": "self_consistency", "strategy_params": {"num_samples": 65}}, "strategy_params.num_samples",
-     "cap of 64"),
-    ({"strategy": "self_consistency", "strategy_params": {"max_total_tokens": 10**6}},
-     "strategy_params.max_total_tokens", "cap of 65536"),
-    ({"strategy": "best_of_n", "strategy_params": {"aggregation": "median"}}, "strategy_params.aggregation",
-     "should be 'last', 'min'"),
-    ({"strategy": "best_of_n", "n": 2}, "n", "only supported with strategy 'none'"),
-    ({"max_tokens": 5000}, "max_tokens", "context"),
-    ({"max_tokens": 0}, "max_tokens", ""),
-    ({"temperature": 7}, "temperature", ""),
-    ({"tools": [{"type": "function"}]}, "tools", "not supported"),
-    ({"messages": []}, "messages", ""),
-    ({"stream_option": {}}, "stream_option", "extra"),
-])
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        ({"strategy": "best_of_m"}, "strategy", "unknown strategy 'best_of_m'; available: "),
+        (
+            {"strategy": "self_consistency", "strategy_params": {"num_sample": 4}},
+            "strategy_params.num_sample",
+            "unknown parameter",
+        ),
+        (
+            {"strategy": "self_consistency", "strategy_params": {"num_samples": "many"}},
+            "strategy_params.num_samples",
+            "invalid",
+        ),
+        ({"strategy": "self_consistency", "strategy_params": {"num_samples": 0}}, None, "num_samples must be"),
+        (
+            {"strategy": "self_consistency", "strategy_params": {"num_samples": 65}},
+            "strategy_params.num_samples",
+            "cap of 64",
+        ),
+        (
+            {"strategy": "self_consistency", "strategy_params": {"max_total_tokens": 10**6}},
+            "strategy_params.max_total_tokens",
+            "cap of 65536",
+        ),
+        (
+            {"strategy": "best_of_n", "strategy_params": {"aggregation": "median"}},
+            "strategy_params.aggregation",
+            "should be 'last', 'min'",
+        ),
+        ({"strategy": "best_of_n", "n": 2}, "n", "only supported with strategy 'none'"),
+        ({"max_tokens": 5000}, "max_tokens", "context"),
+        ({"max_tokens": 0}, "max_tokens", ""),
+        ({"temperature": 7}, "temperature", ""),
+        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+        ({"messages": []}, "messages", ""),
+        ({"stream_option": {}}, "stream_option", "extra"),
+    ],
+)
 async def test_client_mistakes_get_a_400_envelope(body, param, says):
     async with client_for(scorer=FakeScorer()) as client:
         r = await chat(client, **body)
@@ -111,8 +135,9 @@ async def test_strategy_needing_a_reward_model_without_one_is_a_400():
 
 async def test_malformed_json_and_unknown_routes():
     async with client_for() as client:
-        bad = await client.post("/v1/chat/completions", content=b"{not json",
-                                headers={"content-type": "application/json"})
+        bad = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
         missing = await client.get("/v1/nothing")
         wrong_method = await client.get("/v1/chat/completions")
     assert_error(bad, 400, says="not valid JSON")
@@ -137,7 +162,7 @@ async def test_reward_model_failure_is_a_503_and_other_strategies_keep_working()
 
 
 def sse_events(text: str) -> list:
-    events = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
 
@@ -158,8 +183,13 @@ async def test_streaming_none_sends_tokens_then_finish_then_usage():
 
 async def test_streaming_a_strategy_returns_the_answer_and_full_usage():
     async with client_for(scorer=FakeScorer()) as client:
-        r = await chat(client, stream=True, strategy="best_of_n", strategy_params={"num_samples": 4},
-                       stream_options={"include_usage": True})
+        r = await chat(
+            client,
+            stream=True,
+            strategy="best_of_n",
+            strategy_params={"num_samples": 4},
+            stream_options={"include_usage": True},
+        )
         plain = await chat(client, stream=True, strategy="best_of_n", strategy_params={"num_samples": 4})
     chunks = sse_events(r.text)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
@@ -248,6 +278,6 @@ async def test_an_engine_refusal_is_a_400():
 async def test_a_reward_model_failure_mid_stream_is_an_error_event():
     async with client_for(scorer=FakeScorer(fail=True)) as client:
         r = await chat(client, stream=True, strategy="best_of_n")
-    events = [line[len("data: "):] for line in r.text.split("\n") if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in r.text.split("\n") if line.startswith("data: ")]
     error = json.loads(events[-1])["error"]
     assert error["type"] == "service_unavailable" and "scorer is down" in error["message"]

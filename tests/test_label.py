@@ -182,10 +182,24 @@ def test_eval_labels_compares_monte_carlo_with_exact_labels(tmp_path: Path, caps
     from training.evaluate import main as eval_main
 
     rows = [
-        {"prompt": "q1", "completions": ["a", "b"], "labels": [True, False], "outcome": False,
-         "exact_labels": [True, False], "mc_hard_labels": [True, False], "mc_soft_labels": [0.75, 0.0]},
-        {"prompt": "q2", "completions": ["c", "d"], "labels": [True, True], "outcome": True,
-         "exact_labels": [True, True], "mc_hard_labels": [False, False], "mc_soft_labels": [0.0, 0.25]},
+        {
+            "prompt": "q1",
+            "completions": ["a", "b"],
+            "labels": [True, False],
+            "outcome": False,
+            "exact_labels": [True, False],
+            "mc_hard_labels": [True, False],
+            "mc_soft_labels": [0.75, 0.0],
+        },
+        {
+            "prompt": "q2",
+            "completions": ["c", "d"],
+            "labels": [True, True],
+            "outcome": True,
+            "exact_labels": [True, True],
+            "mc_hard_labels": [False, False],
+            "mc_soft_labels": [0.0, 0.25],
+        },
     ]
     data = tmp_path / "labels.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

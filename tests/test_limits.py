@@ -31,11 +31,18 @@ async def chat(client, **body) -> httpx.Response:
 
 async def test_api_keys_guard_every_route_but_health():
     app = app_for(api_keys=("key-one", "key-two"))
-    async with client_of(app) as anonymous, client_of(app, authorization="Bearer nope") as wrong, \
-            client_of(app, authorization="Bearer key-two") as right:
+    async with (
+        client_of(app) as anonymous,
+        client_of(app, authorization="Bearer nope") as wrong,
+        client_of(app, authorization="Bearer key-two") as right,
+    ):
         assert (await anonymous.get("/health")).status_code == 200
-        for response in (await anonymous.get("/v1/models"), await chat(wrong), await wrong.get("/metrics"),
-                         await anonymous.get("/openapi.json")):
+        for response in (
+            await anonymous.get("/v1/models"),
+            await chat(wrong),
+            await wrong.get("/metrics"),
+            await anonymous.get("/openapi.json"),
+        ):
             error = assert_error(response, 401, says="invalid API key")
             assert error["code"] == "invalid_api_key" and response.headers["www-authenticate"] == "Bearer"
         assert (await chat(right)).status_code == 200
@@ -50,12 +57,13 @@ async def test_body_above_the_cap_is_a_413_with_or_without_content_length():
 
     async def chunks():
         for i in range(0, len(big), 500):
-            yield big[i:i + 500]
+            yield big[i : i + 500]
 
     async with client_of(app) as client:
         declared = await client.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"})
-        streamed = await client.post("/v1/chat/completions", content=chunks(),
-                                     headers={"content-type": "application/json"})
+        streamed = await client.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
         small = await chat(client)
     for response in (declared, streamed):
         assert_error(response, 413, says="cap of 2000 bytes")
@@ -63,8 +71,9 @@ async def test_body_above_the_cap_is_a_413_with_or_without_content_length():
 
 
 async def test_message_count_and_tree_node_caps_are_400s():
-    async with client_of(app_for(FakeEngine(lambda p, i: "step\n\n"), FakeScorer(), max_messages=3,
-                                 max_tree_nodes=10)) as client:
+    async with client_of(
+        app_for(FakeEngine(lambda p, i: "step\n\n"), FakeScorer(), max_messages=3, max_tree_nodes=10)
+    ) as client:
         many = await chat(client, messages=[{"role": "user", "content": "hi"}] * 4)
         deep = await chat(client, strategy="beam_search", strategy_params={"num_samples": 8, "beam_width": 2})
     assert_error(many, 400, param="messages", says="cap of 3 (--max-messages)")

@@ -17,14 +17,25 @@ SOLUTION = "3 + 4 = 7\n\n\\boxed{7}"
 
 def transport(**config) -> httpx.ASGITransport:
     engine = FakeEngine(lambda prompt, i: SOLUTION, delay=0.05)
-    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine,
-                     scorer=FakeScorer())
+    app = create_app(
+        ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine, scorer=FakeScorer()
+    )
     return httpx.ASGITransport(app=app)
 
 
 def options(**overrides) -> Options:
-    return Options(**{"url": "http://ponder", "requests": 40, "concurrency": 8, "disconnect_fraction": 0.25,
-                      "disconnect_delay": (0.0, 0.02), "progress": False, "settle_seconds": 10, **overrides})
+    return Options(
+        **{
+            "url": "http://ponder",
+            "requests": 40,
+            "concurrency": 8,
+            "disconnect_fraction": 0.25,
+            "disconnect_delay": (0.0, 0.02),
+            "progress": False,
+            "settle_seconds": 10,
+            **overrides,
+        }
+    )
 
 
 async def test_mixed_load_with_disconnects(tmp_path):
@@ -44,9 +55,12 @@ async def test_mixed_load_with_disconnects(tmp_path):
 
 
 async def test_429s_are_counted_apart_from_unexpected_errors():
-    report = await run_load(options(requests=30, concurrency=10, disconnect_fraction=0.0,
-                                    scenarios=("none", "best_of_n", "self_consistency")),
-                            transport=transport(max_concurrent_requests=1, max_queued_requests=0))
+    report = await run_load(
+        options(
+            requests=30, concurrency=10, disconnect_fraction=0.0, scenarios=("none", "best_of_n", "self_consistency")
+        ),
+        transport=transport(max_concurrent_requests=1, max_queued_requests=0),
+    )
     assert report["outcomes"]["rejected_429"] > 0 and report["outcomes"]["unexpected_errors"] == 0
     assert report["server_counters"]["rejected_429"] == report["outcomes"]["rejected_429"]
     assert report["scenarios"] == ["none", "best_of_n", "self_consistency"]
@@ -54,29 +68,37 @@ async def test_429s_are_counted_apart_from_unexpected_errors():
 
 async def test_streams_at_capacity_get_a_429_or_a_whole_stream():
     """Admission is decided before a stream's headers go out: a 429, never a 200 whose stream then breaks."""
-    report = await run_load(options(requests=30, concurrency=10, disconnect_fraction=0.0,
-                                    scenarios=("none-stream", "best_of_n-stream")),
-                            transport=transport(max_concurrent_requests=1, max_queued_requests=0))
+    report = await run_load(
+        options(requests=30, concurrency=10, disconnect_fraction=0.0, scenarios=("none-stream", "best_of_n-stream")),
+        transport=transport(max_concurrent_requests=1, max_queued_requests=0),
+    )
     assert report["outcomes"]["unexpected_errors"] == 0, report["unexpected"][:3]
     assert report["outcomes"]["rejected_429"] > 0
 
 
 async def test_4xx_5xx_and_stream_error_events_are_unexpected_errors():
-    report = await run_load(options(requests=10, concurrency=2, disconnect_fraction=0.0),
-                            transport=transport(max_messages=0))  # a cap every request is above: 400s
+    report = await run_load(
+        options(requests=10, concurrency=2, disconnect_fraction=0.0), transport=transport(max_messages=0)
+    )  # a cap every request is above: 400s
     assert report["outcomes"]["unexpected_errors"] == 10 and set(report["unexpected_statuses"]) == {"400"}
-    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"),
-                     engine=FakeEngine(lambda p, i: SOLUTION), scorer=FakeScorer(fail=True))
-    report = await run_load(options(requests=40, concurrency=4, disconnect_fraction=0.0, seed=1),
-                            transport=httpx.ASGITransport(app=app))
+    app = create_app(
+        ServerConfig(model_name="tiny", reward_model_name="prm"),
+        engine=FakeEngine(lambda p, i: SOLUTION),
+        scorer=FakeScorer(fail=True),
+    )
+    report = await run_load(
+        options(requests=40, concurrency=4, disconnect_fraction=0.0, seed=1), transport=httpx.ASGITransport(app=app)
+    )
     assert not report["passed"] and "FAIL" in markdown(report)
     errors = {(u["scenario"], u["status"]) for u in report["unexpected"]}
     assert ("best_of_n", 503) in errors and ("best_of_n-stream", 200) in errors  # the stream's error event
 
 
 def test_metric_parsing():
-    text = ('# HELP x\nponder_requests_aborted_total{strategy="none"} 3.0\n'
-            'ponder_engine_requests_running 0.0\nponder_requests_total{status="200",strategy="none"} 5.0\n')
+    text = (
+        '# HELP x\nponder_requests_aborted_total{strategy="none"} 3.0\n'
+        'ponder_engine_requests_running 0.0\nponder_requests_total{status="200",strategy="none"} 5.0\n'
+    )
     assert metric(text, "ponder_requests_aborted_total", strategy="none") == 3.0
     assert metric(text, "ponder_engine_requests_running") == 0.0
     assert metric(text, "ponder_requests_total", strategy="none", status="200") == 5.0

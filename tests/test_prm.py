@@ -119,8 +119,10 @@ def test_dense_labels_mark_every_step_character_up_to_the_first_error() -> None:
     ids, labels = tokenized["input_ids"], tokenized["labels"]
     tags = [i for i, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids(STEP_TAG)]
     # each step is rendered as its text, a newline and the tag (the policy's own layout)
-    spans = ["".join("-" if x == -100 else str(int(x)) for x in labels[t - len(s) - 1 : t + 1]) for t, s in
-             zip(tags, steps, strict=True)]
+    spans = [
+        "".join("-" if x == -100 else str(int(x)) for x in labels[t - len(s) - 1 : t + 1])
+        for t, s in zip(tags, steps, strict=True)
+    ]
     # right characters 1, the first wrong one and the rest of its step 0, nothing after it; tags keep the step labels
     assert spans == ["1" * (len(steps[0]) + 2), "1" * wrong_at + "000", "-" * (len(steps[2]) + 1) + "0"]
     assert all(x == -100 for x in labels[: tags[0] - len(steps[0]) - 1] + labels[tags[-1] + 1 :])  # prompt, template
@@ -159,8 +161,10 @@ def test_collator_pads_right_with_minus_100_and_orm_labels_are_a_column() -> Non
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100.0, 1.0, 0.0], [1.0, -100.0, -100.0]]
     weighted = PadCollator(pad_token_id=0)(
-        [{"input_ids": [5, 6], "labels": [1.0, 0.0], "label_weights": [0.5, 2.0]},
-         {"input_ids": [5], "labels": [1.0], "label_weights": [1.0]}]
+        [
+            {"input_ids": [5, 6], "labels": [1.0, 0.0], "label_weights": [0.5, 2.0]},
+            {"input_ids": [5], "labels": [1.0], "label_weights": [1.0]},
+        ]
     )
     assert weighted["label_weights"].tolist() == [[0.5, 2.0], [1.0, 0.0]]
     assert "label_weights" not in batch
@@ -386,9 +390,12 @@ def test_init_from_a_policy_copies_its_body_and_leaves_the_head_random(tmp_path:
         RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=3, init_from=str(policy)),
         build_char_tokenizer(),
     )
-    own, fresh = deeper.state_dict(), build_model(
-        RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=3), build_char_tokenizer()
-    ).state_dict()
+    own, fresh = (
+        deeper.state_dict(),
+        build_model(
+            RewardModelConfig.from_preset("tiny", output_dir="u", num_hidden_layers=3), build_char_tokenizer()
+        ).state_dict(),
+    )
     key = "model.layers.{}.mlp.up_proj.weight"
     assert torch.equal(own[key.format(0)], llama.state_dict()[key.format(0)])
     assert torch.equal(own[key.format(2)], fresh[key.format(2)])  # the layers on top stay fresh

@@ -34,7 +34,7 @@ def world(depth: int = 2, right: int = 0):
     step, goes wrong. A completion is the whole rest of the solution, so the engine's stop strings cut the step."""
 
     def script(prompt: str, i: int) -> str:
-        prefix = prompt[len(PROMPT):]
+        prefix = prompt[len(PROMPT) :]
         if prefix.endswith(VALUE_PROMPT):  # the policy judging itself: it knows wrong work when it sees it
             return " impossible" if "wrong" in prefix or "{7}" in prefix else " sure"
         off = "wrong" in prefix or i != right
@@ -46,7 +46,7 @@ def world(depth: int = 2, right: int = 0):
 
 def fork(prompt: str, i: int) -> str:
     """Two first steps: "path A" looks better but only leads to wrong steps; "path B" leads to the answer."""
-    prefix = prompt[len(PROMPT):]
+    prefix = prompt[len(PROMPT) :]
     if not prefix:
         return "path A\n\nwrong 1 0\n\n\\boxed{7}" if i % 2 == 0 else "path B\n\nright 1\n\n\\boxed{42}"
     rest = ["right 1", "\\boxed{42}"] if "path B" in prefix else [f"wrong 1 {i}", "\\boxed{7}"]
@@ -143,8 +143,9 @@ async def test_beam_search_keeps_the_top_n_over_m_and_votes_over_finished_beams(
 
 async def test_beam_search_last_round_runs_to_eos_at_max_depth():
     engine = Policy(world(depth=50))
-    result, _ = await run("beam_search", engine, RuleScorer(), task=make_task(max_tokens=20), num_samples=4,
-                          beam_width=2, max_depth=3)
+    result, _ = await run(
+        "beam_search", engine, RuleScorer(), task=make_task(max_tokens=20), num_samples=4, beam_width=2, max_depth=3
+    )
     assert len(engine.calls) == 3
     assert [spec.stop for _, spec in engine.calls] == [("\n\n",), ("\n\n",), ()]
     assert all(c.finish_reason == "length" for c in result.candidates)  # 50 steps do not fit in max_tokens=20
@@ -175,16 +176,16 @@ async def test_beam_search_filters_duplicate_beams():
 
 
 async def test_beam_search_trace_is_the_tree_with_the_winning_path():
-    result, _ = await run("beam_search", Policy(world()), RuleScorer(), num_samples=4, beam_width=2,
-                          return_trace=True)
+    result, _ = await run("beam_search", Policy(world()), RuleScorer(), num_samples=4, beam_width=2, return_trace=True)
     tree = result.extra["tree"]
     nodes = {node["id"]: node for node in tree["nodes"]}
     assert nodes[0]["parent"] is None and nodes[0]["text"] == ""
     assert tree["path"][0] == 0 and tree["path"][-1] == tree["chosen"]
     assert "".join(nodes[i]["text"] for i in tree["path"]) == RIGHT
     assert [nodes[i]["score"] for i in tree["path"][1:]] == [0.9, 0.9, 0.9]
-    assert all({"id", "parent", "text", "score", "step_scores", "visits", "finish_reason"} <= set(n)
-               for n in tree["nodes"])
+    assert all(
+        {"id", "parent", "text", "score", "step_scores", "visits", "finish_reason"} <= set(n) for n in tree["nodes"]
+    )
     assert any(n.get("pruned") for n in tree["nodes"]) and len(result.extra["rounds"]) == 3
     json.dumps(result.extra)
 
@@ -227,8 +228,9 @@ async def test_tot_bfs_with_the_prm_keeps_the_b_best_states():
 
 async def test_tot_bfs_values_states_by_self_evaluation_without_a_reward_model():
     engine = Policy(world())
-    result, ledger = await run("tree_of_thought", engine, None, breadth=2, samples_per_state=2, value_votes=3,
-                               return_trace=True)
+    result, ledger = await run(
+        "tree_of_thought", engine, None, breadth=2, samples_per_state=2, value_votes=3, return_trace=True
+    )
     assert result.choices[0].text == RIGHT and result.choices[0].score == 1.0  # three "sure" verdicts
     assert ledger.scorer_calls == 0
     # per level: one step call (n = k over the states), one verdict call (n = votes over the new states)
@@ -247,11 +249,12 @@ async def test_tot_with_prm_values_and_no_reward_model_is_a_value_error():
 
 async def test_tot_dfs_prunes_and_backtracks():
     engine, scorer = Policy(fork), RuleScorer({"path A": 0.8, "path B": 0.7})
-    result, _ = await run("tree_of_thought", engine, scorer, search="dfs", samples_per_state=2, value_source="prm",
-                          return_trace=True)
+    result, _ = await run(
+        "tree_of_thought", engine, scorer, search="dfs", samples_per_state=2, value_source="prm", return_trace=True
+    )
     assert result.choices[0].answer == "42"
     # root, then A (valued higher, its children all pruned), then back to B and down to the answer
-    expanded = [prompts[0][len(PROMPT):] for prompts, _ in engine.calls]
+    expanded = [prompts[0][len(PROMPT) :] for prompts, _ in engine.calls]
     assert expanded == ["", "path A\n\n", "path B\n\n", "path B\n\nright 1\n\n"]
     assert shape(engine) == [(1, 2)] * 4 and len(scorer.calls) == 4
     pruned = {n["text"] for n in result.extra["tree"]["nodes"] if n.get("pruned")}
@@ -260,8 +263,9 @@ async def test_tot_dfs_prunes_and_backtracks():
 
 async def test_tot_dfs_stops_after_max_expansions():
     engine = Policy(world(depth=50))
-    await run("tree_of_thought", engine, RuleScorer(), search="dfs", samples_per_state=2, value_source="prm",
-              max_expansions=3)
+    await run(
+        "tree_of_thought", engine, RuleScorer(), search="dfs", samples_per_state=2, value_source="prm", max_expansions=3
+    )
     assert len(engine.calls) == 3
 
 
@@ -276,8 +280,9 @@ def test_tot_config_caps_width_through_num_samples():
 @pytest.mark.parametrize("selection", ["uct", "puct"])
 async def test_mcts_finds_the_right_trajectory(selection):
     engine, scorer = Policy(world()), RuleScorer()
-    result, ledger = await run("mcts", engine, scorer, num_samples=2, num_iterations=8, selection=selection,
-                               return_trace=True)
+    result, ledger = await run(
+        "mcts", engine, scorer, num_samples=2, num_iterations=8, selection=selection, return_trace=True
+    )
     assert result.choices[0].text == RIGHT
     assert all(shape == (1, 2) for shape in shape(engine))  # one leaf, k children, one call per iteration
     assert ledger.engine_calls == ledger.scorer_calls <= 8
@@ -290,8 +295,18 @@ async def test_mcts_finds_the_right_trajectory(selection):
 
 async def test_mcts_self_values_by_the_policys_verdicts_without_a_reward_model():
     engine = Policy(world())
-    result, ledger = await run("mcts", engine, None, num_samples=2, num_iterations=6, value_source="self",
-                               value_votes=3, selection="uct", final_selection="value", return_trace=True)
+    result, ledger = await run(
+        "mcts",
+        engine,
+        None,
+        num_samples=2,
+        num_iterations=6,
+        value_source="self",
+        value_votes=3,
+        selection="uct",
+        final_selection="value",
+        return_trace=True,
+    )
     assert result.choices[0].text == RIGHT and result.choices[0].score == 1.0  # three "sure" verdicts
     assert ledger.scorer_calls == 0
     # per iteration: one step call (k children of one leaf), one verdict call (votes over the new children)
@@ -311,9 +326,17 @@ async def test_mcts_self_values_come_out_of_the_token_budget():
 
 @pytest.mark.parametrize("final_selection", ["vote", "value"])
 async def test_mcts_answer_comes_from_the_best_trajectories_not_the_many_explored(final_selection):
-    result, _ = await run("mcts", Policy(world(depth=3)), RuleScorer(), num_samples=3, num_iterations=10,
-                          selection="uct", leaves_per_iteration=2, final_selection=final_selection,
-                          return_trace=True)
+    result, _ = await run(
+        "mcts",
+        Policy(world(depth=3)),
+        RuleScorer(),
+        num_samples=3,
+        num_iterations=10,
+        selection="uct",
+        leaves_per_iteration=2,
+        final_selection=final_selection,
+        return_trace=True,
+    )
     finished = [n for n in result.extra["tree"]["nodes"] if n["finish_reason"]]
     assert sum(n["score"] for n in finished if n["text"] == "\\boxed{7}") > 0.9  # all of them would outvote 42
     assert result.choices[0].answer == "42"
@@ -336,8 +359,7 @@ async def test_mcts_expands_several_leaves_in_one_call_with_virtual_loss():
 
 async def test_mcts_rollouts_value_children_with_completions():
     engine, scorer = Policy(world()), RuleScorer()
-    result, ledger = await run("mcts", engine, scorer, num_samples=2, num_iterations=2, rollouts=2,
-                               return_trace=True)
+    result, ledger = await run("mcts", engine, scorer, num_samples=2, num_iterations=2, rollouts=2, return_trace=True)
     assert shape(engine)[:2] == [(1, 2), (2, 2)]  # the expansion, then 2 rollouts from each open child
     assert engine.calls[1][1].stop == () and ledger.scorer_calls == 2
     assert len(scorer.calls[0]) == 2 + 4  # children and rollouts in one scoring call
@@ -348,8 +370,7 @@ async def test_mcts_rollouts_value_children_with_completions():
 
 async def test_mcts_stops_at_num_iterations_and_max_depth():
     engine = Policy(world(depth=50))
-    result, _ = await run("mcts", engine, RuleScorer(), num_samples=2, num_iterations=5, max_depth=2,
-                          return_trace=True)
+    result, _ = await run("mcts", engine, RuleScorer(), num_samples=2, num_iterations=5, max_depth=2, return_trace=True)
     assert len(engine.calls) <= 5
     assert max(n["depth"] for n in result.extra["tree"]["nodes"]) == 2
     assert all(spec.stop == () for prompts, spec in engine.calls if prompts[0] != PROMPT)  # depth 1 runs to EOS
@@ -380,8 +401,16 @@ async def test_the_token_budget_stops_the_search_without_exceeding_it(name, para
 @pytest.mark.parametrize(("name", "params"), CASES)
 async def test_every_strategy_terminates_on_an_endless_policy(name, params):
     engine = Policy(lambda prompt, i: "more \n\n" * 1000)
-    result, _ = await run(name, engine, RuleScorer(), task=make_task(max_tokens=10_000), budget=10**6, max_depth=6,
-                          return_trace=True, **params)
+    result, _ = await run(
+        name,
+        engine,
+        RuleScorer(),
+        task=make_task(max_tokens=10_000),
+        budget=10**6,
+        max_depth=6,
+        return_trace=True,
+        **params,
+    )
     assert len(engine.calls) <= 2 * 10
     assert max(node["depth"] for node in result.extra["tree"]["nodes"]) <= 6
 
@@ -392,9 +421,15 @@ def client_for(engine, scorer=None) -> httpx.AsyncClient:
 
 
 async def chat(client: httpx.AsyncClient, strategy: str, **params) -> httpx.Response:
-    return await client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": [{"role": "user", "content": "q"}], "strategy": strategy,
-        "strategy_params": params})
+    return await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "q"}],
+            "strategy": strategy,
+            "strategy_params": params,
+        },
+    )
 
 
 async def test_search_trace_over_http():
@@ -462,17 +497,26 @@ async def real():
 @pytest.mark.parametrize(("name", "params", "engine_calls_per_round"), E2E_CASES)
 async def test_search_on_the_real_engine_and_prm(real, name, params, engine_calls_per_round):
     engine, scorer = real
-    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
-                                                  add_generation_prompt=True)
-    task = Task(prompt=prompt, question="What is 2+3?", max_tokens=24, temperature=None, top_p=1.0, seed=0,
-                request_id=f"e2e-{name}")
+    prompt = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], tokenize=False, add_generation_prompt=True
+    )
+    task = Task(
+        prompt=prompt,
+        question="What is 2+3?",
+        max_tokens=24,
+        temperature=None,
+        top_p=1.0,
+        seed=0,
+        request_id=f"e2e-{name}",
+    )
     budget = 300
     spec = strategies.get(name)
     ledger = Ledger(token_budget=budget)
     config = spec.config_cls(max_total_tokens=budget, step_delimiter="e", return_trace=True, **params)  # a random
     # policy rarely writes a blank line; one character makes multi-step solutions likely
-    result = await spec.fn(task, config, CountingEngine(engine, ledger, task.request_id),
-                           CountingScorer(scorer, ledger, task.request_id))
+    result = await spec.fn(
+        task, config, CountingEngine(engine, ledger, task.request_id), CountingScorer(scorer, ledger, task.request_id)
+    )
     rounds = len(result.extra["rounds"])
     assert rounds >= 1 and ledger.completion_tokens <= budget
     assert ledger.engine_calls == engine_calls_per_round * rounds

@@ -179,8 +179,12 @@ async def test_the_server_runs_each_request_on_its_own_session() -> None:
     engine = FakeEngine(lambda prompt, i: f"{i} + 1 = {i + 1}\n\n\\boxed{{{i + 1}}}")
     app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"), engine=engine, scorer=SessionScorer())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as client:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "1 + 1?"}], "strategy": "best_of_n",
-                "strategy_params": {"num_samples": 3}}
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "1 + 1?"}],
+            "strategy": "best_of_n",
+            "strategy_params": {"num_samples": 3},
+        }
         response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert [t.question for t in sessions] == ["1 + 1?"] and engine.calls[0][1].logprobs is None  # record off
@@ -223,8 +227,9 @@ async def all_recorded_and_right(scorer: RecordedScorer, items: list, reference)
 async def test_whole_samples_are_scored_from_their_own_log_probabilities(policy, reference) -> None:
     engine, prm = policy
     engine_, scorer = prm.session(served_task(prm), engine)
-    (samples,) = await engine_.generate([served_task(prm).prompt], SamplingSpec(n=4, temperature=0.8, max_tokens=200,
-                                                                                 seed=0), "whole")
+    (samples,) = await engine_.generate(
+        [served_task(prm).prompt], SamplingSpec(n=4, temperature=0.8, max_tokens=200, seed=0), "whole"
+    )
     assert all(s.token_logprobs is not None for s in samples)
     assert sum(lp for _, lp in samples[0].token_logprobs) == pytest.approx(samples[0].cumulative_logprob, abs=1e-3)
     items = [(QUESTION, split_steps(s.text, "\n\n")) for s in samples]
@@ -240,8 +245,11 @@ async def test_a_step_by_step_search_reads_every_round_from_its_samples(policy, 
     engine_, scorer = prm.session(the_task, engine)
     step = SamplingSpec(n=2, temperature=0.8, max_tokens=64, stop=("\n\n",), seed=1)
     (first,) = await engine_.generate([the_task.prompt], step, "round1")
-    second = await engine_.generate([the_task.prompt + s.text for s in first], SamplingSpec(
-        n=1, temperature=0.8, max_tokens=64, stop=("\n\n",), seed=2), "round2")
+    second = await engine_.generate(
+        [the_task.prompt + s.text for s in first],
+        SamplingSpec(n=1, temperature=0.8, max_tokens=64, stop=("\n\n",), seed=2),
+        "round2",
+    )
     items = [(QUESTION, split_steps(s.text + more.text, "\n\n")) for s, (more,) in zip(first, second, strict=True)]
     assert all(len(steps) == 2 for _, steps in items)
     await all_recorded_and_right(scorer, items, reference)

@@ -52,8 +52,9 @@ class Counting(httpx.AsyncBaseTransport):
 
 def ponder_app(delay: float = 0.05, **config) -> httpx.ASGITransport:
     engine = FakeEngine(lambda prompt, i: SOLUTION, delay=delay)
-    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine,
-                     scorer=FakeScorer())
+    app = create_app(
+        ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine, scorer=FakeScorer()
+    )
     return httpx.ASGITransport(app=app)
 
 
@@ -79,8 +80,12 @@ def test_aggregate_of_only_errors_has_no_latency():
 
 
 def synthetic_target(scale: float) -> dict:
-    levels = [aggregate([Outcome(latency_s=scale * c, completion_tokens=64) for _ in range(8)], wall=scale * 8 / c,
-                        concurrency=c) for c in (1, 4, 16)]
+    levels = [
+        aggregate(
+            [Outcome(latency_s=scale * c, completion_tokens=64) for _ in range(8)], wall=scale * 8 / c, concurrency=c
+        )
+        for c in (1, 4, 16)
+    ]
     batch = aggregate([Outcome(latency_s=scale, completion_tokens=256)] * 32, wall=scale * 4, concurrency=32)
     return {"url": "http://x", "body": {}, "levels": levels, "batch": batch}
 
@@ -107,8 +112,9 @@ def test_no_batch_ratio_without_both_sides():
 # ---- the load generator against the app in-process ----------------------------------------------------------------
 async def test_levels_send_every_request_within_the_concurrency_bound():
     transport = Counting(ponder_app())
-    result = await measure(best_of_n(4), Workload(PROMPTS, max_tokens=16), [1, 4], requests=12, warmup=1, batch=6,
-                           transport=transport)
+    result = await measure(
+        best_of_n(4), Workload(PROMPTS, max_tokens=16), [1, 4], requests=12, warmup=1, batch=6, transport=transport
+    )
     assert transport.seen == 1 + 12 + 12 + 6  # warm-up, two levels, the batch
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 4]
     for level in [*result["levels"], result["batch"]]:
@@ -130,8 +136,9 @@ async def test_transport_errors_and_error_statuses_are_counted():
     result = await measure(best_of_n(2), Workload(PROMPTS), [3], requests=9, warmup=0, transport=transport)
     level = result["levels"][0]
     assert (level["ok"], level["errors"]) == (6, 3) and level["first_errors"][0].startswith("ConnectError")
-    result = await measure(best_of_n(2), Workload(PROMPTS), [2], requests=4, warmup=0,
-                           transport=ponder_app(max_messages=0))  # every request is over the cap: 400s
+    result = await measure(
+        best_of_n(2), Workload(PROMPTS), [2], requests=4, warmup=0, transport=ponder_app(max_messages=0)
+    )  # every request is over the cap: 400s
     level = result["levels"][0]
     assert level["errors"] == 4 and level["ok"] == 0 and level["first_errors"][0].startswith("400: ")
 
@@ -161,14 +168,19 @@ async def test_the_arith_workload_grades_every_answer():
     def answer(prompt: str, i: int) -> str:
         return right if prompts[0] in prompt else "1 + 1 = 2\n\n\\boxed{-1}"
 
-    app = create_app(ServerConfig(model_name="tiny", reward_model_name="prm"), engine=FakeEngine(answer),
-                     scorer=FakeScorer())
+    app = create_app(
+        ServerConfig(model_name="tiny", reward_model_name="prm"), engine=FakeEngine(answer), scorer=FakeScorer()
+    )
     workload = Workload(prompts, grade=grade)
     result = await measure(best_of_n(2), workload, [2], requests=6, warmup=0, transport=httpx.ASGITransport(app=app))
     level = result["levels"][0]
     assert (level["graded"], level["accuracy"]) == (6, pytest.approx(1 / 3))  # prompts 0, 1, 2, 0, 1, 2
-    report = build_report({"requests": 6, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "arith",
-                           "prompts": 3}, {"Ponder best_of_n N=2": result}, None, None)
+    report = build_report(
+        {"requests": 6, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "arith", "prompts": 3},
+        {"Ponder best_of_n N=2": result},
+        None,
+        None,
+    )
     assert "| accuracy |" in markdown(report) and "| 33.3% (2 / 6) |" in markdown(report)
 
 
@@ -177,8 +189,12 @@ def test_chat_workload_is_not_graded():
     assert grade is None and prompts
     level = aggregate([Outcome(1.0, 10)], wall=1.0, concurrency=1)
     assert (level["graded"], level["accuracy"]) == (0, None)
-    report = build_report({"requests": 1, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "chat",
-                           "prompts": 3}, {"vLLM n=2": {"levels": [level]}}, None, None)
+    report = build_report(
+        {"requests": 1, "max_tokens": 64, "temperature": 0.8, "n": 2, "workload": "chat", "prompts": 3},
+        {"vLLM n=2": {"levels": [level]}},
+        None,
+        None,
+    )
     assert "accuracy" not in markdown(report)
 
 
@@ -203,8 +219,18 @@ def test_several_ponder_strategies_each_with_its_n(monkeypatch, tmp_path):
 
     monkeypatch.setattr(serve, "served_model", lambda url, headers: "tiny")
     monkeypatch.setattr(serve, "measure", fake_measure)
-    args = serve.build_parser().parse_args(["--url", "http://p", "--ponder-strategy", "best_of_n,self_consistency:5",
-                                            "--n", "8", "--output", str(tmp_path)])
+    args = serve.build_parser().parse_args(
+        [
+            "--url",
+            "http://p",
+            "--ponder-strategy",
+            "best_of_n,self_consistency:5",
+            "--n",
+            "8",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     serve.validate(args)
     report = serve.run(args)
     assert seen == [("Ponder best_of_n N=8", 8, 32), ("Ponder self_consistency N=5", 5, 0)]
@@ -220,26 +246,29 @@ def test_spawned_ponder_reads_the_prm_as_told():
 
 
 # ---- the command's mistakes -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, message", [
-    ([], "no target"),
-    (["--url", "http://a", "--spawn-ponder"], "not both"),
-    (["--optillm-url", "http://o", "--url", "http://a"], "optillm runs on the vLLM target"),
-    (["--vllm-url", "http://v", "--optillm-approaches", "moa"], "unknown optillm approach"),
-    (["--spawn-vllm", "--spawn-optillm", "--optillm-cmd", "/nope/optillm"], "install_optillm.sh"),
-    (["--url", "http://a", "--concurrency", "0,4"], "--concurrency"),
-    (["--url", "http://a", "--n", "0"], "--n"),
-    (["--url", "http://a", "--ponder-strategy", "nope"], "unknown strategy 'nope'"),
-    (["--spawn-vllm", "--model", "/nope"], "no such checkpoint folder"),
-    (["--url", "http://a", "--ponder-params", "[1]"], "JSON object"),
-    (["--url", "http://a", "--bogus"], "unrecognized arguments"),
-    (["--spawn-ponder", "--no-prm", "--prm-format", "likelihood"], "cannot go with --no-prm"),
-    (["--spawn-ponder", "--prm-format", "nope"], "invalid choice: 'nope'"),
-    (["--url", "http://a", "--ponder-strategy", "best_of_n,nope:4"], "unknown strategy 'nope'"),
-    (["--url", "http://a", "--ponder-strategy", "self_consistency:0"], "at least 1"),
-    (["--url", "http://a", "--ponder-strategy", ","], "names no strategy"),
-    (["--url", "http://a", "--level", "9"], "--level is an arith level"),
-    (["--url", "http://a", "--workload", "chat", "--level", "2"], "--level is an arith level"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "no target"),
+        (["--url", "http://a", "--spawn-ponder"], "not both"),
+        (["--optillm-url", "http://o", "--url", "http://a"], "optillm runs on the vLLM target"),
+        (["--vllm-url", "http://v", "--optillm-approaches", "moa"], "unknown optillm approach"),
+        (["--spawn-vllm", "--spawn-optillm", "--optillm-cmd", "/nope/optillm"], "install_optillm.sh"),
+        (["--url", "http://a", "--concurrency", "0,4"], "--concurrency"),
+        (["--url", "http://a", "--n", "0"], "--n"),
+        (["--url", "http://a", "--ponder-strategy", "nope"], "unknown strategy 'nope'"),
+        (["--spawn-vllm", "--model", "/nope"], "no such checkpoint folder"),
+        (["--url", "http://a", "--ponder-params", "[1]"], "JSON object"),
+        (["--url", "http://a", "--bogus"], "unrecognized arguments"),
+        (["--spawn-ponder", "--no-prm", "--prm-format", "likelihood"], "cannot go with --no-prm"),
+        (["--spawn-ponder", "--prm-format", "nope"], "invalid choice: 'nope'"),
+        (["--url", "http://a", "--ponder-strategy", "best_of_n,nope:4"], "unknown strategy 'nope'"),
+        (["--url", "http://a", "--ponder-strategy", "self_consistency:0"], "at least 1"),
+        (["--url", "http://a", "--ponder-strategy", ","], "names no strategy"),
+        (["--url", "http://a", "--level", "9"], "--level is an arith level"),
+        (["--url", "http://a", "--workload", "chat", "--level", "2"], "--level is an arith level"),
+    ],
+)
 def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["serve", *argv, "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -98,9 +98,12 @@ def test_tokenized_rows_match_trls_own_tokenization(tmp_path):
     task = get_task("arith")
     tokenizer = build_char_tokenizer()
     problems = task.load("train", limit=2, level=[1, 2])
-    trainer = SFTTrainer(model=build_policy(tiny_config(tmp_path), tokenizer),
-                         args=tiny_config(tmp_path, num_val_problems=0),
-                         train_dataset=Dataset.from_list(sft_rows(task, problems)), processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=build_policy(tiny_config(tmp_path), tokenizer),
+        args=tiny_config(tmp_path, num_val_problems=0),
+        train_dataset=Dataset.from_list(sft_rows(task, problems)),
+        processing_class=tokenizer,
+    )
     ours = sft_data.tokenized_rows(tokenizer, sft_rows(task, problems))
     assert [row["input_ids"] for row in ours] == trainer.train_dataset["input_ids"]
     assert [row["labels"] for row in ours] == trainer.train_dataset["labels"]
@@ -120,7 +123,7 @@ def test_value_rows_teach_the_verdict_after_the_strategys_value_prompt():
         assert row["labels"][:n_prompt] == [-100] * n_prompt and -100 not in row["labels"][n_prompt:]
         prompt, verdict = tokenizer.decode(row["input_ids"][:n_prompt]), tokenizer.decode(row["input_ids"][n_prompt:])
         head = evaluate_policy.chat_prompt(tokenizer, task, problem)  # what tree_of_thought sends, up to the steps
-        partial = prompt[len(head):-len("\n\n" + VALUE_PROMPT)]
+        partial = prompt[len(head) : -len("\n\n" + VALUE_PROMPT)]
         assert prompt.startswith(head) and prompt.endswith("\n\n" + VALUE_PROMPT) and "(left:" in partial
         assert verdict in (" sure</s>", " impossible</s>")
         assert (verdict == " sure</s>") == all(task.check_steps(problem, partial))  # the solver's verdict
@@ -138,11 +141,20 @@ def test_labelled_value_rows_judge_every_prefix_by_its_labels(tmp_path):
     task = get_task("game24")
     tokenizer = build_char_tokenizer()
     problem = task.load("train", limit=1)[0]
-    steps = ["4 + 8 = 12 (left: 4 6 12)", "6 - 4 = 2 (left: 2 12)", "12 * 2 = 24 (left: 24)",
-             "\\boxed{(4 + 8) * (6 - 4)}"]
-    rows = [{"prompt": task.prompt(problem), "completions": steps, "labels": [True, False, False, False]},
-            {"prompt": task.prompt(problem), "completions": steps[:1] + ["6 * 4 = 24 (left: 12 24)"],
-             "labels": [True, True]}]
+    steps = [
+        "4 + 8 = 12 (left: 4 6 12)",
+        "6 - 4 = 2 (left: 2 12)",
+        "12 * 2 = 24 (left: 24)",
+        "\\boxed{(4 + 8) * (6 - 4)}",
+    ]
+    rows = [
+        {"prompt": task.prompt(problem), "completions": steps, "labels": [True, False, False, False]},
+        {
+            "prompt": task.prompt(problem),
+            "completions": steps[:1] + ["6 * 4 = 24 (left: 12 24)"],
+            "labels": [True, True],
+        },
+    ]
     data = tmp_path / "labels.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     got = sft_data.labelled_value_rows(tokenizer, str(data))
@@ -152,16 +164,27 @@ def test_labelled_value_rows_judge_every_prefix_by_its_labels(tmp_path):
         n_prompt = row["labels"].count(-100)
         prompt, verdict = tokenizer.decode(row["input_ids"][:n_prompt]), tokenizer.decode(row["input_ids"][n_prompt:])
         assert prompt.startswith(head) and prompt.endswith("\n\n" + VALUE_PROMPT)
-        seen.append((prompt[len(head):-len("\n\n" + VALUE_PROMPT)].count("\n\n") + 1, verdict))
-    assert seen == [(1, " sure</s>"), (2, " impossible</s>"), (3, " impossible</s>"), (4, " impossible</s>"),
-                    (2, " sure</s>")]
+        seen.append((prompt[len(head) : -len("\n\n" + VALUE_PROMPT)].count("\n\n") + 1, verdict))
+    assert seen == [
+        (1, " sure</s>"),
+        (2, " impossible</s>"),
+        (3, " impossible</s>"),
+        (4, " impossible</s>"),
+        (2, " sure</s>"),
+    ]
     with pytest.raises(ValueError, match="value_data: no label data at"):
         PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), value_data=str(tmp_path / "none"))
 
 
 def test_a_task_without_levels_trains_with_value_examples(tmp_path):
-    config = PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path), task="game24", num_train_problems=12,
-                                         reseed_every=6, value_examples_per_problem=1)
+    config = PolicySFTConfig.from_preset(
+        "tiny",
+        output_dir=str(tmp_path),
+        task="game24",
+        num_train_problems=12,
+        reseed_every=6,
+        value_examples_per_problem=1,
+    )
     assert config.levels == [0] and config.num_val_problems == 0  # game24 has neither levels nor a val split
     train, val = training_problems(config)
     assert len(train) == 12 and not val

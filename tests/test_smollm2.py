@@ -65,8 +65,11 @@ def test_ponder_serves_smollm2_with_its_chat_template(tmp_path):
         reply = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=20, temperature=0)
         assert "5" in reply.choices[0].message.content  # SmolLM2 answers "2 + 3 = 5" greedily
         voted = client.chat.completions.create(
-            model="smollm2", messages=QUESTION, max_tokens=24,
-            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 4, "return_trace": True}})
+            model="smollm2",
+            messages=QUESTION,
+            max_tokens=24,
+            extra_body={"strategy": "self_consistency", "strategy_params": {"num_samples": 4, "return_trace": True}},
+        )
         ponder = voted.model_extra["ponder"]
         assert ponder["engine_requests"] == 1 and len(ponder["candidates"]) == 4
         assert voted.usage.completion_tokens == sum(c["completion_tokens"] for c in ponder["candidates"])

@@ -79,8 +79,13 @@ async def test_weighted_best_of_n_sums_scores_per_equivalent_answer():
 
 
 async def test_self_consistency_majority_without_reward_model():
-    texts = ("long way\n\nso the answer is 12.", "x = 7\n\n\\boxed{7}", "I think 12", "12 it is, the answer is 12",
-             "\\boxed{7.0}")
+    texts = (
+        "long way\n\nso the answer is 12.",
+        "x = 7\n\n\\boxed{7}",
+        "I think 12",
+        "12 it is, the answer is 12",
+        "\\boxed{7.0}",
+    )
     engine = FakeEngine(scripted(*texts))
     result, ledger = await run("self_consistency", engine, num_samples=5)
     chosen = result.choices[0]

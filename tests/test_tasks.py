@@ -209,7 +209,7 @@ def test_game24_value_examples_are_partial_solutions_labelled_by_whether_24_is_s
         boxed = lines[-1].startswith("\\boxed{")
         seen.add((len(lines), sure))
         if boxed:  # three right steps, then an expression that does or does not make 24 of the numbers
-            assert sure == training.tasks.game24.expression_solves(lines[-1][len("\\boxed{"):-1], numbers)
+            assert sure == training.tasks.game24.expression_solves(lines[-1][len("\\boxed{") : -1], numbers)
             continue
         a, op, b, c = re.match(r"(\S+) (\S) (\S+) = (\S+) \(left", lines[-1]).groups()
         left = [Fraction(x) for x in lines[-1].split("(left: ")[1].rstrip(")").split()]

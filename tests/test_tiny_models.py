@@ -113,8 +113,9 @@ def test_head_dim_below_32_is_refused(tmp_path) -> None:
         save_tiny_policy(tmp_path / "p", hidden=64, heads=4)
 
 
-def test_default_models_are_built_once_and_flagged(tmp_path, caplog: pytest.LogCaptureFixture,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_models_are_built_once_and_flagged(
+    tmp_path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(default_models, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     with caplog.at_level(logging.WARNING, logger="ponder.models"):
         first = ensure_default_models(tmp_path)
@@ -138,13 +139,17 @@ def test_shipped_models_are_preferred_to_the_stand_ins(tmp_path, monkeypatch: py
     save_tiny_prm(shipped / "default-prm")
     monkeypatch.setattr(default_models, "SHIPPED_DIR", shipped)
     chosen = ensure_default_models(tmp_path / "cache")
-    assert (chosen.policy, chosen.prm, chosen.random_weights) == (shipped / "default-policy",
-                                                                   shipped / "default-prm", False)
+    assert (chosen.policy, chosen.prm, chosen.random_weights) == (
+        shipped / "default-policy",
+        shipped / "default-prm",
+        False,
+    )
     assert not (tmp_path / "cache").exists()  # nothing built
 
 
-def test_a_shipped_policy_without_a_prm_is_served_alone(tmp_path, caplog: pytest.LogCaptureFixture,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shipped_policy_without_a_prm_is_served_alone(
+    tmp_path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shipped = tmp_path / "models"
     save_tiny_policy(shipped / "default-policy")
     monkeypatch.setattr(default_models, "SHIPPED_DIR", shipped)

@@ -242,8 +242,13 @@ def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dic
         "asyncio.run(main())\n"
         "print('exited')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0 and "exited" in done.stdout
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
 

@@ -63,8 +63,15 @@ def champ_items() -> list[dict[str, Any]]:
             start = annotation.get("start_idx")
             wrong = start not in (None, "None")
             label = first_wrong_paragraph(parts, int(start)) if wrong else -1
-            items.append({"id": f"{pid}|{who}", "problem": problem["_text"], "steps": [p for _, p in parts],
-                          "label": label, "final_answer_correct": not wrong})
+            items.append(
+                {
+                    "id": f"{pid}|{who}",
+                    "problem": problem["_text"],
+                    "steps": [p for _, p in parts],
+                    "label": label,
+                    "final_answer_correct": not wrong,
+                }
+            )
     return items
 
 

@@ -301,15 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("prm", "orm"):
         p = sub.add_parser(kind, help=f"first-error-step F1 (prm) or outcome accuracy (orm) of a {kind.upper()}")
         p.add_argument("--model", required=True, help="reward model checkpoint folder")
-        p.add_argument("--data", required=True,
-                       help="ProcessBench JSONL, `ponder label` output (folder/JSONL), or `champ` (CHAMP's 540 "
-                       "annotated solutions)")
+        p.add_argument(
+            "--data",
+            required=True,
+            help="ProcessBench JSONL, `ponder label` output (folder/JSONL), or `champ` (CHAMP's 540 "
+            "annotated solutions)",
+        )
         p.add_argument("--threshold", type=float, default=0.5, help="score below which a step (solution) is wrong")
         p.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="score in torch or on vLLM")
         if kind == "prm":
-            p.add_argument("--format", choices=["likelihood"],
-                           help="likelihood: MODEL is a causal LM (e.g. the policy) read as a PRM by its own lowest "
-                           "token probability in each step; default: a Qwen2ForProcessRewardModel checkpoint")
+            p.add_argument(
+                "--format",
+                choices=["likelihood"],
+                help="likelihood: MODEL is a causal LM (e.g. the policy) read as a PRM by its own lowest "
+                "token probability in each step; default: a Qwen2ForProcessRewardModel checkpoint",
+            )
         p.add_argument("--limit", type=int, help="evaluate the first LIMIT solutions only")
         p.add_argument("--output", help="write the metrics as JSON here")
     labels = sub.add_parser("labels", help="counts of `ponder label` data; Monte Carlo labels against exact ones")
@@ -350,8 +356,10 @@ def run(args: argparse.Namespace) -> int:
         archs = _architectures(args.model)
         fits = PRM_ARCH in archs if args.kind == "prm" else any(a.endswith("ForSequenceClassification") for a in archs)
         if fmt is None and not fits:
-            print(f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
-                  file=sys.stderr)
+            print(
+                f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
+                file=sys.stderr,
+            )
             return 2
         if fmt == "likelihood" and not set(archs) & set(CAUSAL_LM_ARCHITECTURES):
             print(f"ponder eval prm: --format likelihood needs a causal LM; {args.model} is not one", file=sys.stderr)

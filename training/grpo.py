@@ -90,8 +90,10 @@ class PolicyGRPOConfig(PolicyTuningArgs, GRPOConfig):
     )
     max_completion_length: int | None = field(
         default=224,
-        metadata={"help": "Longest completion in tokens (characters; arith's reference solutions: <= 197 at level 6). "
-                  "A truncated completion scores 0, so this must fit the longest right answer."},
+        metadata={
+            "help": "Longest completion in tokens (characters; arith's reference solutions: <= 197 at level 6). "
+            "A truncated completion scores 0, so this must fit the longest right answer."
+        },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the group's completions."})
     beta: float = field(default=0.0, metadata={"help": "KL penalty to the SFT policy (DeepSeekMath: 0.04); 0: none."})
@@ -171,8 +173,9 @@ def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
     return [float(BOXED_AT_END.search(completion_text(c)) is not None) for c in completions]
 
 
-def mix_hard(problems: Sequence[Problem], wrong: Sequence[bool], count: int, hard_fraction: float,
-             seed: int) -> list[Problem]:
+def mix_hard(
+    problems: Sequence[Problem], wrong: Sequence[bool], count: int, hard_fraction: float, seed: int
+) -> list[Problem]:
     """``count`` problems, ``hard_fraction`` of them from those marked ``wrong``, the rest from the others; when
     either kind runs short the other fills in. Shuffled with ``seed``.
 
@@ -246,9 +249,13 @@ def train(config: PolicyGRPOConfig, command: str | None = None) -> dict[str, Any
         "trainer": "GRPOTrainer",
         "paper": "Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath)",
         "data": f"{len(problems):,} train-split prompts, {config.num_generations} completions each, rewarded by the "
-        "task's verifier" + (f" (+ {config.format_reward_weight:g} x format)." if config.format_reward_weight else ".")
-        + (f" {config.hard_fraction:.0%} of the prompts drawn from the SFT policy's greedy mistakes."
-           if config.hard_fraction else ""),
+        "task's verifier"
+        + (f" (+ {config.format_reward_weight:g} x format)." if config.format_reward_weight else ".")
+        + (
+            f" {config.hard_fraction:.0%} of the prompts drawn from the SFT policy's greedy mistakes."
+            if config.hard_fraction
+            else ""
+        ),
         "hard_fraction": config.hard_fraction,
         "started": started,
         "task": config.task,

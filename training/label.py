@@ -149,7 +149,7 @@ async def sample_solutions(
 async def greedy_solutions(engine: Engine, prompts: Sequence[str], max_tokens: int) -> list[str]:
     """Each prompt's greedy completion (temperature 0), in rounds of 256 prompts as :func:`sample_solutions`."""
     greedy = SamplingSpec(temperature=0.0, max_tokens=max_tokens)
-    return [first for first, in await sample_solutions(engine, prompts, 1, greedy, round_size=256)]
+    return [first for (first,) in await sample_solutions(engine, prompts, 1, greedy, round_size=256)]
 
 
 def _round_seed(spec: SamplingSpec, round_index: int) -> int | None:
@@ -316,8 +316,11 @@ def mc_against_exact(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     >>> mc_against_exact(rows)["mc_hard_precision"], mc_against_exact(rows)["mc_first_error_matches_exact"]
     (0.3333333333333333, 0.5)
     """
-    pairs = [(e, m, s) for r in rows for e, m, s in zip(r["exact_labels"], r["mc_hard_labels"], r["mc_soft_labels"],
-                                                         strict=True)]
+    pairs = [
+        (e, m, s)
+        for r in rows
+        for e, m, s in zip(r["exact_labels"], r["mc_hard_labels"], r["mc_soft_labels"], strict=True)
+    ]
     flagged = [e for e, m, _ in pairs if not m]  # exact label of each step MC calls wrong
     wrong = [m for e, m, _ in pairs if not e]  # MC label of each exactly-wrong step
 
@@ -329,8 +332,9 @@ def mc_against_exact(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         "mc_hard_agrees_with_exact": mean([e == m for e, m, _ in pairs]),
         "mc_hard_precision": mean([not e for e in flagged]),
         "mc_hard_recall": mean([not m for m in wrong]),
-        "mc_first_error_matches_exact": mean([first_error(r["exact_labels"]) == first_error(r["mc_hard_labels"])
-                                              for r in rows]),
+        "mc_first_error_matches_exact": mean(
+            [first_error(r["exact_labels"]) == first_error(r["mc_hard_labels"]) for r in rows]
+        ),
         "mc_soft_mean_exact_right": mean([s for e, _, s in pairs if e]),
         "mc_soft_mean_exact_wrong": mean([s for e, _, s in pairs if not e]),
     }

@@ -335,8 +335,11 @@ def load_body(model: nn.Module, policy: str | Path) -> int:
         raise ValueError(f"init_from {policy}: weights that do not fit this model's shape, e.g. {wrong[:3]}")
     depth = len({k.split(".")[2] for k in body if k.startswith("model.layers.")})
     fresh = tuple(f"model.layers.{i}." for i in range(depth, getattr(model.config, "num_hidden_layers", depth)))
-    missing = [k for k in own if k.startswith("model.") and k not in body
-               and not k.endswith("_proj.bias") and not k.startswith(fresh)]
+    missing = [
+        k
+        for k in own
+        if k.startswith("model.") and k not in body and not k.endswith("_proj.bias") and not k.startswith(fresh)
+    ]
     if missing:
         raise ValueError(f"init_from {policy}: the policy lacks {missing[:3]}")
     with torch.no_grad():

@@ -179,8 +179,11 @@ class PolicySFTConfig(SFTConfig):
         default=1e-3, metadata={"help": "Peak AdamW learning rate (tiny model, from scratch; nanoGPT's char model)."}
     )
     adam_beta2: float = field(
-        default=0.99, metadata={"help": "AdamW beta2 (0.99 as nanoGPT's small models: 0.999 with 2e-3 never learned "
-                                "to read the question here)."}
+        default=0.99,
+        metadata={
+            "help": "AdamW beta2 (0.99 as nanoGPT's small models: 0.999 with 2e-3 never learned "
+            "to read the question here)."
+        },
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
     warmup_steps: float = field(default=100, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
@@ -363,8 +366,12 @@ def _token_counts(dataset: Any) -> dict[str, int]:
 def model_card(metrics: dict[str, Any]) -> str:
     """The checkpoint's README: what it is, how it was made (command, seed, data, time) and what it scores."""
     config = metrics["config"]
-    origin = (f"trained further from the policy in `{metrics['init_from']}` (see its card; fresh problems, "
-              f"seed {metrics['seed']})" if metrics.get("init_from") else "trained from random weights")
+    origin = (
+        f"trained further from the policy in `{metrics['init_from']}` (see its card; fresh problems, "
+        f"seed {metrics['seed']})"
+        if metrics.get("init_from")
+        else "trained from random weights"
+    )
     lines = [
         f"# Ponder policy: SFT on `{metrics['task']}` (preset `{metrics['preset']}`)",
         "",

@@ -103,8 +103,9 @@ def labelled_value_rows(tokenizer: Any, path: str) -> list[dict]:
 
     rows, seen = [], set()
     for row in load_rows(path):
-        head = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
-                                             tokenize=False)
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False
+        )
         right = True
         for depth, label in enumerate(row["labels"], start=1):
             right = right and bool(label)
@@ -121,7 +122,7 @@ def tokenized_rows(tokenizer: Any, rows: list[dict[str, list[dict[str, str]]]]) 
     for row in rows:
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        rendered.append(_tokenized(tokenizer, prompt, full[len(prompt):]))
+        rendered.append(_tokenized(tokenizer, prompt, full[len(prompt) :]))
     return rendered
 
 
@@ -131,8 +132,9 @@ def _tokenized(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[i
     return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
 
 
-def datasets_for(config: PolicySFTConfig, task: TaskSpec, tokenizer: Any, train: list[Problem],
-                 val: list[Problem]) -> tuple[Any, Any]:
+def datasets_for(
+    config: PolicySFTConfig, task: TaskSpec, tokenizer: Any, train: list[Problem], val: list[Problem]
+) -> tuple[Any, Any]:
     """The training and validation datasets: TRL's conversational rows, or with value examples, tokenized rows."""
     from datasets import Dataset
 

@@ -235,8 +235,9 @@ class VLLMEngine:
                 final = output
         completions = sorted(final.outputs, key=lambda c: c.index) if final else []
         samples = [
-            Sample(c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob,
-                   token_logprobs(c))
+            Sample(
+                c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob, token_logprobs(c)
+            )
             for c in completions
         ]
         return samples * n if params.n == 1 else samples  # greedy: one sample stands for all n

@@ -198,8 +198,9 @@ def value_example(numbers: Sequence[int], rng: random.Random) -> tuple[str, bool
     if depth == 4:
         expression = exprs[0][0]
         if not want:  # a slip in the written expression
-            expression = expression.replace(rng.choice([op for op in "+-*/" if op in expression] or ["+"]),
-                                            rng.choice("+-*/"), 1)
+            expression = expression.replace(
+                rng.choice([op for op in "+-*/" if op in expression] or ["+"]), rng.choice("+-*/"), 1
+            )
         lines.append(f"\\boxed{{{expression}}}")
     return "\n\n".join(lines), all(walk_steps(numbers, lines)[0])
 
