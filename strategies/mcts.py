@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from strategies import register
+from strategies import checks, register
 from strategies.base import Engine, InvalidRequestError, Scorer, StrategyResult, Task
 from strategies.search import VALUE_PROMPT, VALUE_TOKENS, Node, SearchConfig, Searcher
 
@@ -58,6 +58,7 @@ class MCTSConfig(SearchConfig):
     value_source: Literal["prm", "self"] = "prm"  # who values new nodes: the reward model, or the policy's verdicts
     value_votes: int = 3  # verdicts per node with value_source="self" (ToT's n_evaluate_sample)
     value_prompt: str = VALUE_PROMPT  # value_source="self": after the partial solution and a blank line
+    final_check: str | None = None  # "game24": the answer is one that passes ToT's Game of 24 rule (strategies/checks)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +74,7 @@ class MCTSConfig(SearchConfig):
             raise ValueError("value_source must be 'prm' or 'self'")
         if self.value_votes < 1:
             raise ValueError("value_votes must be at least 1")
+        checks.validate(self.final_check)
 
     @property
     def c(self) -> float:
@@ -209,6 +211,7 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
         while node.children:
             node = max(node.children, key=lambda child: child.visits)
         trajectories = [node]
+    trajectories = search.checked(trajectories)
     if config.final_selection == "value":
         return search.result(trajectories, "score", selection=config.selection, exploration=config.c)
     best = sorted(trajectories, key=lambda node: node.score or 0.0, reverse=True)[: config.vote_top_k]

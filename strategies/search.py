@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reward_models.aggregation import aggregate_scores, resolve_aggregation
+from strategies import checks
 from strategies.answers import cluster, extract_answer
 from strategies.base import (
     Candidate,
@@ -219,6 +220,7 @@ class Searcher:
         self.task, self.config, self.engine, self.scorer = task, config, engine, scorer
         self.temperature = sampling_temperature(config, task, default_temperature)
         self.left = config.max_total_tokens  # tokens the budget still allows; None: no budget (the server sets one)
+        self.check = checks.bind(getattr(config, "final_check", None), task.question)  # before any search is run
         self.tree = Tree(config.step_delimiter, task.max_tokens)
         self.rounds: list[dict[str, Any]] = []  # per-round summary for the trace
         self._calls = 0
@@ -352,6 +354,15 @@ class Searcher:
         for node, verdicts in zip(nodes, outputs, strict=True):
             node.score, node.info["votes"] = self_value([s.text for s in verdicts])
         return True
+
+    def checked(self, finished: Sequence[Node]) -> list[Node]:
+        """The finished nodes that pass the config's ``final_check`` when any does, else all of them; each checked
+        node's ``info["check"]`` says whether it passed."""
+        if self.check is None:
+            return list(finished)
+        for node in finished:
+            node.info["check"] = self.check(node.prefix)
+        return [node for node in finished if node.info["check"]] or list(finished)
 
     def result(self, finals: Sequence[Node], how: Literal["vote", "score"], **extra: Any) -> StrategyResult:
         """The chosen solution among ``finals``: weighted best-of-N (``vote``: reward summed per equivalent answer,

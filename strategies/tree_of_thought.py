@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reward_models.aggregation import AGGREGATIONS, Aggregation
-from strategies import register
+from strategies import checks, register
 from strategies.base import Engine, InvalidRequestError, Scorer, StrategyConfig, StrategyResult, Task
 from strategies.sampling import STEP_DELIMITER
 from strategies.search import VALUE_MAP, VALUE_PROMPT, VALUE_TOKENS, Node, Searcher, unique
@@ -48,6 +48,7 @@ class TreeOfThoughtConfig(StrategyConfig):
     value_prompt: str = VALUE_PROMPT  # after the partial solution and a blank line: asks the policy for its verdict
     prune_threshold: float | None = None  # DFS drops states valued below it; None: 0.5 (prm), 0.05 (self: "likely")
     max_expansions: int = 100  # DFS: states expanded at most (ToT's crossword DFS stops after 100 steps)
+    final_check: str | None = None  # "game24": the answer is one that passes ToT's Game of 24 rule (strategies/checks)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +56,7 @@ class TreeOfThoughtConfig(StrategyConfig):
             raise ValueError("search must be 'bfs' or 'dfs'")
         if self.value_source not in ("prm", "self"):
             raise ValueError("value_source must be 'prm' or 'self'")
+        checks.validate(self.final_check)
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
         if min(self.breadth, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
@@ -111,6 +113,7 @@ async def tree_of_thought(
     search = Searcher(task, config, engine, scorer, DEFAULT_TEMPERATURE)
     run = bfs if config.search == "bfs" else dfs
     finished, open_ = await run(search, config)
+    finished = search.checked(finished)
     by_value = sorted(finished or open_, key=lambda node: node.score or 0.0, reverse=True)  # ties keep the first
     finals = by_value if finished else by_value[:1]
     return search.result(finals, "score")
