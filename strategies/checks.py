@@ -12,27 +12,24 @@ question is not one the check can read (a client's mistake, answered before any 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from strategies.answers import last_boxed
 from strategies.base import InvalidRequestError
 
 Check = Callable[[str], bool]
-_GAME24_QUESTION = re.compile(r"Use the numbers ((?:\d+ ){3}\d+) and ")
 
 
 def game24(question: str) -> Check:
     """Game of 24: the last ``\\boxed{...}`` is an expression of exactly the question's four numbers that makes 24."""
-    from training.tasks.game24 import expression_solves
+    from training.tasks.game24 import expression_solves, numbers_in
 
-    found = _GAME24_QUESTION.search(question)
-    if found is None:
+    numbers = numbers_in(question)
+    if numbers is None or len(numbers) != 4:
         raise InvalidRequestError(
             "final_check 'game24' reads the numbers from a question that says "
             "'Use the numbers a b c d and ...'; this question does not"
         )
-    numbers = [int(x) for x in found.group(1).split()]
 
     def solves(text: str) -> bool:
         boxed = last_boxed(text)

@@ -321,12 +321,18 @@ def puzzle_rows() -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(x) for x in row["Puzzles"].split()) for row in csv.DictReader(io.StringIO(text)))
 
 
+def numbers_in(text: str) -> list[int] | None:
+    """The numbers of the first "Use the numbers ... and" in ``text`` (a question, or a prompt that holds one)."""
+    found = _QUESTION.search(text)
+    return None if found is None else [int(x) for x in found.group(1).split()]
+
+
 def numbers_of(problem: Problem) -> list[int]:
     """The puzzle's numbers, read from the question (the one source of truth)."""
-    found = _QUESTION.match(problem.question)
-    if found is None:
+    numbers = numbers_in(problem.question) if problem.question.startswith("Use the numbers ") else None
+    if numbers is None:
         raise ValueError(f"not a game24 question: {problem.question!r}")
-    return [int(x) for x in found.group(1).split()]
+    return numbers
 
 
 def question_text(numbers: Sequence[int]) -> str:
