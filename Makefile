@@ -69,19 +69,16 @@ PRM_RECIPE := --train_data runs/labels/train,runs/labels/planted --eval_data run
 # The Game of 24 policy (models/game24-policy; README, "Game of 24"): the arith policy trained on 24k puzzles, then
 # 88k more (solver solutions; 7 in 10 ask the bare question), then 16k more with 2 value examples each, which teach
 # it Tree of Thoughts' value prompt (sure / impossible). On the 2-core AMD EPYC: 9, 30 and 28 minutes.
+G24_SFT := $(PONDER) train sft --task game24 --bare_question_share 0.7 --adam_beta2 0.99 --eval_problems_per_level 100 \
+	--eval_num_samples 16
 game24-model: $(STAMP)
-	$(PONDER) train sft --task game24 --init_from models/default-policy --num_train_problems 24000 \
-		--reseed_every 2000 --bare_question_share 0.7 --learning_rate 7e-4 --adam_beta2 0.99 --warmup_steps 50 \
-		--logging_steps 25 --save_steps 200 --eval_problems_per_level 100 --eval_num_samples 16 \
-		--output_dir runs/game24-policy2
-	$(PONDER) train sft --task game24 --init_from runs/game24-policy2 --seed 100 --num_train_problems 88000 \
-		--reseed_every 4000 --bare_question_share 0.7 --learning_rate 5e-4 --adam_beta2 0.99 --warmup_steps 50 \
-		--logging_steps 50 --save_steps 250 --eval_problems_per_level 100 --eval_num_samples 16 \
-		--output_dir runs/game24-policy3
-	$(PONDER) train sft --task game24 --init_from runs/game24-policy3 --seed 200 --num_train_problems 16000 \
-		--reseed_every 4000 --value_examples_per_problem 2 --bare_question_share 0.7 --learning_rate 3e-4 \
-		--adam_beta2 0.99 --warmup_steps 30 --logging_steps 50 --save_steps 250 --eval_problems_per_level 100 \
-		--eval_num_samples 16 --output_dir runs/game24-policy4
+	$(G24_SFT) --init_from models/default-policy --num_train_problems 24000 --reseed_every 2000 --learning_rate 7e-4 \
+		--warmup_steps 50 --logging_steps 25 --save_steps 200 --output_dir runs/game24-policy2
+	$(G24_SFT) --init_from runs/game24-policy2 --seed 100 --num_train_problems 88000 --reseed_every 4000 \
+		--learning_rate 5e-4 --warmup_steps 50 --logging_steps 50 --save_steps 250 --output_dir runs/game24-policy3
+	$(G24_SFT) --init_from runs/game24-policy3 --seed 200 --num_train_problems 16000 --reseed_every 4000 \
+		--value_examples_per_problem 2 --learning_rate 3e-4 --warmup_steps 30 --logging_steps 50 --save_steps 250 \
+		--output_dir runs/game24-policy4
 	rm -rf models/game24-policy && cp -r runs/game24-policy4 models/game24-policy
 
 lint: $(STAMP)
