@@ -63,17 +63,21 @@ async def test_its_verdicts_agree_with_the_solver(policy) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.asyncio(loop_scope="session")
-async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts(policy) -> None:
-    """ToT's BFS (b = 5, k = 5) valued by the policy's verdicts: two engine calls per level, answers that grade."""
-    problems = game24.load("train", limit=4, seed=3)
+async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts_and_the_final_check(policy) -> None:
+    """ToT's BFS (b = 5, k = 5) valued by the policy's verdicts on 16 train puzzles: two engine calls per level, and
+    answers that grade. On its verdicts alone it solves 3-6 of them (engine seeds 0-5 on this machine); with ToT's
+    final check (``final_check: "game24"``) 9-12. The thresholds sit far below both, because sampling differs from one
+    CPU to another."""
+    problems = game24.load("train", limit=16, seed=3)
     spec = strategies.get("tree_of_thought")
-    solved = 0
-    for k, problem in enumerate(problems):
-        task = task_for(policy, problem, f"tot-{k}")
-        ledger = Ledger(token_budget=20_000)
-        config = spec.config_cls(value_source="self", return_trace=True)
-        result = await spec.fn(task, config, CountingEngine(policy, ledger, task.request_id), None)
-        levels = len(result.extra["rounds"])
-        assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
-        solved += game24.grade(problem, result.choices[0].text)
-    assert solved >= 3, f"{solved} of 4 solved"
+    solved = {None: 0, "game24": 0}
+    for check in solved:
+        for k, problem in enumerate(problems):
+            task = task_for(policy, problem, f"tot-{check}-{k}")
+            ledger = Ledger(token_budget=20_000)
+            config = spec.config_cls(value_source="self", return_trace=True, final_check=check)
+            result = await spec.fn(task, config, CountingEngine(policy, ledger, task.request_id), None)
+            levels = len(result.extra["rounds"])
+            assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
+            solved[check] += game24.grade(problem, result.choices[0].text)
+    assert solved[None] >= 1 and solved["game24"] >= 6, f"solved of 16: {solved}"
