@@ -212,3 +212,30 @@ def test_eval_labels_compares_monte_carlo_with_exact_labels(tmp_path: Path, caps
     assert got["mc_soft_mean_exact_right"] == pytest.approx((0.75 + 0.0 + 0.25) / 3)
     assert got["mc_soft_mean_exact_wrong"] == 0.0
     assert eval_main(["labels", "--data", str(tmp_path / "missing")]) == 2
+
+
+def test_solver_paths_label_game24_states_with_no_engine(tmp_path: Path) -> None:
+    """``--source solver``: partial solutions from every first step, labelled exactly: a step is right when 24 is
+    still in reach after it (the results are always right), and both kinds are there at every depth."""
+    from fractions import Fraction
+
+    from training.tasks.game24 import numbers_in, reachable
+
+    out = tmp_path / "solver.jsonl"
+    argv = ["--task", "game24", "--source", "solver", "--num_problems", "20", "--paths_per_problem", "5"]
+    assert main([*argv, "--output", str(out)]) == 0
+    rows = load_rows(out)
+    assert len(rows) == 100 and len(set(rows["problem_id"])) == 20
+    for row in rows:
+        assert len(row["completions"]) == 3 and row["labels"] == row["exact_labels"]
+        lefts = [[Fraction(x) for x in step.split("(left: ")[1].rstrip(")").split()] for step in row["completions"]]
+        expected = [all(reachable(left) for left in lefts[: d + 1]) for d in range(3)]
+        assert row["labels"] == expected and numbers_in(row["prompt"])
+    for depth in range(3):
+        assert {row["labels"][depth] for row in rows} == {True, False}
+
+
+def test_solver_source_needs_a_task_with_a_solver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--task", "arith", "--source", "solver", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == "ponder label: error: task 'arith' has no solver paths (--source solver: game24)\n"

@@ -2,7 +2,9 @@ r"""``ponder label``: step labels for reward-model training, exact and Monte Car
 
 Solutions come from the policy (``source=policy``: ``num_samples`` per problem at ``temperature`` on the vLLM
 engine, one engine call per round of problems) or from the task's reference solutions with planted errors
-(``source=reference``: no engine, for development before a policy exists and for tests). Each solution is cut into
+(``source=reference``: no engine, for development before a policy exists and for tests), or from the task's solver
+(``source=solver``, game24: ``paths_per_problem`` partial solutions per puzzle that mix moves keeping 24 in reach
+with moves losing it, the states a search visits, labelled with no engine). Each solution is cut into
 steps by the task (:meth:`TaskSpec.steps`, the cut the strategies use) and labelled
 
 - exactly, by the task's step checker (:meth:`TaskSpec.check_steps`): a step is right when it and every step
@@ -58,8 +60,9 @@ class LabelConfig:
     source: str = field(
         default="policy",
         metadata={
-            "help": "Solutions: policy samples, or reference solutions with planted errors.",
-            "choices": ["policy", "reference"],
+            "help": "Solutions: policy samples, reference solutions with planted errors, or partial solutions drawn "
+            "by the task's solver (game24: right and wrong steps mixed, no engine).",
+            "choices": ["policy", "reference", "solver"],
         },
     )
     policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Policy checkpoint (samples and rollouts)."})
@@ -69,6 +72,7 @@ class LabelConfig:
     error_rate: float = field(
         default=0.5, metadata={"help": "source=reference: share of solutions given one planted error."}
     )
+    paths_per_problem: int = field(default=12, metadata={"help": "source=solver: partial solutions per problem."})
     mc_rollouts: int = field(default=0, metadata={"help": "Monte Carlo rollouts per step prefix (0: exact only)."})
     label_source: str = field(
         default="exact",
@@ -81,8 +85,8 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.label_source != "exact" and self.mc_rollouts < 1:
             raise ValueError(f"label_source={self.label_source} needs mc_rollouts >= 1")
-        if min(self.num_problems, self.num_samples, self.round_size) < 1:
-            raise ValueError("num_problems, num_samples and round_size must be at least 1")
+        if min(self.num_problems, self.num_samples, self.round_size, self.paths_per_problem) < 1:
+            raise ValueError("num_problems, num_samples, round_size and paths_per_problem must be at least 1")
         if self.levels is not None and not get_task(self.task).levels:  # game24: all of its problems, no levels
             self.levels = None
 
@@ -241,6 +245,9 @@ async def build_rows(config: LabelConfig) -> list[dict[str, Any]]:
             solutions = await sample_solutions(
                 engine, [prompts[p.id] for p in problems], config.num_samples, spec, config.round_size
             )
+        elif config.source == "solver":
+            rng = random.Random(f"solver/{config.seed}")
+            solutions = [task.solver_paths(p, config.paths_per_problem, rng) for p in problems]
         else:
             solutions = reference_solutions(problems, config.error_rate, config.seed)
         rows = exact_rows(task, problems, solutions, config.dedup)

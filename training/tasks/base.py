@@ -119,6 +119,11 @@ class TaskSpec:
         answer: what Tree-of-Thoughts' value prompt asks (``ponder train sft --value_examples_per_problem``)."""
         raise ValueError(f"task {self.name!r} has no value examples")
 
+    def solver_paths(self, problem: Problem, count: int, rng: random.Random) -> list[str]:
+        """Up to ``count`` partial solutions of ``problem`` drawn by the task's solver, right and wrong steps mixed,
+        for exact labels without a policy (``ponder label --source solver``)."""
+        raise ValueError(f"task {self.name!r} has no solver paths (--source solver: game24)")
+
     def first_error_step(self, problem: Problem, completion: str) -> int | None:
         """Index of the first wrong step, -1 when every step is right (ProcessBench), None when not checkable."""
         labels = self.check_steps(problem, completion)

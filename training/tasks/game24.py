@@ -205,6 +205,36 @@ def value_example(numbers: Sequence[int], rng: random.Random) -> tuple[str, bool
     return "\n\n".join(lines), all(walk_steps(numbers, lines)[0])
 
 
+def solver_paths(numbers: Sequence[int], count: int, rng: random.Random) -> list[str]:
+    r"""Up to ``count`` three-step partial solutions, one per first step (a random choice of them when the puzzle has
+    more): the states a search visits, for a value model to learn from exact labels (``ponder label --source solver``).
+
+    After its first step (any of the puzzle's moves, so most lose the way to 24) each path takes a move that keeps 24
+    reachable or one that does not, at even odds where both exist; the result is always right, so a step is wrong only
+    when 24 is out of reach after it.
+
+    >>> paths = solver_paths([4, 6, 8, 4], 3, random.Random(0))
+    >>> len(paths), [p.count("(left:") for p in paths]
+    (3, [3, 3, 3])
+    """
+    state0 = [Fraction(n) for n in numbers]
+    firsts = _moves(state0, nice=False)
+    rng.shuffle(firsts)
+    paths = []
+    for i, j, op, c in firsts[:count]:
+        steps: list[Move] = [(state0[i], op, state0[j], c)]
+        state = [*_without(state0, i, j), c]
+        while len(state) > 1:
+            moves = _moves(state, nice=False)
+            good = [m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]])]
+            bad = [m for m in moves if m not in good]
+            i2, j2, op2, c2 = rng.choice(good if good and (not bad or rng.random() < 0.5) else bad)
+            steps.append((state[i2], op2, state[j2], c2))
+            state = [*_without(state, i2, j2), c2]
+        paths.append("\n\n".join(step_lines(numbers, steps)))
+    return paths
+
+
 # --- reading and judging completions ------------------------------------------------------------------------------
 
 
@@ -409,6 +439,9 @@ class Game24(TaskSpec):
 
     def value_example(self, problem: Problem, rng: random.Random) -> tuple[str, bool]:
         return value_example(numbers_of(problem), rng)
+
+    def solver_paths(self, problem: Problem, count: int, rng: random.Random) -> list[str]:
+        return solver_paths(numbers_of(problem), count, rng)
 
     def check_steps(self, problem: Problem, completion: str) -> list[bool]:
         return walk_steps(numbers_of(problem), self.steps(completion))[0]
