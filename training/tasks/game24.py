@@ -116,6 +116,12 @@ def reachable(state: Sequence[Fraction], nice: bool = False) -> bool:
     return _reach(tuple(sorted(float(x) for x in state)), nice)
 
 
+def keeps_24(state: Sequence[Fraction], move: tuple[int, int, str, Fraction], nice: bool = False) -> bool:
+    """Whether 24 is still reachable after ``move`` (an entry of :func:`_moves`) on ``state``."""
+    i, j, _, c = move
+    return reachable([*_without(state, i, j), c], nice)
+
+
 def solvable(numbers: Sequence[int | Fraction]) -> bool:
     return reachable([Fraction(n) for n in numbers])
 
@@ -143,7 +149,7 @@ def solve(numbers: Sequence[int], rng: random.Random | None = None) -> tuple[lis
         moves = _moves(state, nice)
         if rng is not None:
             rng.shuffle(moves)
-        i, j, op, c = next(m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]], nice))
+        i, j, op, c = next(m for m in moves if keeps_24(state, m, nice))
         steps.append((state[i], op, state[j], c))
         joined = _join(exprs[i], op, exprs[j])
         state, exprs = [*_without(state, i, j), c], [*_without(exprs, i, j), joined]
@@ -185,8 +191,8 @@ def value_example(numbers: Sequence[int], rng: random.Random) -> tuple[str, bool
         moves = _moves(state, nice=False)
         if rng.random() < 0.7:  # mostly non-negative integers, as the reference solutions (and so the policy) do
             moves = [m for m in moves if m[3].denominator == 1 and m[3] >= 0] or moves
-        good = [m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]])]
-        good = good or [m for m in _moves(state, nice=False) if reachable([*_without(state, m[0], m[1]), m[3]])]
+        good = [m for m in moves if keeps_24(state, m)]
+        good = good or [m for m in _moves(state, nice=False) if keeps_24(state, m)]
         bad = [m for m in moves if m not in good]
         pick = good if not last or want or not bad else bad
         i, j, op, c = rng.choice(pick)
@@ -226,7 +232,7 @@ def solver_paths(numbers: Sequence[int], count: int, rng: random.Random) -> list
         state = [*_without(state0, i, j), c]
         while len(state) > 1:
             moves = _moves(state, nice=False)
-            good = [m for m in moves if reachable([*_without(state, m[0], m[1]), m[3]])]
+            good = [m for m in moves if keeps_24(state, m)]
             bad = [m for m in moves if m not in good]
             i2, j2, op2, c2 = rng.choice(good if good and (not bad or rng.random() < 0.5) else bad)
             steps.append((state[i2], op2, state[j2], c2))
