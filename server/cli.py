@@ -70,6 +70,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prm-memory-fraction", type=float, default=0.1, help="reward model's fraction")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="skip vLLM's torch.compile warm-up: the engines start sooner (same as env PONDER_ENFORCE_EAGER=1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")
     p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
@@ -164,8 +169,10 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from server.engine.vllm_engine import VLLMEngine
+                from server.engine.vllm_engine import EAGER_ENV, VLLMEngine
 
+                if args.enforce_eager:
+                    os.environ[EAGER_ENV] = "1"  # the reward model's engine reads it too
                 engine = await _maybe_await(
                     VLLMEngine.create(
                         str(policy),

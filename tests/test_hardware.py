@@ -1,4 +1,7 @@
-"""The number-format choice: bf16 only where the hardware computes it natively."""
+"""The engine settings chosen for the hardware: bf16 only where it is native; eager mode on request."""
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,34 @@ def test_training_bf16_default_is_resolved(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert RewardModelConfig(output_dir="unused").bf16 is True
     assert RewardModelConfig(output_dir="unused", bf16=False).bf16 is False
+
+
+@pytest.mark.parametrize(("value", "eager"), [(None, False), ("0", False), ("1", True), ("true", True)])
+def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, value, eager):
+    from server.engine.vllm_engine import EAGER_ENV, engine_args
+
+    if value is None:
+        monkeypatch.delenv(EAGER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(EAGER_ENV, value)
+    common = dict(kv_cache_gib=0.5, memory_fraction=0.1, max_model_len=None, seed=0, tensor_parallel_size=1)
+    assert engine_args("m", dtype="float32", **common).enforce_eager is eager
+    assert engine_args("m", dtype="float32", enforce_eager=not eager, **common).enforce_eager is (not eager)
+
+
+async def test_serve_enforce_eager_flag_sets_it_for_both_engines(monkeypatch):
+    import server.engine.vllm_engine as vllm_engine
+    from server.cli import _loader, build_parser
+
+    seen: list[bool] = []
+
+    async def fake_create(model: str, **kwargs: object) -> str:
+        seen.append(vllm_engine.eager_from_env())
+        return "engine"
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
+    monkeypatch.setenv(vllm_engine.EAGER_ENV, "0")
+    for argv, eager in ((["serve", "--model", "/p", "--no-prm"], False), (["serve", "--enforce-eager"], True)):
+        args = build_parser().parse_args(argv)
+        assert await _loader(args, Path("/p"), None)() == ("engine", None)
+        assert seen[-1] is eager and (os.environ[vllm_engine.EAGER_ENV] == "1") is eager
