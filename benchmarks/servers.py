@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from server.engine.hardware import eager_from_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -116,4 +118,5 @@ def vllm_cmd(model: str, memory_fraction: float, seed: int = 0) -> list[str]:
         "--served-model-name",
         "model",
         "--disable-log-stats",
+        *(["--enforce-eager"] if eager_from_env() else []),  # as Ponder's engines run (PONDER_ENFORCE_EAGER)
     ]

@@ -169,7 +169,8 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from server.engine.vllm_engine import EAGER_ENV, VLLMEngine
+                from server.engine.hardware import EAGER_ENV
+                from server.engine.vllm_engine import VLLMEngine
 
                 if args.enforce_eager:
                     os.environ[EAGER_ENV] = "1"  # the reward model's engine reads it too

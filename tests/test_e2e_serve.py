@@ -34,8 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         "--log-level",
         "info",
     )
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PONDER_ENFORCE_EAGER": "0"}  # the default, compiled engines (conftest.py)
-    with running(cmd, root / "server.log", env=env, timeout=STARTUP_SECONDS) as server:
+    with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=STARTUP_SECONDS) as server:
         yield server
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
         assert server.stop() == -signal.SIGTERM

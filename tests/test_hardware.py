@@ -36,31 +36,41 @@ def test_training_bf16_default_is_resolved(monkeypatch):
 
 
 @pytest.mark.parametrize(("value", "eager"), [(None, False), ("0", False), ("1", True), ("true", True)])
-def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, value, eager):
-    from server.engine.vllm_engine import EAGER_ENV, engine_args
+def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, tmp_path, value, eager):
+    from server.engine.vllm_engine import engine_args
 
     if value is None:
-        monkeypatch.delenv(EAGER_ENV, raising=False)
+        monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
     else:
-        monkeypatch.setenv(EAGER_ENV, value)
+        monkeypatch.setenv(hardware.EAGER_ENV, value)
     common = dict(kv_cache_gib=0.5, memory_fraction=0.1, max_model_len=None, seed=0, tensor_parallel_size=1)
-    assert engine_args("m", dtype="float32", **common).enforce_eager is eager
-    assert engine_args("m", dtype="float32", enforce_eager=not eager, **common).enforce_eager is (not eager)
+    model = str(tmp_path)  # a local folder: vLLM looks nothing up on a hub
+    assert engine_args(model, dtype="float32", **common).enforce_eager is eager
+    assert engine_args(model, dtype="float32", enforce_eager=not eager, **common).enforce_eager is (not eager)
 
 
-async def test_serve_enforce_eager_flag_sets_it_for_both_engines(monkeypatch):
+async def test_serve_enforce_eager_flag_sets_it_before_the_engines_start(monkeypatch):
     import server.engine.vllm_engine as vllm_engine
     from server.cli import _loader, build_parser
 
     seen: list[bool] = []
 
     async def fake_create(model: str, **kwargs: object) -> str:
-        seen.append(vllm_engine.eager_from_env())
+        seen.append(hardware.eager_from_env())
         return "engine"
 
     monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
-    monkeypatch.setenv(vllm_engine.EAGER_ENV, "0")
+    monkeypatch.setenv(hardware.EAGER_ENV, "0")
     for argv, eager in ((["serve", "--model", "/p", "--no-prm"], False), (["serve", "--enforce-eager"], True)):
         args = build_parser().parse_args(argv)
         assert await _loader(args, Path("/p"), None)() == ("engine", None)
-        assert seen[-1] is eager and (os.environ[vllm_engine.EAGER_ENV] == "1") is eager
+        assert seen[-1] is eager and (os.environ[hardware.EAGER_ENV] == "1") is eager
+
+
+def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
+    from benchmarks.servers import vllm_cmd
+
+    monkeypatch.setenv(hardware.EAGER_ENV, "1")
+    assert "--enforce-eager" in vllm_cmd("m", 0.1)
+    monkeypatch.setenv(hardware.EAGER_ENV, "0")
+    assert "--enforce-eager" not in vllm_cmd("m", 0.1)

@@ -474,22 +474,10 @@ E2E_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def real():
-    """The tiny policy on the vLLM engine and the tiny PRM on its adapter (~1 min to start on 2 cores)."""
-    import tempfile
-    from pathlib import Path
-
-    from reward_models import load_scorer
-    from server.engine.vllm_engine import VLLMEngine
-    from training.tiny_models import save_tiny_policy, save_tiny_prm
-
-    with tempfile.TemporaryDirectory() as root:
-        engine = await VLLMEngine.create(str(save_tiny_policy(Path(root) / "policy")), kv_cache_gib=1)
-        scorer = await load_scorer(save_tiny_prm(Path(root) / "prm"), kv_cache_gib=1)
-        yield engine, scorer
-        await scorer.shutdown()
-        await engine.shutdown()
+@pytest.fixture(scope="module")
+def real(tiny_engine, tiny_prm):
+    """The tiny policy on the vLLM engine and the tiny PRM on its adapter, shared across modules (tests/conftest.py)."""
+    return tiny_engine, tiny_prm
 
 
 @pytest.mark.e2e

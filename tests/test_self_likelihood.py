@@ -198,7 +198,8 @@ QUESTION += "\n" + INSTRUCTION  # the user turn, as the policy was trained on
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def policy():
-    engine = await VLLMEngine.create(str(DEFAULT_POLICY), kv_cache_gib=0.5, dtype="float32")
+    # The one engine of the suite on vLLM's default, compiled path (the others skip it: tests/conftest.py).
+    engine = await VLLMEngine.create(str(DEFAULT_POLICY), kv_cache_gib=0.5, dtype="float32", enforce_eager=False)
     yield engine, SelfLikelihoodPRM(engine, str(DEFAULT_POLICY))
     await engine.shutdown()
 

@@ -1,7 +1,8 @@
 """The vLLM adapters end to end: the real vLLM CPU engine on tiny random models built in-process.
 
-Each engine starts once per module (~25-50 s each on 2 cores). PRM scores are checked against the same checkpoint
-run with plain torch/transformers, mirroring vLLM's head: softmax over the 2 labels at the step-tag positions.
+The policy and PRM engines are shared with other modules (tests/conftest.py), the ORM's starts here. PRM scores
+are checked against the same checkpoint run with plain torch/transformers, mirroring vLLM's head: softmax over the
+2 labels at the step-tag positions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from reward_models.orm import VLLMOutcomeRewardModel
 from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
 from server.engine.vllm_engine import VLLMEngine
 from strategies.base import Engine, SamplingSpec, Scorer
-from training.tiny_models import STEP_TAG, save_tiny_orm, save_tiny_policy, save_tiny_prm
+from training.tiny_models import STEP_TAG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -36,38 +37,18 @@ ITEMS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-e2e")
-    return {
-        "policy": save_tiny_policy(root / "policy"),
-        "prm": save_tiny_prm(root / "prm"),
-        "orm": save_tiny_orm(root / "orm"),
-    }
+def tiny(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def engine(tiny: dict[str, Path]):
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.1)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    engine = await VLLMEngine.create(str(tiny["policy"]), kv_cache_gib=1)
-    ticker.cancel()
-    engine.loop_ticks_while_loading = ticks  # the server answers /health while the engine loads
-    yield engine
-    await engine.shutdown()
+@pytest.fixture(scope="module")
+def engine(tiny_engine: VLLMEngine) -> VLLMEngine:
+    return tiny_engine  # started once per session (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def prm(tiny: dict[str, Path]):
-    scorer = await load_scorer(tiny["prm"], kv_cache_gib=1, dtype="float32")  # float32: compare with torch at 1e-3
-    yield scorer
-    await scorer.shutdown()
+@pytest.fixture(scope="module")
+def prm(tiny_prm: VLLMProcessRewardModel) -> VLLMProcessRewardModel:
+    return tiny_prm  # float32: compare with torch at 1e-3
 
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)

@@ -1,4 +1,5 @@
-"""Which number format the hardware computes fast: bf16 where it is native, float32 where bf16 is emulated.
+"""Engine settings for the hardware. Which number format it computes fast: bf16 where it is native, float32 where
+bf16 is emulated; and whether to skip vLLM's torch.compile warm-up (``PONDER_ENFORCE_EAGER``).
 
 bf16 halves memory traffic, but a CPU without bf16 instructions (AVX2-only x86, such as AMD Zen 3) emulates its
 matrix products: measured on a 2-core AMD EPYC (Zen 3), a training step of the 4-layer, 256-wide policy took 9.7 s
@@ -8,10 +9,19 @@ CPU with AVX512_BF16 or AMX, bf16 is the faster of the two (about 2x in training
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+EAGER_ENV = "PONDER_ENFORCE_EAGER"
+
+
+def eager_from_env() -> bool:
+    """``PONDER_ENFORCE_EAGER=1``: start engines with vLLM's ``enforce_eager`` (no torch.compile warm-up; on the
+    2-core CPU a tiny model's engine is up in ~25 s instead of ~45 s). ``ponder serve --enforce-eager`` sets it, and
+    the benchmarks pass it on to vLLM's own server."""
+    return os.environ.get(EAGER_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @cache

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import contextmanager
@@ -29,19 +28,12 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from reward_models.layout import tokenizer_path
 from server.engine.errors import EngineError, EngineUnavailableError
-from server.engine.hardware import engine_dtype
+from server.engine.hardware import eager_from_env, engine_dtype
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 log = logging.getLogger("ponder.engine")
 
 GIB = 1 << 30
-EAGER_ENV = "PONDER_ENFORCE_EAGER"
-
-
-def eager_from_env() -> bool:
-    """``PONDER_ENFORCE_EAGER=1``: start engines with vLLM's ``enforce_eager`` (no torch.compile warm-up; on the
-    2-core CPU a tiny model's engine is up in ~25 s instead of ~45 s). ``ponder serve --enforce-eager`` sets it."""
-    return os.environ.get(EAGER_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def engine_args(
@@ -148,8 +140,11 @@ class VLLMEngine:
         seed: int = 0,
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
+        enforce_eager: bool | None = None,
     ) -> VLLMEngine:
-        """Start the engine; the loop keeps running while vLLM loads (~25-40 s for a tiny model on 2 CPU cores)."""
+        """Start the engine; the loop keeps running while vLLM loads (~25-45 s for a tiny model on 2 CPU cores).
+
+        ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`eager_from_env`)."""
         args = engine_args(
             model,
             kv_cache_gib=kv_cache_gib,
@@ -159,6 +154,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             enable_prefix_caching=True,
+            **({} if enforce_eager is None else {"enforce_eager": enforce_eager}),
         )
         return cls(await start_llm(args), model_name=model)
 
