@@ -1,8 +1,9 @@
 """Test-wide settings and the engines several modules share.
 
 vLLM engines started by the tests (in this process and in the ``ponder`` subprocesses they run) skip the
-torch.compile warm-up: about 20 s less per engine on the 2-core CI machine, over about twenty engines. One engine
-(tests/test_self_likelihood.py, the default policy) runs on vLLM's default, compiled path.
+torch.compile warm-up: 7 s less per engine on an idle 2-core machine, about 20 s under load (README, Backends), over
+about twenty engines. One engine (tests/test_self_likelihood.py, the default policy) runs on vLLM's default, compiled
+path.
 
 The tiny random-weight policy and PRM (:mod:`training.tiny_models`, default seeds) and their vLLM engines are built
 once per session for the modules that only need *a* real engine: tests/test_vllm_adapters.py and the end-to-end
