@@ -7,7 +7,7 @@ path.
 
 The tiny random-weight policy and PRM (:mod:`training.tiny_models`, default seeds) and their vLLM engines are built
 once per session for the modules that only need *a* real engine: tests/test_vllm_adapters.py and the end-to-end
-cases of tests/test_search_strategies.py.
+cases of tests/test_search_strategies.py (tests/test_tiny_models.py reads the checkpoints).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PONDER_ENFORCE_EAGER", "1")
+from server.engine.hardware import EAGER_ENV
+
+os.environ.setdefault(EAGER_ENV, "1")
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,6 @@ from server.default_models import ensure_default_models
 from training.tiny_models import (
     STEP_TAG,
     build_char_tokenizer,
-    save_tiny_orm,
     save_tiny_policy,
     save_tiny_prm,
 )
@@ -35,13 +34,8 @@ SAMPLE = string.digits + string.ascii_letters + string.punctuation + " \n" + "mu
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "policy": save_tiny_policy(root / "policy"),
-        "prm": save_tiny_prm(root / "prm"),
-        "orm": save_tiny_orm(root / "orm"),
-    }
+def tiny(tiny_models: dict) -> dict:
+    return tiny_models  # the session's tiny policy, PRM and ORM (tests/conftest.py); read here, never written
 
 
 def test_tokenizer_round_trips_printable_ascii_one_char_per_token() -> None:
