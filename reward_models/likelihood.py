@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from vllm import SamplingParams
+from vllm.logprobs import FlatLogprobs
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
@@ -143,18 +144,25 @@ class LikelihoodPRM(VLLMPoolingScorer):
         """Every prompt token's probability under the LM (the first, which nothing predicts, is 1); NaN for the
         tokens vLLM served from its prefix cache (``fresh``: read none from it)."""
         params = SamplingParams(
-            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=fresh
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            flat_logprobs=True,  # flat lists instead of a dict per token: the server's event loop has less to build
+            detokenize=False,
+            skip_reading_prefix_cache=fresh,
         )
         final = await self._last(self._llm.generate(engine_input(self._llm, ids), params, request_id), request_id)
-        if final is None or final.prompt_logprobs is None or len(final.prompt_logprobs) != len(ids):
+        flat = None if final is None else final.prompt_logprobs
+        if not isinstance(flat, FlatLogprobs) or len(flat) != len(ids):
             raise ScorerError(f"the reward model returned no prompt log-probabilities for {request_id}")
         cached = 0 if fresh else final.num_cached_tokens or 0  # token p is predicted from p - 1: computed if p > cached
-        given = zip(final.prompt_logprobs[1:], ids[1:], strict=True)
+        starts, ends, logprobs = flat.start_indices, flat.end_indices, flat.logprobs
+        # prompt_logprobs=0: a computed position holds one entry, the prompt token's own log-probability
         return torch.tensor(
             [1.0]
             + [
-                math.exp(step[token].logprob) if p > cached else math.nan
-                for p, (step, token) in enumerate(given, start=1)
+                math.exp(logprobs[starts[p]]) if p > cached and ends[p] > starts[p] else math.nan
+                for p in range(1, len(ids))
             ]
         )
 

@@ -32,6 +32,7 @@ from reward_models.layout import (
     tokenizer_path,
 )
 from server.engine.errors import ScorerError
+from server.engine.hardware import scorer_cpu_bind
 from server.engine.vllm_engine import (
     encode_prompt,
     engine_args,
@@ -82,7 +83,7 @@ class VLLMPoolingScorer:
             runner=runner,
             **extra,
         )
-        return await start_llm(args)
+        return await start_llm(args, cpu_bind=scorer_cpu_bind())
 
     def chat(self, question: str, answer: str) -> str:
         """The model's chat template over (system prompt,) the question and an answer, as one text."""

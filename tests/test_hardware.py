@@ -1,4 +1,5 @@
-"""The engine settings chosen for the hardware: bf16 only where it is native; eager mode on request."""
+"""The engine settings chosen for the hardware: bf16 only where it is native; eager mode on request; the reward
+model's engine on its own CPU cores."""
 
 import os
 from pathlib import Path
@@ -74,3 +75,40 @@ def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
     assert "--enforce-eager" in vllm_cmd("m", 0.1)
     monkeypatch.setenv(hardware.EAGER_ENV, "0")
     assert "--enforce-eager" not in vllm_cmd("m", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "env", "expected"),
+    [
+        ({0, 1}, {}, "1"),  # the 2-core machine: the reward model on core 1, the policy on core 0 (vLLM's own)
+        (set(range(16)), {}, "12,13,14,15"),  # the last quarter
+        ({3}, {}, None),  # one core: nothing to split
+        ({0, 1}, {hardware.SCORER_CPUS_ENV: "0"}, "0"),  # named
+        ({0, 1}, {hardware.SCORER_CPUS_ENV: "shared"}, None),  # vLLM's binding, as before
+        ({0, 1}, {hardware.VLLM_BIND_ENV: "0-1"}, None),  # the user's vLLM binding wins
+    ],
+)
+def test_reward_model_engine_cores(monkeypatch, allowed, env, expected):
+    monkeypatch.delenv(hardware.SCORER_CPUS_ENV, raising=False)
+    monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert hardware.scorer_cpu_bind(allowed) == expected
+
+
+@pytest.mark.parametrize("before", [None, "0-1"])
+def test_binding_reaches_the_engine_process_and_the_environment_is_restored(monkeypatch, before):
+    import server.engine.vllm_engine as vllm_engine
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(
+        vllm_engine.AsyncLLM, "from_engine_args", lambda args: seen.append(os.environ.get(hardware.VLLM_BIND_ENV))
+    )
+    if before is None:
+        monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(hardware.VLLM_BIND_ENV, before)
+    vllm_engine._from_engine_args("args", "1")
+    vllm_engine._from_engine_args("args", None)
+    assert seen == ["1", before]  # set while the engine starts (its processes inherit it); untouched without one
+    assert os.environ.get(hardware.VLLM_BIND_ENV) == before

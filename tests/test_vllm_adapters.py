@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -195,6 +196,28 @@ async def test_prm_scores_every_step_like_a_torch_forward(prm: VLLMProcessReward
         assert all(0.0 <= p <= 1.0 for p in got)
         assert got == pytest.approx(expected, abs=1e-3)
     assert prm.num_running() == 0 and prm.healthy()
+
+
+def worker_cores(llm: Any) -> set[int]:
+    """The CPU cores the model workers of an ``AsyncLLM`` may run on (their processes' affinity)."""
+    import psutil
+
+    (core,) = llm.engine_core.resources.engine_manager.processes  # the engine process; the workers are its children
+    workers = [p for p in psutil.Process(core.pid).children(recursive=True) if "Worker" in p.name()]
+    assert workers
+    return {cpu for worker in workers for cpu in worker.cpu_affinity()}
+
+
+async def test_the_reward_model_computes_on_its_own_cores(engine: VLLMEngine, prm: VLLMProcessRewardModel) -> None:
+    from server.engine.hardware import scorer_cpu_bind
+
+    policy, scorer = worker_cores(engine.llm), worker_cores(prm._llm)
+    bind = scorer_cpu_bind()
+    if bind is None:  # one core, or the binding left to vLLM by the environment: both where vLLM puts them
+        assert scorer == policy
+        return
+    assert scorer == {int(cpu) for cpu in bind.split(",")}
+    assert max(os.sched_getaffinity(0)) in scorer and max(os.sched_getaffinity(0)) not in policy  # 2 cores: 0 and 1
 
 
 async def test_orm_gives_one_probability_per_item(orm: VLLMOutcomeRewardModel, tiny: dict) -> None:

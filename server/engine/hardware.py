@@ -1,5 +1,6 @@
 """Engine settings for the hardware. Which number format it computes fast: bf16 where it is native, float32 where
-bf16 is emulated; and whether to skip vLLM's torch.compile warm-up (``PONDER_ENFORCE_EAGER``).
+bf16 is emulated; whether to skip vLLM's torch.compile warm-up (``PONDER_ENFORCE_EAGER``); and which CPU cores a
+reward model's engine computes on (``PONDER_SCORER_CPUS``).
 
 bf16 halves memory traffic, but a CPU without bf16 instructions (AVX2-only x86, such as AMD Zen 3) emulates its
 matrix products: measured on a 2-core AMD EPYC (Zen 3), a training step of the 4-layer, 256-wide policy took 9.7 s
@@ -15,6 +16,8 @@ from pathlib import Path
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 EAGER_ENV = "PONDER_ENFORCE_EAGER"
+SCORER_CPUS_ENV = "PONDER_SCORER_CPUS"
+VLLM_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"  # vLLM's CPU backend: the cores its model worker binds its threads to
 
 
 def eager_from_env() -> bool:
@@ -22,6 +25,28 @@ def eager_from_env() -> bool:
     2-core AMD EPYC the game24 policy's engine was up in 21 s instead of 29 s). ``ponder serve --enforce-eager`` sets
     it, and the benchmarks pass it on to vLLM's own server."""
     return os.environ.get(EAGER_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
+    """The cores a reward model's own engine binds to on vLLM's CPU backend (a ``VLLM_CPU_OMP_THREADS_BIND`` list),
+    or None to leave vLLM's binding alone.
+
+    vLLM binds every engine's model worker to the same cores (all but the last, which it reserves for the engine's
+    scheduler and the server), so a policy and a reward model in one process share those cores while the last one
+    idles; on a 2-core machine both workers ran on core 0. By default the reward model's worker takes the last
+    quarter of the allowed cores instead (at least one: core 1 of 2). ``PONDER_SCORER_CPUS`` names them
+    (``"1"``, ``"12-15"``), or ``shared`` keeps vLLM's own binding; a ``VLLM_CPU_OMP_THREADS_BIND`` set by the user
+    applies to every engine and wins. The setting only matters on the CPU backend: vLLM reads it nowhere else.
+    """
+    explicit = os.environ.get(SCORER_CPUS_ENV, "").strip()
+    if explicit:
+        return None if explicit == "shared" else explicit
+    if VLLM_BIND_ENV in os.environ:
+        return None
+    cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    if len(cpus) < 2:
+        return None
+    return ",".join(str(cpu) for cpu in cpus[-max(1, len(cpus) // 4) :])
 
 
 @cache

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import contextmanager
@@ -28,12 +30,13 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from reward_models.layout import tokenizer_path
 from server.engine.errors import EngineError, EngineUnavailableError
-from server.engine.hardware import eager_from_env, engine_dtype
+from server.engine.hardware import VLLM_BIND_ENV, eager_from_env, engine_dtype
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 log = logging.getLogger("ponder.engine")
 
 GIB = 1 << 30
+_SPAWNING = threading.Lock()  # one engine at a time sets the environment its child processes start with
 
 
 def engine_args(
@@ -64,19 +67,38 @@ def engine_args(
     )
 
 
-async def start_llm(args: AsyncEngineArgs) -> AsyncLLM:
-    """Start an ``AsyncLLM`` in a worker thread, so the event loop keeps serving (``/health``) while it loads.
+def _from_engine_args(args: AsyncEngineArgs, cpu_bind: str | None) -> AsyncLLM:
+    """``AsyncLLM.from_engine_args`` with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind`` in the environment that its engine
+    process inherits (vLLM's CPU backend binds the model worker there); the process's own environment is restored."""
+    if cpu_bind is None:
+        return AsyncLLM.from_engine_args(args)
+    with _SPAWNING:
+        before = os.environ.get(VLLM_BIND_ENV)
+        os.environ[VLLM_BIND_ENV] = cpu_bind
+        try:
+            return AsyncLLM.from_engine_args(args)
+        finally:
+            if before is None:
+                os.environ.pop(VLLM_BIND_ENV, None)
+            else:
+                os.environ[VLLM_BIND_ENV] = before
+
+
+async def start_llm(args: AsyncEngineArgs, cpu_bind: str | None = None) -> AsyncLLM:
+    """Start an ``AsyncLLM`` in a worker thread, so the event loop keeps serving (``/health``) while it loads;
+    ``cpu_bind``: the CPU cores its model worker binds to (:func:`server.engine.hardware.scorer_cpu_bind`).
 
     If the caller is cancelled meanwhile, the engine is shut down as soon as it is up, leaving no orphan process.
     """
     started = time.perf_counter()
-    loading = asyncio.get_running_loop().run_in_executor(None, AsyncLLM.from_engine_args, args)
+    loading = asyncio.get_running_loop().run_in_executor(None, _from_engine_args, args, cpu_bind)
     try:
         llm = await asyncio.shield(loading)
     except asyncio.CancelledError:
         loading.add_done_callback(lambda done: done.exception() is None and stop_llm(done.result()))
         raise
-    log.info("vLLM engine for %s ready in %.1f s", args.model, time.perf_counter() - started)
+    where = f" (CPU cores {cpu_bind})" if cpu_bind else ""
+    log.info("vLLM engine for %s ready in %.1f s%s", args.model, time.perf_counter() - started, where)
     return llm
 
 
