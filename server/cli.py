@@ -75,6 +75,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip vLLM's torch.compile warm-up: the engines start sooner (same as env PONDER_ENFORCE_EAGER=1)",
     )
+    p.add_argument(
+        "--scorer-cpus",
+        help="vLLM CPU build: the cores of the reward model's engine, e.g. 1 or 12-15, or 'shared' for vLLM's own "
+        "binding (default: the last quarter of the cores; same as env PONDER_SCORER_CPUS)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")
     p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
@@ -169,11 +174,13 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from server.engine.hardware import EAGER_ENV
+                from server.engine.hardware import EAGER_ENV, SCORER_CPUS_ENV
                 from server.engine.vllm_engine import VLLMEngine
 
                 if args.enforce_eager:
                     os.environ[EAGER_ENV] = "1"  # the reward model's engine reads it too
+                if args.scorer_cpus:
+                    os.environ[SCORER_CPUS_ENV] = args.scorer_cpus  # read where the reward model's engine starts
                 engine = await _maybe_await(
                     VLLMEngine.create(
                         str(policy),

@@ -68,6 +68,34 @@ async def test_serve_enforce_eager_flag_sets_it_before_the_engines_start(monkeyp
         assert seen[-1] is eager and (os.environ[hardware.EAGER_ENV] == "1") is eager
 
 
+async def test_serve_scorer_cpus_flag_reaches_the_reward_model_engine(monkeypatch):
+    import reward_models
+    import server.engine.vllm_engine as vllm_engine
+    from server.cli import _loader, build_parser
+
+    seen: list[str | None] = []
+
+    async def fake_create(model: str, **kwargs: object) -> str:
+        return "engine"
+
+    async def fake_scorer(engine: object, policy: object, prm: object, **kwargs: object) -> str:
+        seen.append(hardware.scorer_cpu_bind({0, 1}))
+        return "scorer"
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
+    monkeypatch.setattr(reward_models, "load_scorer_beside", fake_scorer)
+    monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
+    monkeypatch.setenv(hardware.SCORER_CPUS_ENV, "")  # unset, and restored after the test (the flag sets it)
+    for argv, bind in (
+        (["serve"], "1"),
+        (["serve", "--scorer-cpus", "0"], "0"),
+        (["serve", "--scorer-cpus", "shared"], None),
+    ):
+        args = build_parser().parse_args(argv)
+        assert await _loader(args, Path("/p"), Path("/prm"))() == ("engine", "scorer")
+        assert seen[-1] == bind
+
+
 def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
     from benchmarks.servers import vllm_cmd
 

@@ -43,7 +43,9 @@ def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
         return None if explicit == "shared" else explicit
     if VLLM_BIND_ENV in os.environ:
         return None
-    cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    if allowed is None:  # the cores this process may use (Linux), else all of them
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = sorted(allowed)
     if len(cpus) < 2:
         return None
     return ",".join(str(cpu) for cpu in cpus[-max(1, len(cpus) // 4) :])
