@@ -84,6 +84,7 @@ async def test_serve_scorer_cpus_flag_reaches_the_reward_model_engine(monkeypatc
 
     monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
     monkeypatch.setattr(reward_models, "load_scorer_beside", fake_scorer)
+    monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
     monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
     monkeypatch.setenv(hardware.SCORER_CPUS_ENV, "")  # unset, and restored after the test (the flag sets it)
     for argv, bind in (
@@ -117,11 +118,15 @@ def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
     ],
 )
 def test_reward_model_engine_cores(monkeypatch, allowed, env, expected):
+    monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
     monkeypatch.delenv(hardware.SCORER_CPUS_ENV, raising=False)
     monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert hardware.scorer_cpu_bind(allowed) == expected
+    monkeypatch.setattr(hardware, "accelerator_available", lambda: True)
+    gpu = expected if hardware.SCORER_CPUS_ENV in env else None  # a GPU: no binding, unless one is named
+    assert hardware.scorer_cpu_bind(allowed) == gpu
 
 
 @pytest.mark.parametrize("before", [None, "0-1"])

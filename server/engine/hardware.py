@@ -36,12 +36,12 @@ def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
     idles; on a 2-core machine both workers ran on core 0. By default the reward model's worker takes the last
     quarter of the allowed cores instead (at least one: core 1 of 2). ``PONDER_SCORER_CPUS`` names them
     (``"1"``, ``"12-15"``), or ``shared`` keeps vLLM's own binding; a ``VLLM_CPU_OMP_THREADS_BIND`` set by the user
-    applies to every engine and wins. The setting only matters on the CPU backend: vLLM reads it nowhere else.
+    applies to every engine and wins. None where torch sees a GPU: vLLM reads the binding on its CPU backend only.
     """
     explicit = os.environ.get(SCORER_CPUS_ENV, "").strip()
     if explicit:
         return None if explicit == "shared" else explicit
-    if VLLM_BIND_ENV in os.environ:
+    if VLLM_BIND_ENV in os.environ or accelerator_available():
         return None
     if allowed is None:  # the cores this process may use (Linux), else all of them
         allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))

@@ -69,10 +69,11 @@ def engine_args(
 
 def _from_engine_args(args: AsyncEngineArgs, cpu_bind: str | None) -> AsyncLLM:
     """``AsyncLLM.from_engine_args`` with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind`` in the environment that its engine
-    process inherits (vLLM's CPU backend binds the model worker there); the process's own environment is restored."""
-    if cpu_bind is None:
-        return AsyncLLM.from_engine_args(args)
+    process inherits (vLLM's CPU backend binds the model worker there); the process's own environment is restored.
+    Engines start one at a time, so that none inherits another's binding."""
     with _SPAWNING:
+        if cpu_bind is None:
+            return AsyncLLM.from_engine_args(args)
         before = os.environ.get(VLLM_BIND_ENV)
         os.environ[VLLM_BIND_ENV] = cpu_bind
         try:
