@@ -174,13 +174,15 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from server.engine.hardware import EAGER_ENV, SCORER_CPUS_ENV
+                from server.engine.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
                 from server.engine.vllm_engine import VLLMEngine
 
                 if args.enforce_eager:
                     os.environ[EAGER_ENV] = "1"  # the reward model's engine reads it too
                 if args.scorer_cpus:
                     os.environ[SCORER_CPUS_ENV] = args.scorer_cpus  # read where the reward model's engine starts
+                if prm is not None:
+                    scorer_cpu_bind()  # a core list that cannot be used fails now, not after the policy has loaded
                 engine = await _maybe_await(
                     VLLMEngine.create(
                         str(policy),

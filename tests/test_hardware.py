@@ -110,7 +110,9 @@ def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
     ("allowed", "env", "expected"),
     [
         ({0, 1}, {}, "1"),  # the 2-core machine: the reward model on core 1, the policy on core 0 (vLLM's own)
-        (set(range(16)), {}, "12,13,14,15"),  # the last quarter
+        (set(range(16)), {}, "15"),  # the core vLLM leaves out of the policy's binding
+        (set(range(16)), {hardware.SCORER_CPUS_ENV: "12-15"}, "12-15"),  # named: several
+        ({0, 1}, {hardware.SCORER_CPUS_ENV: "1", hardware.VLLM_BIND_ENV: "0"}, "1"),  # named beats the user's vLLM list
         ({3}, {}, None),  # one core: nothing to split
         ({0, 1}, {hardware.SCORER_CPUS_ENV: "0"}, "0"),  # named
         ({0, 1}, {hardware.SCORER_CPUS_ENV: "shared"}, None),  # vLLM's binding, as before
@@ -127,6 +129,13 @@ def test_reward_model_engine_cores(monkeypatch, allowed, env, expected):
     monkeypatch.setattr(hardware, "accelerator_available", lambda: True)
     gpu = expected if hardware.SCORER_CPUS_ENV in env else None  # a GPU: no binding, unless one is named
     assert hardware.scorer_cpu_bind(allowed) == gpu
+
+
+@pytest.mark.parametrize("value", ["foo", "Shared", "1|2", "5", "0-7", ""])
+def test_a_core_list_that_cannot_be_used_is_refused_in_one_line(monkeypatch, value):
+    monkeypatch.setenv(hardware.SCORER_CPUS_ENV, value or ",")
+    with pytest.raises(ValueError, match=r"^PONDER_SCORER_CPUS=.*expected core ids"):
+        hardware.scorer_cpu_bind({0, 1})
 
 
 @pytest.mark.parametrize("before", [None, "0-1"])

@@ -27,28 +27,55 @@ def eager_from_env() -> bool:
     return os.environ.get(EAGER_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def allowed_cpus() -> set[int]:
+    """The CPU cores this process may run on (its affinity on Linux, else all of them)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def parse_cores(text: str) -> set[int]:
+    """Core ids from a list such as ``"1"``, ``"0,2"`` or ``"12-15"`` (vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` syntax).
+
+    >>> sorted(parse_cores("0,12-14"))
+    [0, 12, 13, 14]
+    """
+    cores: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
 def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
     """The cores a reward model's own engine binds to on vLLM's CPU backend (a ``VLLM_CPU_OMP_THREADS_BIND`` list),
     or None to leave vLLM's binding alone.
 
-    vLLM binds every engine's model worker to the same cores (all but the last, which it reserves for the engine's
+    vLLM binds every engine's model worker to the same cores (all but the last, which it leaves to the engine's
     scheduler and the server), so a policy and a reward model in one process share those cores while the last one
-    idles; on a 2-core machine both workers ran on core 0. By default the reward model's worker takes the last
-    quarter of the allowed cores instead (at least one: core 1 of 2). ``PONDER_SCORER_CPUS`` names them
-    (``"1"``, ``"12-15"``), or ``shared`` keeps vLLM's own binding; a ``VLLM_CPU_OMP_THREADS_BIND`` set by the user
-    applies to every engine and wins. None where torch sees a GPU: vLLM reads the binding on its CPU backend only.
+    idles; on a 2-core machine both workers ran on core 0. By default the reward model's worker takes that last
+    core instead (core 1 of 2), apart from the policy's. ``PONDER_SCORER_CPUS`` names other cores (``"1"``,
+    ``"12-15"``; on a large machine a big reward model may want several, at the cost of sharing them with the
+    policy), or ``shared`` keeps vLLM's own binding. A ``VLLM_CPU_OMP_THREADS_BIND`` set by the user applies to every
+    engine, unless ``PONDER_SCORER_CPUS`` names the reward model's. None where torch sees a GPU: vLLM reads the
+    binding on its CPU backend only. Raises ValueError for a list that is not core ids this process may use.
     """
     explicit = os.environ.get(SCORER_CPUS_ENV, "").strip()
+    allowed = allowed_cpus() if allowed is None else allowed
+    if explicit == "shared":
+        return None
     if explicit:
-        return None if explicit == "shared" else explicit
-    if VLLM_BIND_ENV in os.environ or accelerator_available():
+        try:
+            cores = parse_cores(explicit)
+        except ValueError:
+            cores = set()
+        if not cores or not cores <= allowed:
+            raise ValueError(
+                f"{SCORER_CPUS_ENV}={explicit!r}: expected core ids such as 1 or 0,2-3 among this process's cores "
+                f"{sorted(allowed)}, or 'shared'"
+            )
+        return explicit
+    if VLLM_BIND_ENV in os.environ or accelerator_available() or len(allowed) < 2:
         return None
-    if allowed is None:  # the cores this process may use (Linux), else all of them
-        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cpus = sorted(allowed)
-    if len(cpus) < 2:
-        return None
-    return ",".join(str(cpu) for cpu in cpus[-max(1, len(cpus) // 4) :])
+    return str(max(allowed))
 
 
 @cache
