@@ -78,7 +78,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scorer-cpus",
         help="vLLM CPU build: the cores of the reward model's engine, e.g. 1 or 12-15, or 'shared' for vLLM's own "
-        "binding (default: the last quarter of the cores; same as env PONDER_SCORER_CPUS)",
+        "binding (default: the last core, which vLLM leaves out of the policy's; same as env PONDER_SCORER_CPUS)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")

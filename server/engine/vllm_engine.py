@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from vllm import SamplingParams, TokensPrompt
@@ -25,6 +24,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.outputs import CompletionOutput
 from vllm.sampling_params import RequestOutputKind
+from vllm.utils.system_utils import set_env_var
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -71,18 +71,8 @@ def _from_engine_args(args: AsyncEngineArgs, cpu_bind: str | None) -> AsyncLLM:
     """``AsyncLLM.from_engine_args`` with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind`` in the environment that its engine
     process inherits (vLLM's CPU backend binds the model worker there); the process's own environment is restored.
     Engines start one at a time, so that none inherits another's binding."""
-    with _SPAWNING:
-        if cpu_bind is None:
-            return AsyncLLM.from_engine_args(args)
-        before = os.environ.get(VLLM_BIND_ENV)
-        os.environ[VLLM_BIND_ENV] = cpu_bind
-        try:
-            return AsyncLLM.from_engine_args(args)
-        finally:
-            if before is None:
-                os.environ.pop(VLLM_BIND_ENV, None)
-            else:
-                os.environ[VLLM_BIND_ENV] = before
+    with _SPAWNING, nullcontext() if cpu_bind is None else set_env_var(VLLM_BIND_ENV, cpu_bind):
+        return AsyncLLM.from_engine_args(args)
 
 
 async def start_llm(args: AsyncEngineArgs, cpu_bind: str | None = None) -> AsyncLLM:
