@@ -148,11 +148,12 @@ class ChatService:
 
     def _apply_caps(self, config: StrategyConfig) -> StrategyConfig:
         caps = self.config
-        samples = getattr(config, "num_samples", 1)
+        name = "root_samples" if (getattr(config, "root_samples", None) or 0) > caps.max_num_samples else "num_samples"
+        samples = getattr(config, name, 1)
         if samples > caps.max_num_samples:
             raise APIError(
-                f"num_samples={samples} is above this server's cap of {caps.max_num_samples} (--max-num-samples)",
-                param="strategy_params.num_samples",
+                f"{name}={samples} is above this server's cap of {caps.max_num_samples} (--max-num-samples)",
+                param=f"strategy_params.{name}",
                 code="above_cap",
             )
         if config.max_total_tokens is not None and config.max_total_tokens > caps.max_total_tokens:

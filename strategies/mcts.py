@@ -10,7 +10,9 @@ PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided
   log-probability, uniform when the engine returns none), down to a leaf.
   ``leaves_per_iteration`` > 1 selects several distinct leaves, each with a virtual loss (a visit worth 0) on its
   path so the next selection goes elsewhere; all of them are expanded in the same engine call.
-- expand: k = ``num_samples`` next steps for every selected leaf; a leaf at ``max_depth`` - 1 runs to EOS.
+- expand: k = ``num_samples`` next steps for every selected leaf; a leaf at ``max_depth`` - 1 runs to EOS. The root
+  is expanded once, so its ``root_samples`` first steps are all the first steps the search will ever try: more of
+  them (as beam search samples N first steps) is what keeps a puzzle whose k first steps all miss in reach.
 - evaluate: the PRM scores the new prefixes; a child's value is the score of its last step (OpenR's "prm-last"), or
   with ``rollouts`` = r > 0 the mean aggregated score of r sampled completions to EOS from it. With
   ``value_source="self"`` the policy values them instead, by Tree of Thoughts' value prompt (sure / likely /
@@ -47,6 +49,7 @@ C_BASE = 19652  # OpenR's pb_c_base (from AlphaZero)
 @dataclass(frozen=True)
 class MCTSConfig(SearchConfig):
     num_samples: int = 4  # k: children per expansion, drawn in one engine request (OpenR's tree width 4)
+    root_samples: int | None = None  # children of the root (expanded once, in the first iteration); None: k
     max_depth: int = 16  # steps per trajectory at most (rStar-Math's max_depth)
     num_iterations: int = 16  # select-expand-evaluate-backup rounds (OpenR: 20 simulations; rStar-Math: 8-12)
     selection: Literal["uct", "puct"] = "puct"  # OpenR's PUCT with LM priors; "uct": rStar-Math's rule
@@ -68,6 +71,8 @@ class MCTSConfig(SearchConfig):
             raise ValueError("final_selection must be 'value' or 'vote'")
         if min(self.num_iterations, self.leaves_per_iteration, self.vote_top_k) < 1 or self.rollouts < 0:
             raise ValueError("num_iterations, leaves_per_iteration and vote_top_k must be at least 1, rollouts >= 0")
+        if self.root_samples is not None and self.root_samples < 1:
+            raise ValueError("root_samples must be at least 1")
         if self.exploration is not None and self.exploration < 0:
             raise ValueError("exploration must be at least 0")
         if self.value_source not in ("prm", "self"):
@@ -132,13 +137,14 @@ def _set_priors(siblings: list[Node], logprobs: list[float | None]) -> None:
 async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> tuple[list[Node], list[Node]] | None:
     """Children of every leaf (one engine call) and their rollouts, all scored in one reward-model call; each
     child's value in ``info["eval"]``. None when the budget cannot give every sample a token."""
-    samples = config.num_samples * len(leaves) * (1 + config.rollouts)
+    k = config.root_samples or config.num_samples if leaves[0].depth == 0 else config.num_samples  # the root: alone
+    samples = k * len(leaves) * (1 + config.rollouts)
     verdicts = samples * config.value_votes * VALUE_TOKENS if config.value_source == "self" else 0
     share = search.cap(leaves, samples, reserve=verdicts)  # rollouts and verdicts get theirs
     to_eos = [leaf.depth + 1 >= config.max_depth for leaf in leaves]
     puct = config.selection == "puct"
     drawn = await search.expand(
-        leaves, config.num_samples, to_eos=to_eos, max_tokens=share, logprobs=0 if puct else None
+        leaves, k, to_eos=to_eos, max_tokens=share, logprobs=0 if puct else None
     )
     if drawn is None:
         return None

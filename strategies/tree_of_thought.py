@@ -12,6 +12,9 @@ Yao et al. 2023, "Tree of Thoughts: Deliberate Problem Solving with Large Langua
 
 ``search="bfs"``: each level expands the ``breadth`` = b best open states (ToT's greedy selection), duplicates
 count once (ToT values a duplicate 0); the level at ``max_depth`` runs to EOS; stops once b solutions finished.
+The root is one state, so it draws ``root_samples`` first steps (default b * k, what every later level draws over
+its b states): with k alone, the first level would hold k candidates where ToT's Game of 24 "propose" prompt lists
+a dozen, and a puzzle whose k first steps all miss is lost before any value is read.
 ``search="dfs"``: expand the best open state first, drop children valued below ``prune_threshold`` and backtrack;
 stops at the first finished solution that clears the threshold, after ``max_expansions`` states, or when the
 stack is empty. Every strategy stops when the budget cannot give the next call's samples a token each. The answer
@@ -40,6 +43,7 @@ class TreeOfThoughtConfig(StrategyConfig):
     search: Literal["bfs", "dfs"] = "bfs"
     breadth: int = 5  # b: states kept per BFS level (ToT's n_select_sample for Game of 24)
     samples_per_state: int = 5  # k: next steps sampled per state (ToT's n_generate_sample with "sample")
+    root_samples: int | None = None  # first steps drawn from the root; None: b * k (BFS), k (DFS)
     max_depth: int = 16  # steps at most, the last runs to EOS; ToT's tasks take a few (Game of 24: 4, crosswords: 10)
     step_delimiter: str = STEP_DELIMITER  # a step ends here (kept in the text)
     value_source: Literal["prm", "self"] = "self"  # ToT's own choice, needs no reward model; "prm" needs one
@@ -61,6 +65,8 @@ class TreeOfThoughtConfig(StrategyConfig):
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
         if min(self.breadth, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
             raise ValueError("breadth, samples_per_state, max_depth, value_votes and max_expansions must be >= 1")
+        if self.root_samples is not None and not 1 <= self.root_samples <= self.num_samples:
+            raise ValueError("root_samples must be between 1 and breadth * samples_per_state")
         if not self.step_delimiter:
             raise ValueError("step_delimiter must not be empty")
         if self.prune_threshold is not None and not 0.0 <= self.prune_threshold <= 1.0:
@@ -72,6 +78,12 @@ class TreeOfThoughtConfig(StrategyConfig):
     def num_samples(self) -> int:
         """Samples per BFS level, breadth * samples_per_state: what the server's cap on N bounds."""
         return self.breadth * self.samples_per_state
+
+    def samples_at(self, state: Node) -> int:
+        """Next steps drawn from ``state``: ``root_samples`` at the root, else k."""
+        if state.depth or self.search == "dfs" and self.root_samples is None:
+            return self.samples_per_state
+        return self.root_samples or self.num_samples
 
     @property
     def threshold(self) -> float:
@@ -89,11 +101,13 @@ async def evaluate(search: Searcher, config: TreeOfThoughtConfig, nodes: list[No
 
 
 async def expand_and_value(search: Searcher, config: TreeOfThoughtConfig, states: list[Node]) -> list[Node] | None:
-    """k valued children of every state (duplicates dropped), or None when the budget cannot afford the round."""
+    """k valued children of every state (``root_samples`` of the root; duplicates dropped), or None when the budget
+    cannot afford the round."""
     votes = 0 if config.value_source == "prm" else config.value_votes
-    reserve = votes * len(states) * config.samples_per_state * VALUE_TOKENS  # the verdicts come out of the same budget
+    k = config.samples_at(states[0])  # a round expands the root alone, or states below it
+    reserve = votes * len(states) * k * VALUE_TOKENS  # the verdicts come out of the same budget
     to_eos = [state.depth + 1 >= config.max_depth for state in states]
-    children = await search.expand(states, config.samples_per_state, to_eos=to_eos, reserve=reserve)
+    children = await search.expand(states, k, to_eos=to_eos, reserve=reserve)
     if children is None:
         return None
     new = unique([child for group in children for child in group])

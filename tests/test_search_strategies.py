@@ -222,8 +222,21 @@ async def test_tot_bfs_with_the_prm_keeps_the_b_best_states():
     engine, scorer = Policy(world()), RuleScorer()
     result, ledger = await run("tree_of_thought", engine, scorer, breadth=2, samples_per_state=2, value_source="prm")
     assert result.choices[0].text == RIGHT and result.choices[0].score == 0.9
-    assert shape(engine) == [(1, 2), (2, 2), (2, 2)] and engine.calls[0][1].temperature == 0.7
-    assert [len(batch) for batch in scorer.calls] == [2, 4, 3] and ledger.engine_calls == 3  # one duplicate
+    # the root draws b * k = 4 first steps, every later level k = 2 from each of its b = 2 states
+    assert shape(engine) == [(1, 4), (2, 2), (2, 2)] and engine.calls[0][1].temperature == 0.7
+    assert [len(batch) for batch in scorer.calls] == [4, 4, 3] and ledger.engine_calls == 3  # one duplicate
+
+
+@pytest.mark.parametrize(("root_samples", "answer"), [(None, "42"), (1, "7")])
+async def test_tot_bfs_draws_a_full_level_of_first_steps_at_the_root(root_samples, answer):
+    # "path A" (sample 0) only leads to wrong steps, "path B" (sample 1) to the answer: with k = 1 first step,
+    # as ToT's "sample" generator draws at the root, the way to the answer is never seen
+    engine, scorer = Policy(fork), RuleScorer({"path A": 0.8, "path B": 0.7})
+    result, _ = await run(
+        "tree_of_thought", engine, scorer, breadth=2, samples_per_state=1, root_samples=root_samples, value_source="prm"
+    )
+    assert result.choices[0].answer == answer
+    assert engine.calls[0][1].n == (root_samples or 2) and {spec.n for _, spec in engine.calls[1:]} == {1}
 
 
 async def test_tot_bfs_values_states_by_self_evaluation_without_a_reward_model():
@@ -234,9 +247,9 @@ async def test_tot_bfs_values_states_by_self_evaluation_without_a_reward_model()
     assert result.choices[0].text == RIGHT and result.choices[0].score == 1.0  # three "sure" verdicts
     assert ledger.scorer_calls == 0
     # per level: one step call (n = k over the states), one verdict call (n = votes over the new states)
-    assert shape(engine) == [(1, 2), (2, 3), (2, 2), (4, 3), (2, 2), (3, 3)]  # the last level has a duplicate
+    assert shape(engine) == [(1, 4), (4, 3), (2, 2), (4, 3), (2, 2), (3, 3)]  # the last level has a duplicate
     verdicts = engine.calls[1]
-    assert verdicts[0] == [PROMPT + "right 0\n\n" + VALUE_PROMPT, PROMPT + "wrong 0 1\n\n" + VALUE_PROMPT]
+    assert verdicts[0][:2] == [PROMPT + "right 0\n\n" + VALUE_PROMPT, PROMPT + "wrong 0 1\n\n" + VALUE_PROMPT]
     assert verdicts[1].stop == () and verdicts[1].max_tokens == VALUE_TOKENS == 12
     votes = {n["text"]: n["votes"] for n in result.extra["tree"]["nodes"] if "votes" in n}
     assert votes["right 0\n\n"] == {"sure": 3} and votes["wrong 0 1\n\n"] == {"impossible": 3}
@@ -272,6 +285,8 @@ async def test_tot_dfs_stops_after_max_expansions():
 def test_tot_config_caps_width_through_num_samples():
     config = strategies.get("tree_of_thought").config_cls(breadth=4, samples_per_state=3)
     assert config.num_samples == 12  # what the server's --max-num-samples bounds
+    with pytest.raises(ValueError, match="root_samples"):
+        strategies.get("tree_of_thought").config_cls(breadth=4, samples_per_state=3, root_samples=13)
     with pytest.raises(ValueError, match="search"):
         strategies.get("tree_of_thought").config_cls(search="astar")
 
@@ -291,6 +306,15 @@ async def test_mcts_finds_the_right_trajectory(selection):
     assert root["visits"] == sum(n["visits"] for n in tree["nodes"] if n["parent"] == 0)  # mean backup
     assert all(0.0 <= n["value"] <= 1.0 for n in tree["nodes"] if n["visits"])
     json.dumps(result.extra)
+
+
+@pytest.mark.parametrize(("root_samples", "answer"), [(2, "42"), (None, "7")])
+async def test_mcts_draws_root_samples_first_steps_once(root_samples, answer):
+    # only sample 1 of the root takes the way to the answer ("path B"); k = 1 child per expansion never draws it
+    engine, scorer = Policy(fork), RuleScorer({"path A": 0.8, "path B": 0.7})
+    result, _ = await run("mcts", engine, scorer, num_samples=1, root_samples=root_samples, num_iterations=6)
+    assert result.choices[0].answer == answer
+    assert shape(engine)[0] == (1, root_samples or 1) and all(call == (1, 1) for call in shape(engine)[1:])
 
 
 async def test_mcts_self_values_by_the_policys_verdicts_without_a_reward_model():
@@ -457,11 +481,13 @@ async def test_tot_prm_values_without_a_reward_model_is_a_400_and_self_values_wo
         too_wide = await chat(client, "tree_of_thought", breadth=10, samples_per_state=10)
         mcts_refused = await chat(client, "mcts")
         mcts_self = await chat(client, "mcts", value_source="self", num_samples=2, num_iterations=4)
+        mcts_wide_root = await chat(client, "mcts", value_source="self", root_samples=65)
     assert refused.status_code == 400 and "needs a reward model" in refused.json()["error"]["message"]
     assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == RIGHT
     assert too_wide.status_code == 400 and "cap of 64" in too_wide.json()["error"]["message"]
     assert mcts_refused.status_code == 400 and "value_source='self'" in mcts_refused.json()["error"]["message"]
     assert mcts_self.status_code == 200 and mcts_self.json()["choices"][0]["message"]["content"] == RIGHT
+    assert mcts_wide_root.status_code == 400 and mcts_wide_root.json()["error"]["param"] == "strategy_params.root_samples"
 
 
 # ---- end to end: the real vLLM CPU engine and PRM adapter, tiny random-weight models built in-process -----------
