@@ -14,10 +14,11 @@ accuracy; this check tells how much of optillm's figure is the rewrite rather th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks import save_json
 
 LAYOUTS = ("as sent", "optillm 0.4.0")
 
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     report = measure(args.model, args.level, args.problems, args.samples, args.temperature)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.output, report)
     return 0
 
 

@@ -143,9 +143,7 @@ async def _expand(search: Searcher, config: MCTSConfig, leaves: list[Node]) -> t
     share = search.cap(leaves, samples, reserve=verdicts)  # rollouts and verdicts get theirs
     to_eos = [leaf.depth + 1 >= config.max_depth for leaf in leaves]
     puct = config.selection == "puct"
-    drawn = await search.expand(
-        leaves, k, to_eos=to_eos, max_tokens=share, logprobs=0 if puct else None
-    )
+    drawn = await search.expand(leaves, k, to_eos=to_eos, max_tokens=share, logprobs=0 if puct else None)
     if drawn is None:
         return None
     children = [child for group in drawn for child in group]

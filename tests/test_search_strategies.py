@@ -487,7 +487,8 @@ async def test_tot_prm_values_without_a_reward_model_is_a_400_and_self_values_wo
     assert too_wide.status_code == 400 and "cap of 64" in too_wide.json()["error"]["message"]
     assert mcts_refused.status_code == 400 and "value_source='self'" in mcts_refused.json()["error"]["message"]
     assert mcts_self.status_code == 200 and mcts_self.json()["choices"][0]["message"]["content"] == RIGHT
-    assert mcts_wide_root.status_code == 400 and mcts_wide_root.json()["error"]["param"] == "strategy_params.root_samples"
+    assert mcts_wide_root.status_code == 400
+    assert mcts_wide_root.json()["error"]["param"] == "strategy_params.root_samples"
 
 
 # ---- end to end: the real vLLM CPU engine and PRM adapter, tiny random-weight models built in-process -----------
