@@ -1,0 +1,84 @@
+"""Paired comparison of two configurations of one ``ponder bench accuracy`` run: the mean accuracy difference over
+the problems both answered, with a percentile bootstrap interval over problems (each problem's accuracy is its mean
+over seeds, so the seeds of a problem stay together).
+
+Two strategies' intervals can overlap while their paired difference excludes 0: they answered the same problems,
+and the problems' difficulty, which both intervals carry, cancels in the difference.
+
+    .venv/bin/python -m benchmarks.paired results/search-arith-seeds/n4 dvts:4 best_of_n:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy import bootstrap_ci, load_records
+
+
+def per_problem(records: list[dict[str, Any]], strategy: str, n: int) -> dict[tuple[Any, str], float]:
+    """(level, problem id) -> accuracy over the seeds, for one strategy at one N."""
+    seen: dict[tuple[Any, str], list[bool]] = defaultdict(list)
+    for r in records:
+        if r["strategy"] == strategy and r["n"] == n:
+            seen[(r["level"], r["problem_id"])].append(bool(r["correct"]))
+    return {key: sum(v) / len(v) for key, v in seen.items()}
+
+
+def compare(records: list[dict[str, Any]], a: tuple[str, int], b: tuple[str, int]) -> dict[str, Any]:
+    """A's accuracy minus B's over the problems both answered, with a 95% paired bootstrap interval.
+
+    >>> rows = [{"strategy": s, "n": 4, "level": 6, "problem_id": str(i), "correct": s == "a" or i % 2}
+    ...         for s in ("a", "b") for i in range(4)]
+    >>> compare(rows, ("a", 4), ("b", 4))["difference"]
+    0.5
+    """
+    left, right = per_problem(records, *a), per_problem(records, *b)
+    common = sorted(set(left) & set(right), key=str)
+    if not common:
+        raise ValueError(f"no problem was answered by both {a[0]} N={a[1]} and {b[0]} N={b[1]}")
+    diffs = [left[k] - right[k] for k in common]
+    low, high = bootstrap_ci(diffs)
+    return {
+        "a": f"{a[0]} N={a[1]}",
+        "b": f"{b[0]} N={b[1]}",
+        "problems": len(common),
+        "difference": round(sum(diffs) / len(diffs), 4),
+        "ci_low": round(low, 4),
+        "ci_high": round(high, 4),
+    }
+
+
+def _config(text: str) -> tuple[str, int]:
+    strategy, _, n = text.partition(":")
+    if not strategy or not n.isdigit():
+        raise ValueError(f"a configuration reads STRATEGY:N, e.g. best_of_n:4, not {text!r}")
+    return strategy, int(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a ponder bench accuracy --output folder (its records.jsonl)")
+    parser.add_argument("a", help="STRATEGY:N, e.g. dvts:4")
+    parser.add_argument("b", help="STRATEGY:N to subtract, e.g. best_of_n:4")
+    args = parser.parse_args(argv)
+    try:
+        path = args.run / "records.jsonl"
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist")
+        row = compare(load_records(path), _config(args.a), _config(args.b))
+    except ValueError as exc:
+        print(f"python -m benchmarks.paired: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{row['a']} - {row['b']}: {row['difference']:+.1%} over {row['problems']} problems "
+        f"(95% paired bootstrap interval {row['ci_low']:+.1%} to {row['ci_high']:+.1%})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
