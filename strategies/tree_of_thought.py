@@ -81,7 +81,7 @@ class TreeOfThoughtConfig(StrategyConfig):
 
     def samples_at(self, state: Node) -> int:
         """Next steps drawn from ``state``: ``root_samples`` at the root, else k."""
-        if state.depth or self.search == "dfs" and self.root_samples is None:
+        if state.depth or (self.search == "dfs" and self.root_samples is None):
             return self.samples_per_state
         return self.root_samples or self.num_samples
 

@@ -21,7 +21,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training import cli, dpo, step_pairs, tuning
-from training.dpo import PolicyDPOConfig, collect_rows, graded_rows, preference_pairs, reference_solutions
+from training.dpo import (
+    PolicyDPOConfig,
+    collect_rows,
+    graded_rows,
+    preference_pairs,
+    reference_chosen,
+    reference_solutions,
+)
 from training.label import save_rows
 from training.tasks import Problem, TaskSpec, get_task
 from training.tiny_models import save_tiny_policy
@@ -81,6 +88,24 @@ def test_reference_source_pairs_every_problem_with_a_planted_error():
     problems = task.load("train", limit=6, level=[2, 3])
     pairs = preference_pairs(graded_rows(task, problems, reference_solutions(problems, seed=0)))
     assert len(pairs) == len(problems)
+
+
+def test_reference_chosen_pairs_the_reference_over_each_wrong_solution_in_order():
+    task = get_task("arith")
+    problems = task.load("train", limit=3, level=3)
+    wrong = [[f"\\boxed{{{int(p.answer) + k}}}" for k in (1, 2)] for p in problems]
+    solutions = [[wrong[0][0], problems[0].solution, wrong[0][1]], [problems[1].solution], wrong[2]]
+    rows = reference_chosen(graded_rows(task, problems, solutions), problems)
+    pairs = preference_pairs(rows, pairs_per_problem=2)
+    got = [(p["problem_id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+    assert got == [  # the policy's own right solution is not a chosen one; a problem with no wrong one gives none
+        (problems[0].id, problems[0].solution, wrong[0][0]),
+        (problems[0].id, problems[0].solution, wrong[0][1]),
+        (problems[2].id, problems[2].solution, wrong[2][0]),
+        (problems[2].id, problems[2].solution, wrong[2][1]),
+    ]
+    assert all(task.grade(problems[0], p["chosen"][0]["content"]) for p in pairs[:2])
+    assert [p["level"] for p in pairs] == [3] * 4
 
 
 def test_pairs_from_a_ponder_label_file(tmp_path, tiny_policy):
@@ -213,6 +238,9 @@ def test_gain_table_compares_before_and_after():
         (["dpo", "--pair_unit", "token", "--pairs_from", "x.jsonl"], "cannot read --pairs_from"),
         (["dpo", "--greedy_errors", "true", "--source", "reference"], "needs source=policy"),
         (["dpo", "--pairs_per_problem", "0"], "at least 1"),
+        (["dpo", "--chosen", "reference", "--pair_unit", "step"], "chosen=reference pairs whole solutions"),
+        (["dpo", "--chosen", "reference", "--source", "reference"], "chosen=reference pairs whole solutions"),
+        (["dpo", "--chosen", "reference", "--num_samples", "0"], "needs at least 1 solutions per problem"),
         (["dpo", "--source", "nope"], "invalid choice: 'nope'"),
         (["dpo", "--levels", "9"], "has no level [9]"),
         (["dpo", "--preset", "huge"], "unknown preset 'huge'"),

@@ -104,6 +104,14 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
             "help": "Also decode each problem greedily and pair its wrong greedy solutions first (source=policy)."
         },
     )
+    chosen: str = field(
+        default="sample",
+        metadata={
+            "help": "sample: a right solution of the policy's is the chosen one; reference: the problem's reference "
+            "solution is, against each of the policy's wrong ones (source=policy, pair_unit=solution).",
+            "choices": ["sample", "reference"],
+        },
+    )
 
     # ---- DPOConfig / TrainingArguments defaults for a tiny policy on a CPU
     output_dir: str | None = field(default="runs/dpo", metadata={"help": "Checkpoints, final model and metrics."})
@@ -130,7 +138,14 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
         check_tuning_args(self)
         if self.pairs_per_problem < 1 or self.num_samples < 0:
             raise ValueError("pairs_per_problem must be at least 1 and num_samples not negative")
-        needed = 2 if self.pair_unit == "solution" else 1  # a step pair can take its right step from the reference
+        if self.chosen not in ("sample", "reference"):
+            raise ValueError(f"chosen must be sample or reference, not {self.chosen!r}")
+        if self.chosen == "reference" and (
+            self.source != "policy" or self.pairs_from is not None or self.pair_unit != "solution"
+        ):
+            raise ValueError("chosen=reference pairs whole solutions of source=policy (no --pairs_from)")
+        reference_right = self.pair_unit != "solution" or self.chosen == "reference"
+        needed = 1 if reference_right else 2  # the right side can come from the reference solution
         if self.source == "policy" and self.pairs_from is None and self.num_samples + self.greedy_errors < needed:
             raise ValueError(
                 f"source=policy with pair_unit={self.pair_unit} needs at least {needed} solutions per problem "
@@ -205,6 +220,25 @@ def preference_pairs(rows: Sequence[dict[str, Any]], pairs_per_problem: int = 1)
                 }
             )
     return pairs
+
+
+def reference_chosen(rows: Sequence[dict[str, Any]], problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    r"""``rows`` with every problem's right solutions replaced by its reference solution (first), so that
+    :func:`preference_pairs` puts the reference over each wrong solution in turn (``--chosen reference``).
+
+    >>> from training.tasks import get_task
+    >>> task = get_task("arith")
+    >>> problem = task.load("train", limit=1, level=1)[0]
+    >>> rows = reference_chosen(graded_rows(task, [problem], [["\\boxed{-1}", problem.solution]]), [problem])
+    >>> [(row["completion"] == problem.solution, row["outcome"]) for row in rows]
+    [(True, True), (False, False)]
+    """
+    wrong = [row for row in rows if not row["outcome"]]
+    solutions = {problem.id: problem.solution for problem in problems}
+    first: dict[str, dict[str, Any]] = {}  # each problem's first wrong row, for its columns
+    for row in wrong:
+        first.setdefault(row["problem_id"], row)
+    return [row | {"completion": solutions[pid], "outcome": True} for pid, row in first.items()] + wrong
 
 
 def reference_solutions(problems: Sequence[Problem], seed: int) -> list[list[str]]:
@@ -311,6 +345,11 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
             task, tokenizer, problems, rows, config.pairs_per_problem, first_token=config.pair_unit == "token"
         )
         columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
+    elif config.chosen == "reference":
+        problems, solutions, before = collect_solutions(config)
+        rows = graded_rows(task, problems, solutions)
+        pairs = preference_pairs(reference_chosen(rows, problems), config.pairs_per_problem)
+        columns = ("prompt", "chosen", "rejected")
     else:
         rows, before = collect_rows(config)
         pairs = preference_pairs(rows, config.pairs_per_problem)
@@ -361,8 +400,14 @@ def _unit(config: PolicyDPOConfig) -> str:
 def _source(config: PolicyDPOConfig) -> str:
     if config.pairs_from is not None:
         return f"`{config.pairs_from}`'s"
+    if config.chosen == "reference":
+        return "reference (chosen) and " + _source_policy(config)
     if config.source == "reference":
         return "reference and planted-error"
+    return _source_policy(config)
+
+
+def _source_policy(config: PolicyDPOConfig) -> str:
     kinds = ["greedy"] if config.greedy_errors else []
     kinds += [f"sampled (k={config.num_samples}, T={config.temperature})"] if config.num_samples else []
     return f"the policy's {' and '.join(kinds)}"
