@@ -106,6 +106,9 @@ def test_reference_chosen_pairs_the_reference_over_each_wrong_solution_in_order(
     ]
     assert all(task.grade(problems[0], p["chosen"][0]["content"]) for p in pairs[:2])
     assert [p["level"] for p in pairs] == [3] * 4
+    bare = [replace(problems[0], solution="")]
+    with pytest.raises(ValueError, match="has no reference solution"):
+        reference_chosen(graded_rows(task, bare, [wrong[0]]), bare)
 
 
 def test_pairs_from_a_ponder_label_file(tmp_path, tiny_policy):

@@ -238,6 +238,8 @@ def reference_chosen(rows: Sequence[dict[str, Any]], problems: Sequence[Problem]
     first: dict[str, dict[str, Any]] = {}  # each problem's first wrong row, for its columns
     for row in wrong:
         first.setdefault(row["problem_id"], row)
+    if missing := [pid for pid in first if not solutions[pid]]:
+        raise ValueError(f"chosen=reference: problem {missing[0]} has no reference solution")
     return [row | {"completion": solutions[pid], "outcome": True} for pid, row in first.items()] + wrong
 
 
