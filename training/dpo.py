@@ -340,22 +340,20 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
     started = time.perf_counter()
     task = get_task(config.task)
     model, tokenizer = load_policy(config.policy)
-    if config.pair_unit != "solution":
+    columns: tuple[str, ...] = ("prompt", "chosen", "rejected")
+    if config.pair_unit != "solution" or config.chosen == "reference":  # pairs that need the problems themselves
         problems, solutions, before = collect_solutions(config)
         rows = graded_rows(task, problems, solutions)  # each solution graded once, for the pairs and the report
-        pairs = step_dataset_rows(
-            task, tokenizer, problems, rows, config.pairs_per_problem, first_token=config.pair_unit == "token"
-        )
-        columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
-    elif config.chosen == "reference":
-        problems, solutions, before = collect_solutions(config)
-        rows = graded_rows(task, problems, solutions)
-        pairs = preference_pairs(reference_chosen(rows, problems), config.pairs_per_problem)
-        columns = ("prompt", "chosen", "rejected")
+        if config.pair_unit != "solution":
+            pairs = step_dataset_rows(
+                task, tokenizer, problems, rows, config.pairs_per_problem, first_token=config.pair_unit == "token"
+            )
+            columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+        else:
+            pairs = preference_pairs(reference_chosen(rows, problems), config.pairs_per_problem)
     else:
         rows, before = collect_rows(config)
         pairs = preference_pairs(rows, config.pairs_per_problem)
-        columns = ("prompt", "chosen", "rejected")
     if not pairs:
         raise ValueError(f"no problem among {len(rows)} graded solutions has both a right and a wrong one: no pairs")
     reference, _ = load_policy(config.policy)  # frozen: DPOTrainer never steps it
