@@ -108,6 +108,14 @@ def test_grpo_trains_the_policy_and_saves_a_servable_folder(tiny_policy, tmp_pat
     assert (out / "loss.png").is_file() and not list(out.glob("checkpoint-*"))
 
 
+def test_a_task_without_levels_trains_on_all_of_its_problems(tiny_policy, tmp_path):
+    """game24 has no levels: the arith default levels give way to one pseudo-level, and its train problems load."""
+    config = PolicyGRPOConfig.from_preset("tiny", task="game24", policy=str(tiny_policy), output_dir=str(tmp_path))
+    assert config.levels == config.eval_levels == [0]
+    problems = grpo.load_train_problems(config)
+    assert len(problems) == config.num_train_problems and all(p.id.startswith("game24-") for p in problems)
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [

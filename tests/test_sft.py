@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
+from strategies.base import Sample
 from training import cli, evaluate_policy, plots, sft, sft_data
 from training.sft import PolicySFTConfig, build_policy
 from training.sft_data import sft_rows, training_problems
@@ -304,3 +305,30 @@ def test_trained_folder_is_served_by_vllm_and_evaluated(trained):
     assert set(result["levels"]) == {"1", "2"}
     assert result["levels"]["1"]["num_samples"] == 2 and 0 <= result["levels"]["1"]["pass@1"] <= 1
     assert "| level | problems | greedy | pass@1 |" in "\n".join(evaluate_policy.markdown_table(result))
+
+
+class _EchoEngine:
+    """Answers every prompt with its problem's reference solution; records the prompts."""
+
+    def __init__(self, solutions: dict[str, str]) -> None:
+        self.solutions, self.prompts = solutions, []
+
+    async def generate(self, prompts, spec, request_id):
+        self.prompts += prompts
+        return [[Sample(self.solutions[p], 1, "stop")] * spec.n for p in prompts]
+
+
+def test_skip_leaves_out_the_problems_a_run_drew_first():
+    """``--skip K``: problems K.. of the same split and seed, the ones a tuning run on the first K never saw."""
+    import asyncio
+
+    task, tokenizer = get_task("arith"), build_char_tokenizer()
+    problems = task.load("train", limit=7, seed=3, level=2)
+    engine = _EchoEngine({evaluate_policy.chat_prompt(tokenizer, task, p): p.solution for p in problems})
+    result = asyncio.run(
+        evaluate_policy.evaluate_levels(engine, tokenizer, levels=[2], limit=4, split="train", seed=3, skip=3)
+    )
+    assert engine.prompts == [evaluate_policy.chat_prompt(tokenizer, task, p) for p in problems[3:]]
+    assert result["skip"] == 3 and result["levels"]["2"] == {"num_problems": 4, "greedy": 1.0}
+    with pytest.raises(ValueError, match="skip must not be negative"):
+        asyncio.run(evaluate_policy.evaluate_levels(engine, tokenizer, levels=[2], skip=-1))

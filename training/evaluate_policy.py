@@ -76,15 +76,19 @@ async def evaluate_levels(
     temperature: float = 0.8,
     sample_levels: Sequence[int] | None = None,
     num_sample_levels: int = 2,
+    skip: int = 0,
 ) -> dict[str, Any]:
     """Greedy accuracy at every level; pass@k and majority@n at ``sample_levels`` when ``num_samples`` > 0.
 
     ``sample_levels=None`` picks the ``num_sample_levels`` levels whose greedy accuracy is closest to 50%, where
-    drawing more samples has the most room to help. Returns ``{"task", "split", "seed", "levels": {level: row}}``.
+    drawing more samples has the most room to help. ``skip`` leaves out the first problems of each level (those a
+    tuning run drew from the same split and seed). Returns ``{"task", "split", "seed", "levels": {level: row}}``.
     """
+    if skip < 0:
+        raise ValueError("skip must not be negative")
     task = get_task(task_name)
     levels = levels if task.levels else (0,)  # 0: a task without levels, all of its problems
-    problems = {level: task.load(split, limit=limit, seed=seed, level=level or None) for level in levels}
+    problems = {level: task.load(split, limit=skip + limit, seed=seed, level=level or None)[skip:] for level in levels}
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=task.max_tokens)
@@ -110,7 +114,7 @@ async def evaluate_levels(
                 flush=True,
             )
         timing["sampled_time_s"] = round(time.perf_counter() - started, 1)
-    return {"task": task_name, "split": split, "seed": seed, "levels": rows, **timing}
+    return {"task": task_name, "split": split, "seed": seed, "skip": skip, "levels": rows, **timing}
 
 
 async def _by_level(
@@ -197,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200, help="problems per level")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0, help="problem set and sampling seed")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first K problems of each level (a run's own)")
     p.add_argument("--num-samples", type=int, default=0, help="samples per problem for pass@k (0: greedy only)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--sample-levels", type=int, nargs="+", help="levels to sample (default: the two nearest 50%%)")
@@ -206,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.skip < 0:
+        parser.error("--skip must not be negative")
     if not (Path(args.model) / "config.json").is_file():
         print(f"evaluate_policy: error: {args.model!r} is not a model folder (no config.json there)", file=sys.stderr)
         return 2
@@ -221,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         num_samples=args.num_samples,
         temperature=args.temperature,
         sample_levels=args.sample_levels,
+        skip=args.skip,
     )
     text = json.dumps(result, indent=2)
     if args.output:

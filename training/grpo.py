@@ -35,7 +35,15 @@ from trl import GRPOConfig
 
 from training.runs import BF16_HELP
 from training.tasks import Problem, TaskSpec, get_task
-from training.tuning import PolicyTuningArgs, check_tuning_args, evaluate, finish, load_policy, require_policy
+from training.tuning import (
+    PolicyTuningArgs,
+    check_tuning_args,
+    evaluate,
+    finish,
+    load_policy,
+    require_policy,
+    task_levels,
+)
 from training.tuning import train_problems as load_train_problems
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -214,7 +222,7 @@ def choose_problems(config: PolicyGRPOConfig, task: TaskSpec) -> list[Problem]:
     if not config.hard_fraction:
         return load_train_problems(config)
     count = config.num_train_problems
-    pool = task.load("train", limit=count * config.hard_pool_factor, seed=config.seed, level=config.levels)
+    pool = task.load("train", limit=count * config.hard_pool_factor, seed=config.seed, level=task_levels(config))
     return mix_hard(pool, asyncio.run(greedy_wrong(config, task, pool)), count, config.hard_fraction, config.seed)
 
 

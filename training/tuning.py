@@ -65,8 +65,11 @@ def check_tuning_args(config: Any) -> None:
         raise ValueError("num_train_problems must be at least 1")
     try:
         task = get_task(config.task)
-        task._levels(config.levels)
-        task._levels(config.eval_levels)
+        if task.levels:
+            task._levels(config.levels)
+            task._levels(config.eval_levels)
+        else:  # a task without levels (game24): all of its problems, one pseudo-level 0 in the evaluation
+            config.levels, config.eval_levels = [0], [0]
     except UnknownTaskError as exc:
         raise ValueError(str(exc)) from None
     settle_precision(config)
@@ -89,7 +92,13 @@ def load_policy(path: str | Path) -> tuple[Any, Any]:
 
 def train_problems(config: Any) -> list[Problem]:
     """``num_train_problems`` train-split problems of ``levels``, seeded by ``config.seed``."""
-    return get_task(config.task).load("train", limit=config.num_train_problems, seed=config.seed, level=config.levels)
+    task = get_task(config.task)
+    return task.load("train", limit=config.num_train_problems, seed=config.seed, level=task_levels(config))
+
+
+def task_levels(config: Any) -> list[int] | None:
+    """The config's levels as :meth:`TaskSpec.load` takes them: None for a task without levels."""
+    return config.levels if get_task(config.task).levels else None
 
 
 def eval_kwargs(config: Any) -> dict[str, Any]:
