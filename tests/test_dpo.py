@@ -230,6 +230,9 @@ def test_gain_table_compares_before_and_after():
     }
     table = tuning.gain_table(before, after)
     assert "| 1 | 4 | 50.0% | 75.0% | +25.0 |" in table and "| mean | | | | +12.5 |" in table
+    one = {"split": "test", "seed": 0, "levels": {"0": {"greedy": 0.35, "num_problems": 100}}}
+    table = tuning.gain_table({"levels": {"0": {"greedy": 0.34, "num_problems": 100}}}, one)
+    assert "| all | 100 | 34.0% | 35.0% | +1.0 |" in table and not any(row.startswith("| mean") for row in table)
 
 
 @pytest.mark.parametrize(

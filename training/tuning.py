@@ -222,8 +222,9 @@ def gain_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     ]
     for level, delta in gain["levels"].items():
         row = after["levels"][level]
+        name = "all" if level == "0" else level  # 0: a task without levels
         out.append(
-            f"| {level} | {row['num_problems']} | {before['levels'][level]['greedy']:.1%} | {row['greedy']:.1%} "
+            f"| {name} | {row['num_problems']} | {before['levels'][level]['greedy']:.1%} | {row['greedy']:.1%} "
             f"| {100 * delta:+.1f} |"
         )
-    return [*out, f"| mean | | | | {100 * gain['mean']:+.1f} |", ""]
+    return [*out, *([f"| mean | | | | {100 * gain['mean']:+.1f} |"] if len(gain["levels"]) > 1 else []), ""]
