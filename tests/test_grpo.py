@@ -116,12 +116,29 @@ def test_a_task_without_levels_trains_on_all_of_its_problems(tiny_policy, tmp_pa
     assert len(problems) == config.num_train_problems and all(p.id.startswith("game24-") for p in problems)
 
 
+@pytest.mark.parametrize(("task", "levels"), [("game24", [0]), ("arith", [2, 3])])
+def test_skip_train_problems_draws_the_next_ones_of_each_level(tiny_policy, tmp_path, task, levels):
+    """A second round (``--skip_train_problems K``) trains on the problems after the first K of each level."""
+    make = lambda **kw: PolicyGRPOConfig.from_preset(  # noqa: E731
+        "tiny", task=task, levels=levels, policy=str(tiny_policy), output_dir=str(tmp_path), **kw
+    )
+    first, wider = (
+        grpo.load_train_problems(make(num_train_problems=4)),
+        grpo.load_train_problems(make(num_train_problems=8)),
+    )
+    second = grpo.load_train_problems(make(num_train_problems=4, skip_train_problems=4 // len(levels)))
+    assert len(second) == 4 and not {p.id for p in first} & {p.id for p in second}
+    assert {p.id for p in second} <= {p.id for p in wider}
+    assert [p.meta.get("level", 0) for p in second].count(levels[0]) == 4 // len(levels)
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
         (["grpo", "--use_vllm", "true"], "use_vllm"),
         (["grpo", "--format_reward_weight", "-1"], "must not be negative"),
         (["grpo", "--hard_fraction", "1.5"], "hard_fraction must be in [0, 1]"),
+        (["grpo", "--skip_train_problems", "-1"], "skip_train_problems must not be negative"),
         (["grpo", "--task", "nope"], "unknown task 'nope'"),
     ],
 )

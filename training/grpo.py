@@ -42,7 +42,6 @@ from training.tuning import (
     finish,
     load_policy,
     require_policy,
-    task_levels,
 )
 from training.tuning import train_problems as load_train_problems
 
@@ -222,7 +221,7 @@ def choose_problems(config: PolicyGRPOConfig, task: TaskSpec) -> list[Problem]:
     if not config.hard_fraction:
         return load_train_problems(config)
     count = config.num_train_problems
-    pool = task.load("train", limit=count * config.hard_pool_factor, seed=config.seed, level=task_levels(config))
+    pool = load_train_problems(config, count * config.hard_pool_factor)
     return mix_hard(pool, asyncio.run(greedy_wrong(config, task, pool)), count, config.hard_fraction, config.seed)
 
 

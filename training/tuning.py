@@ -41,6 +41,13 @@ class PolicyTuningArgs:
     num_train_problems: int = field(
         default=1500, metadata={"help": "Train-split problems, shared equally between the levels."}
     )
+    skip_train_problems: int = field(
+        default=0,
+        metadata={
+            "help": "Leave out the first K train problems of each level that the same seed draws (a previous "
+            "round's; held-out ones read by evaluate_policy --skip)."
+        },
+    )
     save_dtype: str = field(
         default="bfloat16",
         metadata={"help": "dtype of the saved final model.", "choices": ["bfloat16", "float32"]},
@@ -63,6 +70,8 @@ def check_tuning_args(config: Any) -> None:
     """The shared checks, run by each config's ``__post_init__`` before TRL's: fail before any work."""
     if config.num_train_problems < 1:
         raise ValueError("num_train_problems must be at least 1")
+    if config.skip_train_problems < 0:
+        raise ValueError("skip_train_problems must not be negative")
     try:
         task = get_task(config.task)
         if task.levels:
@@ -90,10 +99,20 @@ def load_policy(path: str | Path) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(str(path))
 
 
-def train_problems(config: Any) -> list[Problem]:
-    """``num_train_problems`` train-split problems of ``levels``, seeded by ``config.seed``."""
-    task = get_task(config.task)
-    return task.load("train", limit=config.num_train_problems, seed=config.seed, level=task_levels(config))
+def train_problems(config: Any, count: int | None = None) -> list[Problem]:
+    """``count`` (default ``num_train_problems``) train-split problems of ``levels``, seeded by ``config.seed``,
+    shared equally between the levels, after the first ``skip_train_problems`` of each level."""
+    task, count = get_task(config.task), count or config.num_train_problems
+    skip = config.skip_train_problems
+    if not skip:
+        return task.load("train", limit=count, seed=config.seed, level=task_levels(config))
+    levels: list[int | None] = list(task_levels(config) or [None])
+    counts = [count // len(levels) + (i < count % len(levels)) for i in range(len(levels))]
+    return [
+        problem
+        for level, share in zip(levels, counts, strict=True)
+        for problem in task.load("train", limit=skip + share, seed=config.seed, level=level)[skip:]
+    ]
 
 
 def task_levels(config: Any) -> list[int] | None:
