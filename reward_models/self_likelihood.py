@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from reward_models.likelihood import DELIMITER, LikelihoodPRM, render
-from strategies.base import Engine, Sample, SamplingSpec, Scorer, Task, samples_as_finished
+from strategies.base import Engine, Sample, SamplingSpec, Scorer, Task
 
 Key = tuple[tuple[str, ...], bool]  # (the steps up to this one, whether the delimiter after it is read)
 
@@ -127,14 +127,6 @@ class RecordingEngine:
             for sample in samples:
                 self.record.add(prompt, sample)
         return outputs
-
-    async def generate_each(
-        self, prompt: str, spec: SamplingSpec, request_id: str
-    ) -> AsyncIterator[tuple[int, Sample]]:
-        wanted = spec if spec.logprobs is not None or not self.record.enabled else replace(spec, logprobs=0)
-        async for index, sample in samples_as_finished(self._engine, prompt, wanted, request_id):
-            self.record.add(prompt, sample)
-            yield index, sample
 
     def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
         return self._engine.stream(prompt, spec, request_id)

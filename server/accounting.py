@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from strategies.base import Engine, Sample, SamplingSpec, Scorer, samples_as_finished
+from strategies.base import Engine, Sample, SamplingSpec, Scorer
 
 
 class BudgetExceededError(RuntimeError):
@@ -91,22 +91,6 @@ class CountingEngine:
                 self.ledger.completion_tokens += delta.num_tokens - seen
                 seen = delta.num_tokens
                 yield delta
-        finally:
-            self.ledger.reserved -= reserved
-
-    async def generate_each(
-        self, prompt: str, spec: SamplingSpec, request_id: str
-    ) -> AsyncIterator[tuple[int, Sample]]:
-        reserved = self.ledger.reserve(spec, 1)
-        self.ledger.engine_calls += 1
-        self.ledger.engine_requests += 1
-        counted: set[int] = set()  # a greedy call yields one Sample for all n: count it once, as generate() does
-        try:
-            async for index, sample in samples_as_finished(self._engine, prompt, spec, self._sub_id()):
-                if id(sample) not in counted:
-                    counted.add(id(sample))
-                    self.ledger.completion_tokens += sample.num_tokens
-                yield index, sample
         finally:
             self.ledger.reserved -= reserved
 

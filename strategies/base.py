@@ -69,21 +69,6 @@ class Engine(Protocol):
         ...
 
 
-async def samples_as_finished(
-    engine: Engine, prompt: str, spec: SamplingSpec, request_id: str
-) -> AsyncIterator[tuple[int, Sample]]:
-    """The ``spec.n`` samples of one prompt, each with its index, as they finish: through the engine's optional
-    ``generate_each`` (the in-process vLLM engine has it), else all at once from one :meth:`Engine.generate` call."""
-    each = getattr(engine, "generate_each", None)
-    if each is not None:
-        async for item in each(prompt, spec, request_id):
-            yield item
-        return
-    (samples,) = await engine.generate([prompt], spec, request_id)
-    for item in enumerate(samples):
-        yield item
-
-
 @runtime_checkable
 class Scorer(Protocol):
     """A reward model: per-step scores in [0, 1] for each (question, steps) pair (an ORM returns one score)."""

@@ -1,8 +1,7 @@
-"""Helpers the sampling strategies share: draw N candidates in one engine call, score them as they finish."""
+"""Helpers the sampling strategies share: draw N candidates in one engine call, score them in one scorer call."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from reward_models.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, resolve_aggregation
@@ -14,7 +13,6 @@ from strategies.base import (
     StrategyConfig,
     Task,
     per_sample_budget,
-    samples_as_finished,
     sampling_temperature,
 )
 
@@ -52,8 +50,9 @@ class ScoredConfig(SamplingConfig):
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
 
 
-def _spec(task: Task, config: SamplingConfig) -> SamplingSpec:
-    return SamplingSpec(
+async def draw(task: Task, config: SamplingConfig, engine: Engine) -> list[Candidate]:
+    """``num_samples`` full solutions to ``task.prompt`` from one engine request."""
+    spec = SamplingSpec(
         n=config.num_samples,
         temperature=sampling_temperature(config, task, DEFAULT_TEMPERATURE),
         top_p=task.top_p,
@@ -61,44 +60,8 @@ def _spec(task: Task, config: SamplingConfig) -> SamplingSpec:
         stop=task.stop,
         seed=task.seed,
     )
-
-
-async def draw(task: Task, config: SamplingConfig, engine: Engine) -> list[Candidate]:
-    """``num_samples`` full solutions to ``task.prompt`` from one engine request."""
-    (samples,) = await engine.generate([task.prompt], _spec(task, config), task.request_id)
+    (samples,) = await engine.generate([task.prompt], spec, task.request_id)
     return [Candidate(s.text, s.num_tokens, s.finish_reason) for s in samples]
-
-
-async def draw_scored(task: Task, config: ScoredConfig, engine: Engine, scorer: Scorer) -> list[Candidate]:
-    """:func:`draw` and :func:`score` overlapped: the candidates are drawn in one engine request, and each is
-    scored as soon as it finishes, while the later ones still generate. A scorer call takes every candidate that
-    finished while the previous call ran, so an engine that returns all samples at once gets one batched call."""
-    found: dict[int, Candidate] = {}
-    queue: list[Candidate] = []
-    ready = asyncio.Event()
-    drawn = False
-
-    async def scoring() -> None:
-        while not (drawn and not queue):
-            await ready.wait()
-            ready.clear()
-            batch = queue[:]
-            queue.clear()
-            if batch:
-                await score(task, config, batch, scorer)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(scoring())
-            async for index, sample in samples_as_finished(engine, task.prompt, _spec(task, config), task.request_id):
-                found[index] = candidate = Candidate(sample.text, sample.num_tokens, sample.finish_reason)
-                queue.append(candidate)
-                ready.set()
-            drawn = True
-            ready.set()
-    except BaseExceptionGroup as failures:
-        raise failures.exceptions[0] from None
-    return [found[i] for i in sorted(found)]
 
 
 def split_steps(text: str, delimiter: str) -> list[str]:

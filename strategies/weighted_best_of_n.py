@@ -6,8 +6,7 @@ Verifier"; the HF test-time-compute study found it above vanilla best-of-N at la
 mathematical equivalence (math-verify). Candidates with no extractable answer form no group; when none has one,
 this falls back to plain best-of-N.
 
-Cost: one engine request with ``n = num_samples``; the reward model scores the candidates as they finish, in
-batched calls overlapping the generation (one call where the engine returns all samples at once).
+Cost: one engine request with ``n = num_samples``; one batched reward-model call.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from strategies import register
 from strategies.answers import cluster, extract_answer
 from strategies.base import Engine, Scorer, StrategyResult, Task
-from strategies.sampling import ScoredConfig, draw_scored
+from strategies.sampling import ScoredConfig, draw, score
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,8 @@ async def weighted_best_of_n(
 ) -> StrategyResult:
     """N samples, reward scores summed per equivalent answer, best member of the heaviest answer returned."""
     assert scorer is not None
-    candidates = await draw_scored(task, config, engine, scorer)
+    candidates = await draw(task, config, engine)
+    await score(task, config, candidates, scorer)
     for candidate in candidates:
         candidate.answer = extract_answer(candidate.text)
     groups = cluster([c.answer for c in candidates])

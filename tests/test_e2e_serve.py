@@ -73,11 +73,9 @@ def test_best_of_n_is_one_engine_request_and_counts_every_token(client):
         extra_body={"strategy": "best_of_n", "strategy_params": {"num_samples": 16, "return_trace": True}},
     )
     ponder = reply.model_extra["ponder"]
-    assert ponder["engine_calls"] == 1 and ponder["engine_requests"] == 1
-    assert 1 <= ponder["scorer_calls"] <= 16  # the candidates are scored as they finish, batched while one call runs
+    assert ponder["engine_calls"] == 1 and ponder["engine_requests"] == 1 and ponder["scorer_calls"] == 1
     candidates = ponder["candidates"]
     assert len(candidates) == 16 and sum(c["chosen"] for c in candidates) == 1
-    assert all(c["step_scores"] and c["score"] is not None for c in candidates)
     assert reply.usage.completion_tokens == sum(c["completion_tokens"] for c in candidates)
     chosen = next(c for c in candidates if c["chosen"])
     assert chosen["text"] == reply.choices[0].message.content

@@ -22,7 +22,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-import strategies
 from reward_models import reads_policy_itself
 from reward_models.likelihood import render, torch_scores
 from reward_models.self_likelihood import RecordedScorer, RecordingEngine, SelfLikelihoodPRM, StepRecord
@@ -255,20 +254,6 @@ async def test_a_step_by_step_search_reads_every_round_from_its_samples(policy, 
     items = [(QUESTION, split_steps(s.text + more.text, "\n\n")) for s, (more,) in zip(first, second, strict=True)]
     assert all(len(steps) == 2 for _, steps in items)
     await all_recorded_and_right(scorer, items, reference)
-
-
-@pytest.mark.e2e
-@pytest.mark.asyncio(loop_scope="session")
-async def test_best_of_n_scores_each_sample_from_the_record_as_it_finishes(policy) -> None:
-    engine, prm = policy
-    the_task = served_task(prm)
-    engine_, scorer = prm.session(the_task, engine)
-    spec = strategies.get("best_of_n")
-    config = spec.config_cls(num_samples=6, temperature=0.8)
-    result = await spec.fn(the_task, config, engine_, scorer)
-    assert len(result.candidates) == 6 and all(c.step_scores for c in result.candidates)
-    assert (scorer.record.hits, scorer.record.misses) == (6, 0)  # generate_each recorded every sample
-    assert result.choices[0].score == max(c.score for c in result.candidates)
 
 
 @pytest.mark.e2e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import doctest
 
 import pytest
@@ -12,7 +11,6 @@ import strategies
 import strategies.answers
 import strategies.sampling
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
-from server.engine.errors import ScorerError
 from strategies.base import SamplingSpec, Task
 from tests.fakes import FakeEngine, FakeScorer
 
@@ -53,58 +51,6 @@ async def test_best_of_n_picks_highest_reward_with_one_engine_and_one_scorer_cal
     assert scorer.calls[0][1] == ("q", ["2 + 2 = 4", "\\boxed{4}"])  # steps cut at the delimiter
     assert ledger.engine_calls == 1 and ledger.scorer_calls == 1
     assert ledger.completion_tokens == sum(len(t.split()) for t in texts)
-
-
-class FinishingEngine(FakeEngine):
-    """Offers ``generate_each``: yields sample ``first`` alone, then the others only once ``go`` is set."""
-
-    def __init__(self, script, first: int, go: asyncio.Event) -> None:
-        super().__init__(script)
-        self.first, self.go, self.closed = first, go, False
-
-    async def generate_each(self, prompt, spec, request_id):
-        self.calls.append(([prompt], spec))
-        try:
-            yield self.first, self._sample(prompt, self.first, spec)
-            await self.go.wait()
-            for i in range(spec.n):
-                if i != self.first:
-                    yield i, self._sample(prompt, i, spec)
-        finally:
-            self.closed = True
-
-
-class SignallingScorer(FakeScorer):
-    def __init__(self, go: asyncio.Event, **kw) -> None:
-        super().__init__(**kw)
-        self.go = go
-
-    async def score(self, items, request_id):
-        scores = await super().score(items, request_id)
-        self.go.set()  # the engine only finishes the rest once the first candidate has been scored
-        return scores
-
-
-async def test_best_of_n_scores_the_first_finished_sample_while_the_others_generate():
-    texts = ("2 + 2 = 5\n\n\\boxed{5}", "2 + 2 = 4\n\n\\boxed{4}", "guess\n\n\\boxed{7}", "2 + 2 = 3")
-    go = asyncio.Event()
-    engine = FinishingEngine(scripted(*texts), first=2, go=go)
-    scorer = SignallingScorer(go, step_scores={"\\boxed{4}": 0.9, "\\boxed{7}": 0.3}, default=0.1)
-    result, ledger = await asyncio.wait_for(run("best_of_n", engine, scorer, num_samples=4), timeout=30)
-    assert [len(batch) for batch in scorer.calls] == [1, 3]  # sample 2 alone, the rest as they came
-    assert scorer.calls[0][0][1] == ["guess", "\\boxed{7}"]
-    assert [c.text for c in result.candidates] == list(texts)  # in sample order, not finishing order
-    assert result.choices[0].text == texts[1] and result.choices[0].score == pytest.approx(0.9)
-    assert ledger.engine_calls == 1 and ledger.scorer_calls == 2
-    assert ledger.completion_tokens == sum(len(t.split()) for t in texts)
-
-
-async def test_a_scorer_failure_while_sampling_stops_the_generation():
-    go = asyncio.Event()  # never set: the engine waits until it is cancelled
-    engine = FinishingEngine(scripted("a\n\nb"), first=0, go=go)
-    with pytest.raises(ScorerError, match="scorer is down"):
-        await asyncio.wait_for(run("best_of_n", engine, FakeScorer(fail=True), num_samples=3), timeout=30)
-    assert engine.closed
 
 
 async def test_best_of_n_aggregation_changes_the_choice():

@@ -117,18 +117,6 @@ async def test_stream_deltas_concatenate_to_the_generated_text(engine: VLLMEngin
         [d async for d in engine.stream(prompt, SamplingSpec(n=2), "bad")]
 
 
-async def test_generate_each_yields_the_samples_generate_draws(engine: VLLMEngine) -> None:
-    prompt = chat_prompt(engine, "What is 2+3?")
-    spec = SamplingSpec(n=6, max_tokens=24, stop=("e",), seed=7, logprobs=0)
-    [drawn] = await engine.generate([prompt], spec, "all-at-once")
-    each = [item async for item in engine.generate_each(prompt, spec, "each")]
-    assert sorted(index for index, _ in each) == list(range(6))
-    assert [sample for _, sample in sorted(each, key=lambda item: item[0])] == drawn  # text, tokens, logprobs
-    assert any(s.token_logprobs for s in drawn) and engine.num_running() == 0
-    greedy = [item async for item in engine.generate_each(prompt, SamplingSpec(n=3, temperature=0.0), "g")]
-    assert [i for i, _ in greedy] == [0, 1, 2] and greedy[0][1] is greedy[2][1]  # one sample stands for all
-
-
 async def _until_running(engine: VLLMEngine) -> None:
     async with asyncio.timeout(30):
         while engine.num_running() == 0:

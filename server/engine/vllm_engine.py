@@ -11,7 +11,6 @@ The vLLM engine core runs in a child process started by spawn: scripts that buil
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import threading
@@ -203,24 +202,6 @@ class VLLMEngine:
                     completion.text, num_tokens, finish, _stop_string(completion), completion.cumulative_logprob
                 )
 
-    async def generate_each(
-        self, prompt: str, spec: SamplingSpec, request_id: str
-    ) -> AsyncIterator[tuple[int, Sample]]:
-        """``spec.n`` samples of one prompt in one vLLM request (as :meth:`generate` draws them), each yielded with
-        its index as soon as it finishes, so that a caller can score the first while the others still generate."""
-        ids = encode_prompt(self.tokenizer, prompt)
-        params = self._params(spec, len(ids), RequestOutputKind.DELTA)
-        parts: dict[int, list[CompletionOutput]] = {}
-        with translate_errors("policy"):
-            async for output in self._run(ids, params, f"{request_id}-0"):
-                for delta in output.outputs:
-                    parts.setdefault(delta.index, []).append(delta)
-                    if delta.finish_reason is None:
-                        continue
-                    sample = _joined_sample(parts.pop(delta.index))
-                    for index in range(spec.n) if params.n == 1 else (delta.index,):  # greedy: one stands for all
-                        yield index, sample
-
     async def abort(self, request_id: str) -> None:
         """Abort every live request whose id starts with ``request_id``."""
         doomed = [rid for rid in self._live if rid.startswith(request_id)]
@@ -291,26 +272,6 @@ class VLLMEngine:
             raise
         finally:
             self._live.discard(request_id)
-
-
-def _joined_sample(deltas: list[CompletionOutput]) -> Sample:
-    """One finished sample from the deltas vLLM streamed of it (``RequestOutputKind.DELTA``)."""
-    last = deltas[-1]
-    logprobs = None if last.logprobs is None else [p for d in deltas for p in (d.logprobs or [])]
-    whole = dataclasses.replace(
-        last,
-        text="".join(d.text for d in deltas),
-        token_ids=[t for d in deltas for t in d.token_ids],
-        logprobs=logprobs,
-    )
-    return Sample(
-        whole.text,
-        len(whole.token_ids),
-        _finish_reason(whole),
-        _stop_string(whole),
-        whole.cumulative_logprob,
-        token_logprobs(whole),
-    )
 
 
 def _finish_reason(completion: CompletionOutput) -> FinishReason:
