@@ -332,3 +332,17 @@ def test_skip_leaves_out_the_problems_a_run_drew_first():
     assert result["skip"] == 3 and result["levels"]["2"] == {"num_problems": 4, "greedy": 1.0}
     with pytest.raises(ValueError, match="skip must not be negative"):
         asyncio.run(evaluate_policy.evaluate_levels(engine, tokenizer, levels=[2], skip=-1))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "game24", "--split", "train", "--skip", "10000", "--limit", "2000"], "distinct train puzzles"),
+        (["--task", "chess"], "unknown task 'chess'"),
+    ],
+)
+def test_evaluate_policy_refuses_a_bad_problem_set_in_one_line(args, message, capsys):
+    """Before any engine starts: a count past the task's puzzles, an unknown task."""
+    assert evaluate_policy.main(["models/game24-policy", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate_policy: error: ") and message in err and err.count("\n") == 1

@@ -30,7 +30,7 @@ from typing import Any
 
 from strategies.answers import cluster
 from strategies.base import Engine, SamplingSpec
-from training.tasks import Problem, TaskSpec, get_task
+from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -64,6 +64,15 @@ async def sample(engine: Engine, prompts: Sequence[str], spec: SamplingSpec, req
     return [[sample.text for sample in samples] for (samples,) in await asyncio.gather(*calls)]
 
 
+def load_problems(
+    task: TaskSpec, levels: Sequence[int], *, split: str, skip: int, limit: int, seed: int
+) -> dict[int, list[Problem]]:
+    """``limit`` problems of each level after the first ``skip`` (level 0: a task without levels, all of them);
+    ValueError where the task has fewer."""
+    levels = levels if task.levels else (0,)
+    return {level: task.load(split, limit=skip + limit, seed=seed, level=level or None)[skip:] for level in levels}
+
+
 async def evaluate_levels(
     engine: Engine,
     tokenizer: Any,
@@ -87,8 +96,8 @@ async def evaluate_levels(
     if skip < 0:
         raise ValueError("skip must not be negative")
     task = get_task(task_name)
-    levels = levels if task.levels else (0,)  # 0: a task without levels, all of its problems
-    problems = {level: task.load(split, limit=skip + limit, seed=seed, level=level or None)[skip:] for level in levels}
+    problems = load_problems(task, levels, split=split, skip=skip, limit=limit, seed=seed)
+    levels = list(problems)
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=task.max_tokens)
@@ -217,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--skip must not be negative")
     if not (Path(args.model) / "config.json").is_file():
         print(f"evaluate_policy: error: {args.model!r} is not a model folder (no config.json there)", file=sys.stderr)
+        return 2
+    try:  # a bad task, split or count is a one-line error before any engine starts
+        load_problems(
+            get_task(args.task), args.levels, split=args.split, skip=args.skip, limit=args.limit, seed=args.seed
+        )
+    except (ValueError, UnknownTaskError) as exc:
+        print(f"evaluate_policy: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     result = evaluate_checkpoint(
         args.model,
