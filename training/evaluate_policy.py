@@ -86,17 +86,20 @@ async def evaluate_levels(
     sample_levels: Sequence[int] | None = None,
     num_sample_levels: int = 2,
     skip: int = 0,
+    problems: dict[int, list[Problem]] | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy at every level; pass@k and majority@n at ``sample_levels`` when ``num_samples`` > 0.
 
     ``sample_levels=None`` picks the ``num_sample_levels`` levels whose greedy accuracy is closest to 50%, where
     drawing more samples has the most room to help. ``skip`` leaves out the first problems of each level (those a
-    tuning run drew from the same split and seed). Returns ``{"task", "split", "seed", "levels": {level: row}}``.
+    tuning run drew from the same split and seed). ``problems``: what :func:`load_problems` returns for these
+    arguments, where the caller has loaded them already. Returns ``{"task", "split", "seed", "levels": {level: row}}``.
     """
     if skip < 0:
         raise ValueError("skip must not be negative")
     task = get_task(task_name)
-    problems = load_problems(task, levels, split=split, skip=skip, limit=limit, seed=seed)
+    if problems is None:
+        problems = load_problems(task, levels, split=split, skip=skip, limit=limit, seed=seed)
     levels = list(problems)
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate_policy: error: {args.model!r} is not a model folder (no config.json there)", file=sys.stderr)
         return 2
     try:  # a bad task, split or count is a one-line error before any engine starts
-        load_problems(
+        problems = load_problems(
             get_task(args.task), args.levels, split=args.split, skip=args.skip, limit=args.limit, seed=args.seed
         )
     except (ValueError, UnknownTaskError) as exc:
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature=args.temperature,
         sample_levels=args.sample_levels,
         skip=args.skip,
+        problems=problems,
     )
     text = json.dumps(result, indent=2)
     if args.output:
