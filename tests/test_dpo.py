@@ -10,6 +10,7 @@ import asyncio
 import doctest
 import json
 import os
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from training.dpo import (
 )
 from training.label import save_rows
 from training.tasks import Problem, TaskSpec, get_task
+from training.tasks.game24 import make_problem
 from training.tiny_models import save_tiny_policy
 
 
@@ -187,6 +189,31 @@ def test_step_pairs_put_the_first_wrong_step_against_a_right_one_after_the_same_
     assert last["prefix"] == steps[:-1] and last["last"] == (True, True)
 
 
+def test_solver_chosen_steps_pair_errors_that_no_right_solution_shares_a_prefix_with():
+    task = get_task("game24")
+    problem = make_problem("p", [4, 6, 8, 4], random.Random(0), {})
+    steps = ["4 + 8 = 12 (left: 4 6 12)", "6 - 4 = 2 (left: 2 12)", "12 * 2 = 24 (left: 24)"]
+    wrong_boxed = "\n\n".join([*steps, "\\boxed{4 + 8 + 6 - 4}"])
+    assert step_pairs.step_pairs(task, problem, [wrong_boxed], [], per_problem=2) == []  # nothing to prefer
+    [pair] = step_pairs.step_pairs(task, problem, [wrong_boxed], [], per_problem=2, solver=True)
+    assert pair == {
+        "prefix": steps,
+        "chosen": "\\boxed{(4 + 8) * (6 - 4)}",
+        "rejected": "\\boxed{4 + 8 + 6 - 4}",
+        "last": (True, True),
+    }
+    # a first step that loses 24: the solver's chosen step keeps it, and min_step 1 leaves the error out
+    lost = "4 + 4 = 8 (left: 6 8 8)\n\n8 + 8 = 16 (left: 6 16)"
+    [early] = step_pairs.step_pairs(task, problem, [lost], [], per_problem=2, solver=True)
+    assert early["prefix"] == [] and task.check_steps(problem, early["chosen"]) == [True]
+    assert early["last"] == (False, False) and early["chosen"] != "4 + 4 = 8 (left: 6 8 8)"
+    assert step_pairs.step_pairs(task, problem, [lost], [], per_problem=2, solver=True, min_step=1) == []
+    # every step the solver offers is right, and the steps that end the solution are the boxed ones
+    offered = task.next_right_steps(problem, steps[:1])
+    assert offered and all(task.check_steps(problem, "\n\n".join([steps[0], s])) == [True, True] for s, _ in offered)
+    assert task.next_right_steps(problem, ["4 + 8 = 13"]) == []  # not a right prefix
+
+
 def test_step_pairs_need_a_step_checker():
     class Unchecked(TaskSpec):  # the base class has no step checker
         name = "unchecked"
@@ -247,6 +274,10 @@ def test_gain_table_compares_before_and_after():
         (["dpo", "--chosen", "reference", "--pair_unit", "step"], "chosen=reference pairs whole solutions"),
         (["dpo", "--chosen", "reference", "--source", "reference"], "chosen=reference pairs whole solutions"),
         (["dpo", "--chosen", "reference", "--num_samples", "0"], "needs at least 1 solutions per problem"),
+        (["dpo", "--chosen", "solver"], "chosen=solver writes right steps: it needs pair_unit step"),
+        (["dpo", "--chosen", "solver", "--pair_unit", "step"], "task 'arith' has no step solver"),
+        (["dpo", "--min_pair_step", "1"], "min_pair_step is a step index"),
+        (["dpo", "--pair_unit", "step", "--min_pair_step", "-1"], "min_pair_step is a step index"),
         (["dpo", "--source", "nope"], "invalid choice: 'nope'"),
         (["dpo", "--levels", "9"], "has no level [9]"),
         (["dpo", "--preset", "huge"], "unknown preset 'huge'"),

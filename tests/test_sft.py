@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
 from strategies.base import Sample
-from training import cli, evaluate_policy, plots, sft, sft_data
+from training import cli, compare_policies, evaluate_policy, plots, sft, sft_data
 from training.sft import PolicySFTConfig, build_policy
 from training.sft_data import sft_rows, training_problems
 from training.tasks import get_task
@@ -31,7 +31,7 @@ from training.tiny_models import build_char_tokenizer
 TINY = {"levels": [1, 2], "level_weights": None, "num_train_problems": 32, "num_val_problems": 8}
 
 
-@pytest.mark.parametrize("module", [sft_data, evaluate_policy, plots])
+@pytest.mark.parametrize("module", [sft_data, evaluate_policy, plots, compare_policies])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
@@ -346,3 +346,47 @@ def test_evaluate_policy_refuses_a_bad_problem_set_in_one_line(args, message, ca
     assert evaluate_policy.main(["models/game24-policy", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("evaluate_policy: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models/game24-policy", "runs/none", "--task", "game24"], "'runs/none' is not a model folder"),
+        (["models/game24-policy", "models/game24-policy", "--task", "chess"], "unknown task 'chess'"),
+        (
+            [
+                "models/game24-policy",
+                "models/game24-policy",
+                "--task",
+                "game24",
+                "--split",
+                "train",
+                "--limit",
+                "20000",
+            ],
+            "distinct train puzzles",
+        ),
+    ],
+)
+def test_compare_policies_refuses_bad_input_in_one_line(args, message, capsys):
+    """Before any engine starts: a missing folder, an unknown task, a count past the task's puzzles."""
+    assert compare_policies.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compare_policies: error: ") and message in err and err.count("\n") == 1
+
+
+def test_compare_policies_counts_flips_and_first_errors():
+    def outcome(right, first_error, first_step):
+        return {"right": right, "first_error": first_error, "first_step": first_step}
+
+    before = [outcome(True, -1, "a"), outcome(False, 0, "b"), outcome(False, 2, "c"), outcome(True, -1, "d")]
+    after = [outcome(True, -1, "a"), outcome(True, -1, "e"), outcome(False, 0, "f"), outcome(False, None, "d")]
+    result = compare_policies.compare(before, after)
+    assert result["greedy"] == {"before": 0.5, "after": 0.5}
+    assert (result["gained"], result["lost"], result["both_right"], result["same_first_step"]) == (1, 1, 1, 2)
+    assert result["first_error"] == {"before": {"-1": 2, "0": 1, "2": 1}, "after": {"-1": 2, "0": 1}}
+    text = compare_policies.markdown(result, ("sft", "dpo"))
+    assert "1 gained, 1 lost" in text and "| first wrong step (-1: none) | -1 | 0 | 2 |" in text
+    assert "| dpo | 2 | 1 | 0 |" in text
+    with pytest.raises(ValueError, match="not the same problems"):
+        compare_policies.compare(before, after[:2])

@@ -108,8 +108,17 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
         default="sample",
         metadata={
             "help": "sample: a right solution of the policy's is the chosen one; reference: the problem's reference "
-            "solution is, against each of the policy's wrong ones (source=policy, pair_unit=solution).",
-            "choices": ["sample", "reference"],
+            "solution is, against each of the policy's wrong ones (source=policy, pair_unit=solution); solver "
+            "(pair_unit=step or token, a task with a step solver: game24): a right sample's step after the same "
+            "prefix, else one the task's solver writes, so that every wrong step gets a pair.",
+            "choices": ["sample", "reference", "solver"],
+        },
+    )
+    min_pair_step: int = field(
+        default=0,
+        metadata={
+            "help": "Step pairs only where the first wrong step is this one or later (0-based; 1 leaves out the "
+            "first step, which on game24 is a search the policy guesses at rather than a skill it can learn)."
         },
     )
 
@@ -138,8 +147,14 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
         check_tuning_args(self)
         if self.pairs_per_problem < 1 or self.num_samples < 0:
             raise ValueError("pairs_per_problem must be at least 1 and num_samples not negative")
-        if self.chosen not in ("sample", "reference"):
-            raise ValueError(f"chosen must be sample or reference, not {self.chosen!r}")
+        if self.chosen not in ("sample", "reference", "solver"):
+            raise ValueError(f"chosen must be sample, reference or solver, not {self.chosen!r}")
+        if self.chosen == "solver" and self.pair_unit == "solution":
+            raise ValueError("chosen=solver writes right steps: it needs pair_unit step or token")
+        if self.chosen == "solver" and type(get_task(self.task)).next_right_steps is TaskSpec.next_right_steps:
+            raise ValueError(f"chosen=solver: task {self.task!r} has no step solver (game24 has)")
+        if self.min_pair_step < 0 or (self.min_pair_step and self.pair_unit == "solution"):
+            raise ValueError("min_pair_step is a step index (0 or more) for pair_unit step or token")
         if self.chosen == "reference" and (
             self.source != "policy" or self.pairs_from is not None or self.pair_unit != "solution"
         ):
@@ -303,10 +318,12 @@ def step_dataset_rows(
     rows: Sequence[dict[str, Any]],
     per_problem: int,
     first_token: bool = False,
+    solver: bool = False,
+    min_step: int = 0,
 ) -> list[dict[str, Any]]:
     """Step-DPO rows (:mod:`training.step_pairs`), tokenized, with ``problem_id`` and ``level``, from the graded
     solutions of :func:`graded_rows`: wrong ones in their source order (a greedy one first), right steps from the
-    right ones, then from the reference solution."""
+    right ones, then from the reference solution, then (``solver``) from the task's solver."""
     by_problem: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_problem.setdefault(row["problem_id"], []).append(row)
@@ -316,7 +333,7 @@ def step_dataset_rows(
         right = [r["completion"] for r in graded if r["outcome"]] + ([problem.solution] if problem.solution else [])
         wrong = [r["completion"] for r in graded if not r["outcome"]]
         prompt = chat_prompt(tokenizer, task, problem)
-        for pair in step_pairs(task, problem, wrong, right, per_problem):
+        for pair in step_pairs(task, problem, wrong, right, per_problem, solver, min_step):
             row = tokenize_pair(tokenizer, prompt, pair, task.step_delimiter, first_token)
             out.append(row | {"problem_id": problem.id, "level": problem.meta.get("level", 0)})
     return out
@@ -346,7 +363,14 @@ def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]
         rows = graded_rows(task, problems, solutions)  # each solution graded once, for the pairs and the report
         if config.pair_unit != "solution":
             pairs = step_dataset_rows(
-                task, tokenizer, problems, rows, config.pairs_per_problem, first_token=config.pair_unit == "token"
+                task,
+                tokenizer,
+                problems,
+                rows,
+                config.pairs_per_problem,
+                first_token=config.pair_unit == "token",
+                solver=config.chosen == "solver",
+                min_step=config.min_pair_step,
             )
             columns = ("prompt_ids", "chosen_ids", "rejected_ids")
         else:

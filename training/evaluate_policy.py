@@ -205,15 +205,20 @@ def markdown_table(result: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate_policy", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="policy checkpoint folder (config.json, safetensors, tokenizer with chat template)")
+def add_problem_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that pick the problems: ``--task --levels --limit --split --seed --skip``."""
     p.add_argument("--task", default="arith")
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     p.add_argument("--limit", type=int, default=200, help="problems per level")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0, help="problem set and sampling seed")
     p.add_argument("--skip", type=int, default=0, help="leave out the first K problems of each level (a run's own)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate_policy", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="policy checkpoint folder (config.json, safetensors, tokenizer with chat template)")
+    add_problem_arguments(p)
     p.add_argument("--num-samples", type=int, default=0, help="samples per problem for pass@k (0: greedy only)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--sample-levels", type=int, nargs="+", help="levels to sample (default: the two nearest 50%%)")

@@ -33,11 +33,15 @@ def step_pairs(
     wrong: Sequence[str],
     right: Sequence[str],
     per_problem: int,
+    solver: bool = False,
+    min_step: int = 0,
 ) -> list[dict[str, Any]]:
     r"""Up to ``per_problem`` pairs ``{"prefix", "chosen", "rejected", "last"}`` for one problem, in ``wrong``'s order.
 
     ``wrong`` and ``right`` are full solutions; ``right`` is tried in order for a step after the same prefix that
-    differs from the wrong one (put the reference solution last). One pair per distinct (prefix, wrong step).
+    differs from the wrong one (put the reference solution last), then, with ``solver``, the task's own right next
+    steps (:meth:`TaskSpec.next_right_steps`), so that an error after a prefix no right solution shares still gets
+    a pair. One pair per distinct (prefix, wrong step); only errors at step ``min_step`` or later (0-based).
     ``chosen`` and ``rejected`` are step texts; ``last`` says, per side, whether the step ends its solution.
 
     >>> from training.tasks import get_task
@@ -57,19 +61,17 @@ def step_pairs(
         if labels is None:
             raise ValueError(f"task {task.name!r} has no step checker: step pairs need one")
         steps, k = task.steps(text), first_error(labels)
-        if k < 0 or (key := (*steps[:k], steps[k])) in seen:
+        if k < min_step or (key := (*steps[:k], steps[k])) in seen:
             continue
-        chosen = next((c for c in candidates if c[:k] == steps[:k] and len(c) > k and c[k] != steps[k]), None)
+        same_prefix = (c for c in candidates if c[:k] == steps[:k] and len(c) > k and c[k] != steps[k])
+        chosen = next(((c[k], len(c) == k + 1) for c in same_prefix), None)
+        if chosen is None and solver:
+            chosen = next(((s, last) for s, last in task.next_right_steps(problem, steps[:k]) if s != steps[k]), None)
         if chosen is None:
             continue
         seen.add(key)
         pairs.append(
-            {
-                "prefix": steps[:k],
-                "chosen": chosen[k],
-                "rejected": steps[k],
-                "last": (len(chosen) == k + 1, len(steps) == k + 1),
-            }
+            {"prefix": steps[:k], "chosen": chosen[0], "rejected": steps[k], "last": (chosen[1], len(steps) == k + 1)}
         )
         if len(pairs) == per_problem:
             break

@@ -124,6 +124,11 @@ class TaskSpec:
         for exact labels without a policy (``ponder label --source solver``)."""
         raise ValueError(f"task {self.name!r} has no solver paths (--source solver: game24)")
 
+    def next_right_steps(self, problem: Problem, prefix: Sequence[str]) -> list[tuple[str, bool]]:
+        """The right steps that can follow the right steps ``prefix``, each with whether it ends the solution, as
+        the task's solver writes them (``ponder train dpo --chosen solver``); [] when ``prefix`` is not right."""
+        raise ValueError(f"task {self.name!r} has no step solver (--chosen solver: game24)")
+
     def first_error_step(self, problem: Problem, completion: str) -> int | None:
         """Index of the first wrong step, -1 when every step is right (ProcessBench), None when not checkable."""
         labels = self.check_steps(problem, completion)

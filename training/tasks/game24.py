@@ -241,6 +241,38 @@ def solver_paths(numbers: Sequence[int], count: int, rng: random.Random) -> list
     return paths
 
 
+def next_right_steps(numbers: Sequence[int], prefix: Sequence[str]) -> list[tuple[str, bool]]:
+    r"""Every step that keeps 24 in reach after the right steps ``prefix`` (those with non-negative integer results
+    first, as :func:`solve` prefers them), or the boxed expression that the steps have built once they leave 24;
+    each with whether it ends the solution. [] when ``prefix`` is not a chain of valid steps.
+
+    >>> next_right_steps([4, 6, 8, 4], ["4 + 8 = 12 (left: 4 6 12)", "6 - 4 = 2 (left: 2 12)"])[0]
+    ('12 * 2 = 24 (left: 24)', False)
+    >>> next_right_steps([4, 6, 8, 4], ["4 + 8 = 12 (left: 4 6 12)", "6 - 4 = 2 (left: 2 12)", "12 * 2 = 24"])
+    [('\\boxed{(4 + 8) * (6 - 4)}', True)]
+    """
+    pool = [Fraction(n) for n in numbers]
+    exprs = [(fmt(x), 3) for x in pool]
+    for step in prefix:
+        parsed = _parse_step(step)
+        if parsed is None or apply_step(step, pool) is None:
+            return []
+        a, op, b, c, _ = parsed
+        i = pool.index(a)
+        j = next(k for k, x in enumerate(pool) if x == b and k != i)
+        pool, exprs = [*_without(pool, i, j), c], [*_without(exprs, i, j), _join(exprs[i], op, exprs[j])]
+    if len(pool) == 1:
+        return [(f"\\boxed{{{exprs[0][0]}}}", True)] if pool[0] == TARGET else []
+    moves = [m for m in _moves(pool, nice=False) if keeps_24(pool, m)]
+    moves.sort(key=lambda m: not (m[3].denominator == 1 and m[3] >= 0))  # stable: nice results first
+    return [(_step_line(pool, i, op, j, c), False) for i, j, op, c in moves]
+
+
+def _step_line(pool: Sequence[Fraction], i: int, op: str, j: int, c: Fraction) -> str:
+    left = " ".join(fmt(x) for x in sorted([*_without(pool, i, j), c]))
+    return f"{fmt(pool[i])} {op} {fmt(pool[j])} = {fmt(c)} (left: {left})"
+
+
 # --- reading and judging completions ------------------------------------------------------------------------------
 
 
@@ -451,3 +483,6 @@ class Game24(TaskSpec):
 
     def check_steps(self, problem: Problem, completion: str) -> list[bool]:
         return walk_steps(numbers_of(problem), self.steps(completion))[0]
+
+    def next_right_steps(self, problem: Problem, prefix: Sequence[str]) -> list[tuple[str, bool]]:
+        return next_right_steps(numbers_of(problem), prefix)
