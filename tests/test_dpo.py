@@ -11,6 +11,7 @@ import doctest
 import json
 import os
 import random
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training import cli, dpo, step_pairs, tuning
+from training import cli, dpo, soup, step_pairs, tuning
 from training.dpo import (
     PolicyDPOConfig,
     collect_rows,
@@ -42,7 +43,7 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_policy(tmp_path_factory.mktemp("policy"), hidden=64, layers=1, heads=2)
 
 
-@pytest.mark.parametrize("module", [dpo, step_pairs, tuning])
+@pytest.mark.parametrize("module", [dpo, step_pairs, tuning, soup])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
@@ -318,3 +319,41 @@ def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_poli
     again, _ = asyncio.run(dpo.sample_policy(replace(greedy_config, num_samples=0), task, problems))
     assert [len(s) for s in first] == [2] * 4 and [len(s) for s in again] == [1] * 4
     assert [s[0] for s in first] == [s[0] for s in again]  # the greedy decode comes first, and is the same
+
+
+def test_a_soup_averages_the_weights_and_serves_as_its_first_ingredient(tmp_path, tiny_policy):
+    """Two copies of the tiny policy, one with its weights doubled: the soup is 1.5x, the rest of the folder the
+    first ingredient's; the soup loads as a policy."""
+    doubled = tmp_path / "doubled"
+    shutil.copytree(tiny_policy, doubled)
+    weights = load_file(str(tiny_policy / "model.safetensors"))
+    save_file({k: (v.float() * 2).to(v.dtype) for k, v in weights.items()}, str(doubled / "model.safetensors"))
+    out = soup.make_soup([tiny_policy, doubled], tmp_path / "soup")
+    mixed = load_file(str(out / "model.safetensors"))
+    for name, tensor in weights.items():
+        assert mixed[name].dtype == tensor.dtype
+        assert torch.allclose(mixed[name].float(), tensor.float() * 1.5, rtol=1e-2, atol=1e-3)
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    assert json.loads((out / "soup.json").read_text())["ingredients"] == [str(tiny_policy), str(doubled)]
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda d: [d / "a"], "needs at least two ingredients"),
+        (lambda d: [d / "a", d / "missing"], "has no model.safetensors"),
+        (lambda d: [d / "a", d / "other"], "other tensors than the first"),
+        (lambda d: [d / "a", d / "wide"], "tensor w is (3,), not (2,)"),
+    ],
+)
+def test_soup_refuses_what_is_not_one_model_in_one_line(tmp_path, capsys, make, says):
+    for name, tensors in {
+        "a": {"w": torch.ones(2)},
+        "other": {"v": torch.ones(2)},
+        "wide": {"w": torch.ones(3)},
+    }.items():
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    assert soup.main([*map(str, make(tmp_path)), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("soup: error: ") and says in err and err.count("\n") == 1
