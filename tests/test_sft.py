@@ -386,7 +386,9 @@ def test_compare_policies_counts_flips_and_first_errors():
     assert (result["gained"], result["lost"], result["both_right"], result["same_first_step"]) == (1, 1, 1, 2)
     assert result["first_error"] == {"before": {"-1": 2, "0": 1, "2": 1}, "after": {"-1": 2, "0": 1}}
     text = compare_policies.markdown(result, ("sft", "dpo"))
-    assert "1 gained, 1 lost" in text and "| first wrong step (-1: none) | -1 | 0 | 2 |" in text
+    assert result["change"]["mean"] == 0.0 and result["change"]["ci95"][0] < 0 < result["change"]["ci95"][1]
+    assert "+0.0% (95% interval" in text and "1 gained, 1 lost" in text
+    assert "| first wrong step (-1: none) | -1 | 0 | 2 |" in text
     assert "| dpo | 2 | 1 | 0 |" in text
     with pytest.raises(ValueError, match="not the same problems"):
         compare_policies.compare(before, after[:2])

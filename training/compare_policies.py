@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -61,11 +62,30 @@ def compare(before: Sequence[dict], after: Sequence[dict]) -> dict[str, Any]:
     return {
         "num_problems": len(pairs),
         "greedy": {"before": _share(a["right"] for a, _ in pairs), "after": _share(b["right"] for _, b in pairs)},
+        "change": paired_change([int(b["right"]) - int(a["right"]) for a, b in pairs]),
         "gained": sum(not a["right"] and b["right"] for a, b in pairs),
         "lost": sum(a["right"] and not b["right"] for a, b in pairs),
         "both_right": sum(a["right"] and b["right"] for a, b in pairs),
         "same_first_step": sum(a["first_step"] == b["first_step"] for a, b in pairs),
         "first_error": {"before": _histogram(before), "after": _histogram(after)},
+    }
+
+
+def paired_change(diffs: Sequence[int]) -> dict[str, float]:
+    """The mean of per-problem differences (after - before: -1, 0 or 1) with its standard error and a 95% interval
+    (normal approximation; the same problems under both policies, so the flips alone carry the variance).
+
+    >>> paired_change([1] * 30 + [-1] * 10 + [0] * 60)
+    {'mean': 0.2, 'se': 0.0603, 'ci95': [0.0818, 0.3182]}
+    """
+    n = len(diffs)
+    mean = sum(diffs) / max(n, 1)
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    se = math.sqrt(var / max(n, 1))
+    return {
+        "mean": round(mean, 4),
+        "se": round(se, 4),
+        "ci95": [round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)],
     }
 
 
@@ -84,7 +104,9 @@ def markdown(result: dict[str, Any], names: Sequence[str]) -> str:
     n, g = result["num_problems"], result["greedy"]
     lines = [
         f"{n} problems, greedy {g['before']:.1%} ({names[0]}) -> {g['after']:.1%} ({names[1]}): "
-        f"{result['gained']} gained, {result['lost']} lost, {result['both_right']} right under both; "
+        f"{result['change']['mean']:+.1%} (95% interval {result['change']['ci95'][0]:+.1%} to "
+        f"{result['change']['ci95'][1]:+.1%}); {result['gained']} gained, {result['lost']} lost, "
+        f"{result['both_right']} right under both; "
         f"the same first step in {result['same_first_step']} ({result['same_first_step'] / max(n, 1):.0%}).",
     ]
     hist = result["first_error"]
