@@ -117,8 +117,8 @@ class PolicyDPOConfig(PolicyTuningArgs, DPOConfig):
     min_pair_step: int = field(
         default=0,
         metadata={
-            "help": "Step pairs only where the first wrong step is this one or later (0-based; 1 leaves out the "
-            "first step, which on game24 is a search the policy guesses at rather than a skill it can learn)."
+            "help": "Step pairs only where the first wrong step is this one or later (0-based: 1 leaves out "
+            "errors in the first step)."
         },
     )
 
