@@ -232,7 +232,7 @@ async def test_orm_gives_one_probability_per_item(orm: VLLMOutcomeRewardModel, t
         assert 0.0 <= p <= 1.0 and p == pytest.approx(expected, abs=1e-3)
 
 
-def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dict) -> None:
+async def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dict) -> None:
     """vLLM's AsyncLLM.__del__ shuts down a second time at interpreter exit; stop_llm makes that call a no-op."""
     import subprocess
     import sys
@@ -246,7 +246,8 @@ def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dic
         "asyncio.run(main())\n"
         "print('exited')\n"
     )
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
