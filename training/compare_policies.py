@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.evaluate_policy import add_problem_arguments, chat_prompt, load_problems
+from training.evaluate_policy import add_problem_arguments, chat_prompt, problems_from_args
 from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
 
 
@@ -141,16 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare_policies: error: {path!r} is not a model folder (no config.json there)", file=sys.stderr)
             return 2
     try:
-        task = get_task(args.task)
-        by_level = load_problems(task, args.levels, split=args.split, skip=args.skip, limit=args.limit, seed=args.seed)
+        by_level = problems_from_args(args)
     except (ValueError, UnknownTaskError) as exc:
         print(f"compare_policies: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    problems = [p for level in by_level.values() for p in level]
+    task, problems = get_task(args.task), [p for level in by_level.values() for p in level]
     outcomes = [
         asyncio.run(greedy_outcomes(path, task, problems, args.kv_cache_gib)) for path in (args.before, args.after)
     ]
-    result = {"before": args.before, "after": args.after, **vars(args), **compare(*outcomes)}
+    result = {**vars(args), **compare(*outcomes)}
     print(markdown(result, (args.before, args.after)))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -215,6 +215,12 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", type=int, default=0, help="leave out the first K problems of each level (a run's own)")
 
 
+def problems_from_args(args: argparse.Namespace) -> dict[int, list[Problem]]:
+    """:func:`load_problems` for the flags of :func:`add_problem_arguments`; ValueError or UnknownTaskError."""
+    task = get_task(args.task)
+    return load_problems(task, args.levels, split=args.split, skip=args.skip, limit=args.limit, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate_policy", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="policy checkpoint folder (config.json, safetensors, tokenizer with chat template)")
@@ -236,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate_policy: error: {args.model!r} is not a model folder (no config.json there)", file=sys.stderr)
         return 2
     try:  # a bad task, split or count is a one-line error before any engine starts
-        problems = load_problems(
-            get_task(args.task), args.levels, split=args.split, skip=args.skip, limit=args.limit, seed=args.seed
-        )
+        problems = problems_from_args(args)
     except (ValueError, UnknownTaskError) as exc:
         print(f"evaluate_policy: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

@@ -156,7 +156,7 @@ def solve(numbers: Sequence[int], rng: random.Random | None = None) -> tuple[lis
     return steps, exprs[0][0]
 
 
-def step_lines(numbers: Sequence[int], steps: Sequence[Move]) -> list[str]:
+def step_lines(numbers: Sequence[int | Fraction], steps: Sequence[Move]) -> list[str]:
     """Each step as ``a op b = c (left: ...)``, the remainder computed as if the step's result were right."""
     pool = [Fraction(n) for n in numbers]
     lines = []
@@ -265,12 +265,7 @@ def next_right_steps(numbers: Sequence[int], prefix: Sequence[str]) -> list[tupl
         return [(f"\\boxed{{{exprs[0][0]}}}", True)] if pool[0] == TARGET else []
     moves = [m for m in _moves(pool, nice=False) if keeps_24(pool, m)]
     moves.sort(key=lambda m: not (m[3].denominator == 1 and m[3] >= 0))  # stable: nice results first
-    return [(_step_line(pool, i, op, j, c), False) for i, j, op, c in moves]
-
-
-def _step_line(pool: Sequence[Fraction], i: int, op: str, j: int, c: Fraction) -> str:
-    left = " ".join(fmt(x) for x in sorted([*_without(pool, i, j), c]))
-    return f"{fmt(pool[i])} {op} {fmt(pool[j])} = {fmt(c)} (left: {left})"
+    return [(step_lines(pool, [(pool[i], op, pool[j], c)])[0], False) for i, j, op, c in moves]
 
 
 # --- reading and judging completions ------------------------------------------------------------------------------
