@@ -86,31 +86,15 @@ async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts_and_the_fina
 GAME24_PRM = GAME24_POLICY.parent / "game24-prm"
 
 
-def auroc(positives: list[float], negatives: list[float]) -> float:
-    """The chance that a random right state scores above a random wrong one (ties count half)."""
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
-
-
 def test_the_game24_prm_ranks_states_that_keep_24_in_reach_first() -> None:
     """The shipped Game of 24 PRM (``make game24-prm``) on solver paths of generated puzzles (numbers up to 24, none
     in ToT's file, another seed than its training rows): at each depth, how well its step score separates states
-    that can still make 24 from those that cannot. Measured: 0.685 / 0.91 / 0.986 at depths 1 / 2 / 3 (60 puzzles,
+    that can still make 24 from those that cannot. Measured: 0.655 / 0.831 / 0.981 at depths 1 / 2 / 3 (60 puzzles,
     4 paths each). Three numbers left is the hard depth, where Tree of Thoughts' value matters most."""
+    from benchmarks.game24_value import depth_aurocs, solver_states
     from training.prm import load_reward_model, score_steps
 
     model, tokenizer = load_reward_model(GAME24_PRM)
-    problems = game24.load("train", limit=1262 + 60, seed=7)[-60:]
-    assert all(p.meta["source"] == "generated" for p in problems)
-    rng = random.Random(1)
-    paths = [(p, path) for p in problems for path in game24.solver_paths(p, 4, rng)]
-    scores = score_steps(model, tokenizer, [(game24.prompt(p), game24.steps(path)) for p, path in paths])
-    labels = [game24.check_steps(p, path) for p, path in paths]
-    found = []
-    for depth in range(3):
-        split = {
-            right: [s[depth] for s, lab in zip(scores, labels, strict=True) if lab[depth] == right]
-            for right in (True, False)
-        }
-        found.append(round(auroc(split[True], split[False]), 3))
+    _, items, labels = solver_states(puzzles=60, paths=4, seed=7)
+    found = [round(a, 3) for a in depth_aurocs(score_steps(model, tokenizer, items), labels)]
     assert found[0] >= 0.6 and found[1] >= 0.8 and found[2] >= 0.9, found

@@ -95,6 +95,24 @@ def test_monte_carlo_labels_one_call_per_round_and_dedup_prefixes() -> None:
     assert stats["solutions"] == 3 and 0 < stats["mc_hard_agrees_with_exact"] <= 1
 
 
+def test_a_partial_solution_has_its_last_step_rolled_out_too() -> None:
+    """A solver path stops before the boxed answer: its last step's Monte Carlo label comes from rollouts after it,
+    not from the (missing) answer, so a state that still makes 24 is not marked wrong for being unfinished."""
+    game24 = get_task("game24")
+    problem = game24.load("test", limit=1)[0]
+    path = game24.solver_paths(problem, 1, random.Random(0))[0]
+    steps = game24.steps(path)
+    assert len(steps) == 3 and "boxed" not in path
+    finish = "\\boxed{0}"
+    engine = FakeEngine(lambda prompt, i: finish)
+    rows = exact_rows(game24, [problem], [[path]], dedup=True)
+    spec = SamplingSpec(temperature=0.8, max_tokens=64)
+    asyncio.run(monte_carlo(engine, game24, {problem.id: problem}, {problem.id: ""}, rows, 2, spec, 8))
+    sent = engine.calls[0][0]
+    assert sent == step_prefixes(steps) + [path + "\n\n"]  # every step, the last one included
+    assert len(rows[0]["mc_hard_labels"]) == len(steps) == len(rows[0]["exact_labels"])
+
+
 def test_rounds_split_the_engine_calls() -> None:
     problems = TASK.load("train", limit=3, level=2)
     engine = FakeEngine(lambda prompt, i: "\\boxed{0}")

@@ -37,6 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from strategies.answers import last_boxed
 from strategies.base import Engine, SamplingSpec
 from training.evaluate_policy import chat_prompt
 from training.tasks import Problem, TaskSpec, get_task
@@ -194,6 +195,23 @@ def step_prefixes(steps: Sequence[str], delimiter: str = "\n\n") -> list[str]:
     return [delimiter.join(steps[: i + 1]) + delimiter for i in range(len(steps) - 1)]
 
 
+def rollout_prefixes(row: dict[str, Any]) -> list[str]:
+    r"""The prefixes a row's Monte Carlo labels are rolled out from: every proper step prefix, and the whole text too
+    when its last step boxes no answer (a partial solution, such as ``--source solver``'s), so that its last step is
+    judged by its rollouts rather than by its own (missing) answer.
+
+    >>> rollout_prefixes({"completions": ["1 + 2 = 3", "\\boxed{3}"]})
+    ['1 + 2 = 3\n\n']
+    >>> rollout_prefixes({"completions": ["1 + 2 = 3", "3 * 2 = 6"]})
+    ['1 + 2 = 3\n\n', '1 + 2 = 3\n\n3 * 2 = 6\n\n']
+    """
+    steps = row["completions"]
+    prefixes = step_prefixes(steps)
+    if last_boxed(steps[-1]) is None:
+        prefixes.append("\n\n".join(steps) + "\n\n")
+    return prefixes
+
+
 async def monte_carlo(
     engine: Engine,
     task: TaskSpec,
@@ -208,9 +226,7 @@ async def monte_carlo(
     with tqdm(total=len(rows), desc=f"Monte Carlo rollouts (k={rollouts})", unit="solution") as bar:
         for r, first in enumerate(range(0, len(rows), round_size)):
             chunk = rows[first : first + round_size]
-            keys = list(
-                dict.fromkeys((row["problem_id"], p) for row in chunk for p in step_prefixes(row["completions"]))
-            )
+            keys = list(dict.fromkeys((row["problem_id"], p) for row in chunk for p in rollout_prefixes(row)))
             seeded = replace(spec, n=rollouts, seed=_round_seed(spec, r))
             samples = await engine.generate([prompts[pid] + prefix for pid, prefix in keys], seeded, f"mc-{r}")
             success = {
@@ -218,8 +234,9 @@ async def monte_carlo(
                 for key, drawn in zip(keys, samples, strict=True)
             }
             for row in chunk:
-                soft = [success[(row["problem_id"], p)] for p in step_prefixes(row["completions"])]
-                soft.append(float(row["outcome"]))  # the last step: the solution is its own rollout
+                soft = [success[(row["problem_id"], p)] for p in rollout_prefixes(row)]
+                if len(soft) < len(row["completions"]):
+                    soft.append(float(row["outcome"]))  # a finished solution's last step is its own rollout
                 row["mc_soft_labels"], row["mc_hard_labels"] = soft, [s > 0 for s in soft]
             bar.update(len(chunk))
 
