@@ -116,7 +116,8 @@ def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resampl
 
 def table(report: dict[str, Any]) -> str:
     """A Markdown table: one row per model, AUROC (95% CI) at each depth."""
-    head = "| PRM | " + " | ".join(f"depth {d + 1} ({3 - d} numbers left)" for d in range(DEPTHS)) + " |"
+    left = ["3 numbers left", "2 numbers left", "1 number left"]
+    head = "| PRM | " + " | ".join(f"depth {d + 1} ({left[d]})" for d in range(DEPTHS)) + " |"
     lines = [head, "|---|" + "---|" * DEPTHS]
     for row in report["models"]:
         cells = [f"{a:.3f} ({lo:.3f}-{hi:.3f})" for a, (lo, hi) in zip(row["auroc"], row["ci95"], strict=True)]

@@ -98,3 +98,12 @@ def test_the_game24_prm_ranks_states_that_keep_24_in_reach_first() -> None:
     _, items, labels = solver_states(puzzles=60, paths=4, seed=7)
     found = [round(a, 3) for a in depth_aurocs(score_steps(model, tokenizer, items), labels)]
     assert found[0] >= 0.6 and found[1] >= 0.8 and found[2] >= 0.9, found
+
+
+def test_the_value_benchmark_refuses_what_is_not_a_model(tmp_path: Path, capsys) -> None:
+    from benchmarks.game24_value import main
+
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert main([str(GAME24_PRM), "--puzzles", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "not a model folder" in err and "--puzzles" in err and "Traceback" not in err
