@@ -79,10 +79,9 @@ def solver_states(puzzles: int, paths: int, seed: int) -> tuple[list[Any], list[
     return owners, items, labels
 
 
-def bootstrap(
-    owners: Sequence[str], scores: list, labels: list, resamples: int, seed: int
-) -> list[tuple[float, float]]:
-    """95% intervals of each depth's AUROC, resampling puzzles with replacement."""
+def bootstrap_draws(owners: Sequence[str], scores: list, labels: list, resamples: int, seed: int) -> list[list[float]]:
+    """Each depth's AUROC on ``resamples`` resamples of the puzzles (with replacement). The same seed draws the same
+    resamples, so two models' draws pair up."""
     by_owner: dict[str, list[int]] = {}
     for i, owner in enumerate(owners):
         by_owner.setdefault(owner, []).append(i)
@@ -90,26 +89,38 @@ def bootstrap(
     for _ in range(resamples):
         picked = [i for _ in groups for i in rng.choice(groups)]
         draws.append(depth_aurocs([scores[i] for i in picked], [labels[i] for i in picked]))
-    lo, hi = int(0.025 * resamples), max(int(0.975 * resamples) - 1, 0)
-    return [(sorted(d)[lo], sorted(d)[hi]) for d in zip(*draws, strict=True)]
+    return draws
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """The central 95% of bootstrap values.
+
+    >>> interval([float(v) for v in range(1000)])
+    (25.0, 974.0)
+    """
+    ordered = sorted(values)
+    return ordered[int(0.025 * len(ordered))], ordered[max(int(0.975 * len(ordered)) - 1, 0)]
 
 
 def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resamples: int) -> dict[str, Any]:
-    """Every model's depth AUROCs (with intervals) on the same solver states."""
+    """Every model's depth AUROCs on the same solver states, with 95% intervals, and each model's paired change
+    against the first model (the same resamples for all)."""
     from training.prm import load_reward_model, score_steps
 
     owners, items, labels = solver_states(puzzles, paths, seed)
-    rows = []
+    rows, first = [], None
     for path in models:
         model, tokenizer = load_reward_model(path)
         scores = score_steps(model, tokenizer, items)
-        rows.append(
-            {
-                "model": path,
-                "auroc": depth_aurocs(scores, labels),
-                "ci95": bootstrap(owners, scores, labels, resamples, seed),
-            }
-        )
+        draws = bootstrap_draws(owners, scores, labels, resamples, seed)
+        first = first or draws
+        found = depth_aurocs(scores, labels)
+        row = {"model": path, "auroc": found, "ci95": [interval(d) for d in zip(*draws, strict=True)]}
+        if rows:
+            gaps = [[a - b for a, b in zip(x, y, strict=True)] for x, y in zip(draws, first, strict=True)]
+            row["change_vs_first"] = [a - b for a, b in zip(found, rows[0]["auroc"], strict=True)]
+            row["change_ci95"] = [interval(g) for g in zip(*gaps, strict=True)]
+        rows.append(row)
     right = [sum(lab[d] for lab in labels) for d in range(DEPTHS)]
     return {"puzzles": puzzles, "paths": len(items), "seed": seed, "right_states": right, "models": rows}
 
@@ -122,6 +133,12 @@ def table(report: dict[str, Any]) -> str:
     for row in report["models"]:
         cells = [f"{a:.3f} ({lo:.3f}-{hi:.3f})" for a, (lo, hi) in zip(row["auroc"], row["ci95"], strict=True)]
         lines.append(f"| `{row['model']}` | " + " | ".join(cells) + " |")
+    for row in report["models"][1:]:
+        cells = [
+            f"{c:+.3f} ({lo:+.3f} to {hi:+.3f})"
+            for c, (lo, hi) in zip(row["change_vs_first"], row["change_ci95"], strict=True)
+        ]
+        lines.append(f"| `{row['model']}` minus the first (paired) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
