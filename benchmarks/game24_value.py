@@ -7,7 +7,7 @@ seed than any training data; the truth is the task's exact step checker. Depth 1
 Tree of Thoughts' value matters most. Several PRMs are read on the same states, so they compare side by side; the
 intervals are 95% bootstrap over puzzles.
 
-    .venv/bin/python -m benchmarks.game24_value models/game24-prm runs/g24-prm-mc --puzzles 300 \\
+    .venv/bin/python -m benchmarks.game24_value runs/g24-prm-exact runs/g24-prm-mc_hard --puzzles 300 \\
         --output results/game24-prm-labels/value.json
 """
 
@@ -21,29 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import save_json
+from training.evaluate import auroc
 
 DEPTHS = 3
-
-
-def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
-    """The chance that a random right state scores above a random wrong one (ties count half): the Mann-Whitney U
-    statistic over both counts, from average ranks.
-
-    >>> auroc([0.9, 0.4], [0.5, 0.1])
-    0.75
-    >>> auroc([0.5], [0.5, 0.1])
-    0.75
-    """
-    ordered = sorted([(s, True) for s in positives] + [(s, False) for s in negatives])
-    rank_sum, i = 0.0, 0
-    while i < len(ordered):
-        j = i
-        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
-            j += 1
-        rank_sum += sum(1 for k in range(i, j) if ordered[k][1]) * (i + j + 1) / 2  # ties share their mean rank
-        i = j
-    n_pos, n_neg = len(positives), len(negatives)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]]) -> list[float]:
