@@ -6,6 +6,9 @@ Two strategies' intervals can overlap while their paired difference excludes 0: 
 and the problems' difficulty, which both intervals carry, cancels in the difference.
 
     .venv/bin/python -m benchmarks.paired results/search-arith-seeds/n4 dvts:4 best_of_n:4
+
+``--b-run`` reads B from another run's folder, for two runs of one strategy that differ in a flag (another reward
+model, another aggregation) over the same problems and seeds.
 """
 
 from __future__ import annotations
@@ -28,15 +31,23 @@ def per_problem(records: list[dict[str, Any]], strategy: str, n: int) -> dict[tu
     return {key: sum(v) / len(v) for key, v in seen.items()}
 
 
-def compare(records: list[dict[str, Any]], a: tuple[str, int], b: tuple[str, int]) -> dict[str, Any]:
-    """A's accuracy minus B's over the problems both answered, with a 95% paired bootstrap interval.
+def compare(
+    records: list[dict[str, Any]],
+    a: tuple[str, int],
+    b: tuple[str, int],
+    b_records: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A's accuracy minus B's over the problems both answered, with a 95% paired bootstrap interval; B is read from
+    ``b_records`` where given (another run), else from ``records``.
 
     >>> rows = [{"strategy": s, "n": 4, "level": 6, "problem_id": str(i), "correct": s == "a" or i % 2}
     ...         for s in ("a", "b") for i in range(4)]
     >>> compare(rows, ("a", 4), ("b", 4))["difference"]
     0.5
+    >>> compare(rows, ("a", 4), ("a", 4), b_records=[r | {"correct": False} for r in rows])["difference"]
+    1.0
     """
-    left, right = per_problem(records, *a), per_problem(records, *b)
+    left, right = per_problem(records, *a), per_problem(records if b_records is None else b_records, *b)
     common = sorted(set(left) & set(right), key=str)
     if not common:
         raise ValueError(f"no problem was answered by both {a[0]} N={a[1]} and {b[0]} N={b[1]}")
@@ -59,17 +70,25 @@ def _config(text: str) -> tuple[str, int]:
     return strategy, int(n)
 
 
+def _records(run: Path) -> list[dict[str, Any]]:
+    path = run / "records.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    return load_records(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a ponder bench accuracy --output folder (its records.jsonl)")
     parser.add_argument("a", help="STRATEGY:N, e.g. dvts:4")
     parser.add_argument("b", help="STRATEGY:N to subtract, e.g. best_of_n:4")
+    parser.add_argument("--b-run", type=Path, help="the run folder B is read from (default: RUN)")
     args = parser.parse_args(argv)
     try:
-        path = args.run / "records.jsonl"
-        if not path.is_file():
-            raise ValueError(f"{path} does not exist")
-        row = compare(load_records(path), _config(args.a), _config(args.b))
+        b_records = None if args.b_run is None else _records(args.b_run)
+        row = compare(_records(args.run), _config(args.a), _config(args.b), b_records)
+        if args.b_run is not None:  # name the runs: the two configurations may read alike
+            row |= {"a": f"{args.run.name} {row['a']}", "b": f"{args.b_run.name} {row['b']}"}
     except ValueError as exc:
         print(f"python -m benchmarks.paired: error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ def test_doctests():
 
 
 def write_run(tmp_path, rows):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tmp_path
 
@@ -54,3 +55,13 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
 def test_a_missing_run_is_one_line(tmp_path, capsys):
     assert paired.main([str(tmp_path / "nothing"), "dvts:4", "best_of_n:4"]) == 2
     assert "records.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_b_can_come_from_another_run_of_the_same_strategy(tmp_path, capsys):
+    orm = [{"strategy": "best_of_n", "n": 4, "level": 1, "problem_id": f"p{i}", "correct": i < 3} for i in range(4)]
+    prm = [r | {"correct": True} for r in orm]
+    a, b = write_run(tmp_path / "prm", prm), write_run(tmp_path / "orm", orm)
+    assert paired.main([str(a), "best_of_n:4", "best_of_n:4", "--b-run", str(b)]) == 0
+    assert "prm best_of_n N=4 - orm best_of_n N=4: +25.0% over 4 problems" in capsys.readouterr().out
+    assert paired.main([str(a), "best_of_n:4", "best_of_n:4", "--b-run", str(tmp_path / "none")]) == 2
+    assert "none/records.jsonl does not exist" in capsys.readouterr().err
