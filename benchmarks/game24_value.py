@@ -46,9 +46,10 @@ def solver_states(puzzles: int, paths: int, seed: int) -> tuple[list[Any], list[
     """``paths`` solver paths on each of ``puzzles`` generated train-split puzzles (past every row of ``24.csv``):
     their problems (one per path), their (prompt, steps) items and their exact labels."""
     from training.tasks import get_task
+    from training.tasks.game24 import file_train_rows
 
     game24 = get_task("game24")
-    problems = game24.load("train", limit=1262 + puzzles, seed=seed)[-puzzles:]
+    problems = game24.load("train", limit=file_train_rows() + puzzles, seed=seed)[-puzzles:]
     rng = random.Random(seed)
     owners, items, labels = [], [], []
     for problem in problems:

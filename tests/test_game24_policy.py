@@ -17,6 +17,7 @@ from strategies.base import SamplingSpec, Task
 from strategies.search import VALUE_TOKENS, self_value, value_query
 from training.evaluate_policy import chat_prompt
 from training.tasks import get_task
+from training.tasks.game24 import file_train_rows
 
 GAME24_POLICY = Path(__file__).resolve().parents[1] / "models" / "game24-policy"
 game24 = get_task("game24")
@@ -49,7 +50,7 @@ async def test_its_verdicts_agree_with_the_solver(policy) -> None:
     """Partial solutions of generated puzzles (numbers up to 24), half of them dead ends or slips: the greedy verdict
     to the value prompt that ``tree_of_thought`` and ``mcts`` send is the solver's for most (18 of 24 for the shipped
     policy; a coin would get 12)."""
-    problems = game24.load("train", limit=1262 + 12, seed=7)[-12:]  # past the file rows: generated puzzles
+    problems = game24.load("train", limit=file_train_rows() + 12, seed=7)[-12:]  # past the file rows: generated puzzles
     assert all(p.meta["source"] == "generated" for p in problems)
     rng = random.Random(0)
     cases = [(p, *game24.value_example(p, rng)) for p in problems for _ in range(2)]

@@ -384,6 +384,17 @@ def puzzle_rows() -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(x) for x in row["Puzzles"].split()) for row in csv.DictReader(io.StringIO(text)))
 
 
+def file_train_rows() -> int:
+    """How many rows of ``24.csv`` the train split holds (every row but the test ones); a train split of more
+    problems fills the rest with generated puzzles, so ``load("train", limit=file_train_rows() + k)[-k:]`` are k
+    generated ones.
+
+    >>> file_train_rows()
+    1262
+    """
+    return len(puzzle_rows()) - len(TEST_ROWS)
+
+
 def numbers_in(text: str) -> list[int] | None:
     """The numbers of the first "Use the numbers ... and" in ``text`` (a question, or a prompt that holds one)."""
     found = _QUESTION.search(text)
