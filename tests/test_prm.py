@@ -270,13 +270,17 @@ def test_training_resumes_from_the_last_checkpoint(planted: dict, tmp_path: Path
     assert metrics["optimizer_steps"] == 5
 
 
-def test_orm_trains_on_outcomes_and_reloads(planted: dict, tmp_path: Path) -> None:
+def test_orm_learns_a_visible_outcome_and_reloads(planted: dict, tmp_path: Path) -> None:
+    """80 steps on the planted rows, whose wrong answers overshoot by 100 (three digits where right ones have two):
+    the held-out wrong solutions score below the right ones. That the trainer can learn an outcome at all is what
+    separates "the ORM pipeline is broken" from "the task's outcome is too hard to read" (README, Training)."""
     config = OutcomeRewardModelConfig.from_preset(
         "tiny",
         train_data=str(planted["train"]),
         eval_data=str(planted["test"]),
         output_dir=str(tmp_path),
-        max_steps=6,
+        max_steps=80,
+        learning_rate=3e-3,
         disable_tqdm=True,
     )
     before = build_model(config, build_char_tokenizer()).state_dict()
@@ -290,7 +294,8 @@ def test_orm_trains_on_outcomes_and_reloads(planted: dict, tmp_path: Path) -> No
     model, tokenizer = load_reward_model(tmp_path)
     assert not torch.equal(model.score.weight, before["score.weight"])
     (p,) = score_outcomes(model, tokenizer, [("q", ["1 + 1 = 2", "\\boxed{2}"])])
-    assert 0.0 < p < 1.0 and set(metrics["eval"]) >= {"outcome_accuracy", "auroc"}
+    assert 0.0 < p < 1.0 and metrics["eval"]["num_right"] > 0 and metrics["eval"]["num_wrong"] > 0
+    assert metrics["eval"]["auroc"] >= 0.9, metrics["eval"]
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------------
