@@ -226,15 +226,17 @@ async def monte_carlo(
     with tqdm(total=len(rows), desc=f"Monte Carlo rollouts (k={rollouts})", unit="solution") as bar:
         for r, first in enumerate(range(0, len(rows), round_size)):
             chunk = rows[first : first + round_size]
-            keys = list(dict.fromkeys((row["problem_id"], p) for row in chunk for p in rollout_prefixes(row)))
+            prefixes = [rollout_prefixes(row) for row in chunk]
+            pairs = zip(chunk, prefixes, strict=True)
+            keys = list(dict.fromkeys((row["problem_id"], p) for row, ps in pairs for p in ps))
             seeded = replace(spec, n=rollouts, seed=_round_seed(spec, r))
             samples = await engine.generate([prompts[pid] + prefix for pid, prefix in keys], seeded, f"mc-{r}")
             success = {
                 key: sum(task.grade(problems[key[0]], key[1] + s.text) for s in drawn) / len(drawn)
                 for key, drawn in zip(keys, samples, strict=True)
             }
-            for row in chunk:
-                soft = [success[(row["problem_id"], p)] for p in rollout_prefixes(row)]
+            for row, ps in zip(chunk, prefixes, strict=True):
+                soft = [success[(row["problem_id"], p)] for p in ps]
                 if len(soft) < len(row["completions"]):
                     soft.append(float(row["outcome"]))  # a finished solution's last step is its own rollout
                 row["mc_soft_labels"], row["mc_hard_labels"] = soft, [s > 0 for s in soft]
