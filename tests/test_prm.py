@@ -231,6 +231,7 @@ def test_trained_prm_scores_a_right_step_above_a_planted_wrong_one(trained_prm: 
     evaluated = trained_prm["metrics"]["eval"]  # ProcessBench F1 after training, on the held-out rows
     assert evaluated["num_error"] + evaluated["num_correct"] == len(planted["triples"])
     assert 0.0 <= evaluated["f1"] <= 1.0
+    assert evaluated["outcome_auroc"]["min"] >= 0.8  # its lowest step score tells the planted wrong answers apart
 
 
 def test_training_changed_the_weights_and_the_checkpoint_is_servable(trained_prm: dict) -> None:

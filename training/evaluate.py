@@ -94,7 +94,9 @@ def load_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any
 
 
 def prm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[float]], threshold: float) -> dict:
-    """ProcessBench F1 and step accuracy, overall and per level."""
+    """ProcessBench F1 and step accuracy, overall and per level, and ``outcome_auroc``: how well each reduction of
+    the step scores to one (``last``, ``min``, ``prod``; the quantity best-of-N ranks by) separates right final
+    answers from wrong ones, comparable with an ORM's ``auroc``."""
 
     def block(indices: list[int]) -> dict[str, Any]:
         predicted = [predicted_first_error(scores[i], threshold) for i in indices]
@@ -109,6 +111,7 @@ def prm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[float
         return out
 
     result = {"threshold": threshold, **block(list(range(len(items))))}
+    result["outcome_auroc"] = outcome_aurocs(items, scores)
     levels = defaultdict(list)
     for i, item in enumerate(items):
         if item.get("level") is not None:
@@ -137,6 +140,23 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
         i = j
     n_pos, n_neg = len(positives), len(negatives)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def outcome_aurocs(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """AUROC of right against wrong final answers, per reduction of the step scores.
+
+    >>> items = [{"outcome": True}, {"outcome": False}]
+    >>> outcome_aurocs(items, [[0.2, 0.9], [0.8, 0.3]])
+    {'last': 1.0, 'min': 0.0, 'prod': 0.0}
+    """
+    from reward_models.aggregation import aggregate_scores
+
+    out = {}
+    for how in ("last", "min", "prod"):
+        right = [aggregate_scores(s, how) for s, item in zip(scores, items, strict=True) if item["outcome"]]
+        wrong = [aggregate_scores(s, how) for s, item in zip(scores, items, strict=True) if not item["outcome"]]
+        out[how] = auroc(right, wrong) if right and wrong else float("nan")
+    return out
 
 
 def orm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], threshold: float) -> dict[str, Any]:
