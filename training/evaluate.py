@@ -153,10 +153,16 @@ def outcome_aurocs(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[fl
 
     out = {}
     for how in ("last", "min", "prod"):
-        right = [aggregate_scores(s, how) for s, item in zip(scores, items, strict=True) if item["outcome"]]
-        wrong = [aggregate_scores(s, how) for s, item in zip(scores, items, strict=True) if not item["outcome"]]
+        right, wrong = split_by_outcome(items, [aggregate_scores(s, how) for s in scores])
         out[how] = auroc(right, wrong) if right and wrong else float("nan")
     return out
+
+
+def split_by_outcome(items: Sequence[dict[str, Any]], values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The values of the items whose final answer is right, and of those whose answer is wrong."""
+    right = [v for v, item in zip(values, items, strict=True) if item["outcome"]]
+    wrong = [v for v, item in zip(values, items, strict=True) if not item["outcome"]]
+    return right, wrong
 
 
 def orm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], threshold: float) -> dict[str, Any]:
@@ -165,8 +171,7 @@ def orm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], thresh
     >>> orm_metrics([{"outcome": True}, {"outcome": False}], [0.7, 0.6], 0.65)["auroc"]
     1.0
     """
-    right = [s for s, item in zip(scores, items, strict=True) if item["outcome"]]
-    wrong = [s for s, item in zip(scores, items, strict=True) if not item["outcome"]]
+    right, wrong = split_by_outcome(items, scores)
     accuracy = sum((s >= threshold) == item["outcome"] for s, item in zip(scores, items, strict=True))
     return {
         "threshold": threshold,
