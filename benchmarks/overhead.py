@@ -6,6 +6,10 @@ reward-model time inside Ponder's latency, and how many engine requests one Pond
 
     python -m benchmarks.overhead --output results/overhead            # the embedded default models
     python -m benchmarks.overhead --model ~/.cache/ponder/smollm2-135m-instruct --output results/overhead-smollm2
+    python -m benchmarks.overhead --workload arith --level 6 --output results/overhead-arith   # the policy's own task
+
+``--workload gsm8k`` (the default) sends one GSM8K question every time; ``arith`` sends the arith task's test problems
+as its policy sees them (``--level``), request i the i-th problem, in the same order to both servers.
 """
 
 from __future__ import annotations
@@ -32,12 +36,24 @@ PROMPT = [
 ]
 
 
-def measure(url: str, body: dict, requests: int, warmup: int, label: str) -> list[dict]:
+def prompts(workload: str, count: int, level: int | None) -> list[list[dict]]:
+    """The messages of each request in turn: the GSM8K question, or ``count`` arith test problems."""
+    if workload == "gsm8k":
+        return [PROMPT]
+    from benchmarks.serve import workload_prompts
+
+    texts, _ = workload_prompts("arith", count, level)
+    return [[{"role": "user", "content": text}] for text in texts]
+
+
+def measure(url: str, body: dict, messages: list[list[dict]], requests: int, warmup: int, label: str) -> list[dict]:
+    """Send ``warmup`` + ``requests`` requests one at a time, request i with ``messages[i % len(messages)]``; a row
+    per timed request."""
     rows = []
     with httpx.Client(base_url=url, timeout=600) as client:
         for i in tqdm(range(warmup + requests), desc=label, file=sys.stderr):
             start = time.perf_counter()
-            r = client.post("/v1/chat/completions", json=body)
+            r = client.post("/v1/chat/completions", json=body | {"messages": messages[i % len(messages)]})
             elapsed = time.perf_counter() - start
             r.raise_for_status()
             data = r.json()
@@ -75,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=24)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-fraction", type=float, default=0.2)
+    p.add_argument("--workload", choices=("gsm8k", "arith"), default="gsm8k", help="what the requests ask (above)")
+    p.add_argument("--level", type=int, choices=range(1, 7), help="arith: problems of this level (default: all)")
     p.add_argument("--output", type=Path, default=Path("results/overhead"))
     args = p.parse_args(argv)
     if args.model is None or args.prm is None:
@@ -84,24 +102,27 @@ def main(argv: list[str] | None = None) -> None:
         args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     args.output.mkdir(parents=True, exist_ok=True)
     n = args.num_samples
-    sampling = {"messages": PROMPT, "max_tokens": args.max_tokens, "temperature": args.temperature}
+    sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    messages = prompts(args.workload, args.warmup + args.requests, args.level)
 
     with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as server:
         plain = sampling | {"model": "model", "n": n}
-        vllm_rows = measure(server.url, plain, args.requests, args.warmup, f"vllm n={n}")
+        vllm_rows = measure(server.url, plain, messages, args.requests, args.warmup, f"vllm n={n}")
     with running(
         ponder_cmd(args.model, args.prm, args.memory_fraction, prm_format=args.prm_format), args.output / "ponder.log"
     ) as server:
         url = server.url
         bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
-        bon_rows = measure(url, bon, args.requests, args.warmup, f"ponder best_of_n N={n}")
-        none_rows = measure(url, sampling | {"n": n}, args.requests, args.warmup, f"ponder none n={n}")
+        bon_rows = measure(url, bon, messages, args.requests, args.warmup, f"ponder best_of_n N={n}")
+        none_rows = measure(url, sampling | {"n": n}, messages, args.requests, args.warmup, f"ponder none n={n}")
 
     result = {
         "model": args.model,
         "prm": args.prm,
         "num_samples": n,
         "max_tokens": args.max_tokens,
+        "workload": args.workload,
+        "level": args.level,
         "vllm": summary(vllm_rows),
         "ponder_best_of_n": summary(bon_rows),
         "ponder_none": summary(none_rows),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from server.engine.hardware import eager_from_env
+from server.engine.hardware import eager_from_env, engine_dtype
 
 
 def free_port() -> int:
@@ -118,5 +118,7 @@ def vllm_cmd(model: str, memory_fraction: float, seed: int = 0) -> list[str]:
         "--served-model-name",
         "model",
         "--disable-log-stats",
+        "--dtype",
+        engine_dtype("auto"),  # as Ponder's engines run: float32 where bf16 would be emulated (2.3x slower on arith)
         *(["--enforce-eager"] if eager_from_env() else []),  # as Ponder's engines run (PONDER_ENFORCE_EAGER)
     ]

@@ -104,6 +104,11 @@ def test_vllm_own_server_runs_as_ponder_does(monkeypatch):
     assert "--enforce-eager" in vllm_cmd("m", 0.1)
     monkeypatch.setenv(hardware.EAGER_ENV, "0")
     assert "--enforce-eager" not in vllm_cmd("m", 0.1)
+    for flags, dtype in (({"avx2"}, "float32"), ({"avx2", "avx512_bf16"}, "auto")):  # the dtype Ponder's engine takes
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
+        monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
+        cmd = vllm_cmd("m", 0.1)
+        assert cmd[cmd.index("--dtype") + 1] == dtype
 
 
 @pytest.mark.parametrize(
