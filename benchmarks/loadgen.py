@@ -62,6 +62,9 @@ class Outcome:
     completion_tokens: int = 0
     error: str | None = None
     correct: bool | None = None  # None: not graded
+    scorer_s: float | None = (
+        None  # Ponder's reward-model seconds inside the latency (ponder.scorer_seconds); None: other
+    )
 
 
 @dataclass
@@ -102,6 +105,8 @@ async def one(
             else:
                 payload = response.json()
                 outcome.completion_tokens = int(payload["usage"]["completion_tokens"])
+                scorer = (payload.get("ponder") or {}).get("scorer_seconds")
+                outcome.scorer_s = None if scorer is None else float(scorer)
                 if grade is not None:
                     outcome.correct = grade(first_text(payload))
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
@@ -140,6 +145,7 @@ def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dic
     ok = [o for o in outcomes if o.error is None]
     tokens = sum(o.completion_tokens for o in ok)
     graded = [o.correct for o in ok if o.correct is not None]
+    scorer = [o.scorer_s for o in ok if o.scorer_s is not None]
     return {
         "concurrency": concurrency,
         "requests": len(outcomes),
@@ -154,6 +160,7 @@ def aggregate(outcomes: Sequence[Outcome], wall: float, concurrency: int) -> dic
         "graded": len(graded),
         "accuracy": sum(graded) / len(graded) if graded else None,
         "first_errors": sorted({o.error for o in outcomes if o.error})[:3],
+        "scorer_s_p50": statistics.median(scorer) if scorer else None,  # of the latency, the reward model's part
     }
 
 

@@ -108,6 +108,7 @@ def _accuracy(level: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     o = report["options"]
     graded = any(lv.get("graded") for t in report["targets"].values() for lv in t["levels"])
+    scored = any(lv.get("scorer_s_p50") is not None for t in report["targets"].values() for lv in t["levels"])
     lines = [
         "# Serving speed",
         "",
@@ -115,14 +116,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"N = {o['n']}, workload {o['workload']} ({o['prompts']} prompts), model {o.get('model') or 'as served'}.",
         "",
         "| target | concurrency | ok / errors | p50 s | p95 s | p99 s | requests/s | generated tokens/s |"
-        + (" accuracy |" if graded else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|" if graded else ""),
+        + (" accuracy |" if graded else "")
+        + (" reward model s, median |" if scored else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if graded else "") + ("---|" if scored else ""),
     ]
     for name, t in report["targets"].items():
         lines += [
             f"| {name} | {_level(lv)} | {lv['ok']} / {lv['errors']} | {_f(lv['latency_s']['p50'])} | "
             f"{_f(lv['latency_s']['p95'])} | {_f(lv['latency_s']['p99'])} | {_f(lv['requests_per_s'], 2)} | "
-            f"{_f(lv['tokens_per_s'], 1)} |" + (f" {_accuracy(lv)} |" if graded else "")
+            f"{_f(lv['tokens_per_s'], 1)} |"
+            + (f" {_accuracy(lv)} |" if graded else "")
+            + (f" {_f(lv.get('scorer_s_p50'))} |" if scored else "")
             for lv in t["levels"]
         ]
     b = report.get("batch")

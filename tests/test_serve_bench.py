@@ -123,6 +123,14 @@ async def test_levels_send_every_request_within_the_concurrency_bound():
         assert level["peak_in_flight"] <= level["concurrency"]
     assert result["levels"][0]["peak_in_flight"] == 1 and transport.peak <= 6
     assert result["levels"][1]["requests"] == 12 and result["batch"]["requests"] == 6
+    assert all(lv["scorer_s_p50"] >= 0 for lv in result["levels"])  # Ponder's reward-model time, from its body
+    report = build_report(
+        {"requests": 12, "max_tokens": 16, "temperature": 0.8, "n": 4, "workload": "chat", "prompts": 3},
+        {"Ponder best_of_n N=4": result},
+        None,
+        None,
+    )
+    assert "| reward model s, median |" in markdown(report)
 
 
 async def test_concurrency_is_bounded_by_the_level_not_the_request_count():
@@ -147,6 +155,11 @@ async def test_a_200_without_usage_is_an_error():
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
     result = await measure(vllm_target("http://v", "m", 2), Workload(PROMPTS), [2], 4, 0, transport=transport)
     assert result["levels"][0]["errors"] == 4 and result["levels"][0]["first_errors"] == ["KeyError: 'usage'"]
+    ok = httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"choices": [], "usage": {"completion_tokens": 3}})
+    )
+    level = (await measure(vllm_target("http://v", "m", 2), Workload(PROMPTS), [2], 4, 0, transport=ok))["levels"][0]
+    assert level["ok"] == 4 and level["scorer_s_p50"] is None  # not Ponder: no reward-model time to report
 
 
 def test_every_target_sends_the_same_workload():
