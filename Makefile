@@ -32,7 +32,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra --durations=10
 
 # The embedded defaults, from scratch with the bundled scripts (the cards in models/*/README.md give each command,
 # seed, data and time). The policy: SFT from random weights on 40k arith problems, then 40k fresh ones from that
