@@ -6,6 +6,7 @@ Train-split puzzles only: the test split (rows 900-999) is what the README measu
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -68,19 +69,22 @@ async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts_and_the_fina
     """ToT's BFS (b = 5, k = 5) valued by the policy's verdicts on 16 train puzzles: two engine calls per level, and
     answers that grade. On its verdicts alone it solves 3-6 of them (engine seeds 0-5 on this machine); with ToT's
     final check (``final_check: "game24"``) 9-12. The thresholds sit far below both, because sampling differs from one
-    CPU to another."""
+    CPU to another. The 32 searches run at once, as a server's concurrent requests do."""
     problems = game24.load("train", limit=16, seed=3)
     spec = strategies.get("tree_of_thought")
-    solved = {None: 0, "game24": 0}
-    for check in solved:
-        for k, problem in enumerate(problems):
-            task = task_for(policy, problem, f"tot-{check}-{k}")
-            ledger = Ledger(token_budget=20_000)
-            config = spec.config_cls(value_source="self", return_trace=True, final_check=check)
-            result = await spec.fn(task, config, CountingEngine(policy, ledger, task.request_id), None)
-            levels = len(result.extra["rounds"])
-            assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
-            solved[check] += game24.grade(problem, result.choices[0].text)
+
+    async def solve(check: str | None, k: int) -> bool:
+        task = task_for(policy, problems[k], f"tot-{check}-{k}")
+        ledger = Ledger(token_budget=20_000)
+        config = spec.config_cls(value_source="self", return_trace=True, final_check=check)
+        result = await spec.fn(task, config, CountingEngine(policy, ledger, task.request_id), None)
+        levels = len(result.extra["rounds"])
+        assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
+        return game24.grade(problems[k], result.choices[0].text)
+
+    checks = (None, "game24")
+    found = await asyncio.gather(*(solve(check, k) for check in checks for k in range(len(problems))))
+    solved = {check: sum(found[i * len(problems) : (i + 1) * len(problems)]) for i, check in enumerate(checks)}
     assert solved[None] >= 1 and solved["game24"] >= 6, f"solved of 16: {solved}"
 
 
