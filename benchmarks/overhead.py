@@ -80,7 +80,26 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; a missing folder, a server that does not start or an error answer is one line on stderr
+    and exit status 2 (the servers' logs stay in ``--output``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        for name in ("model", "prm"):
+            folder = getattr(args, name)
+            if folder is not None and not (Path(folder) / "config.json").is_file():
+                raise ValueError(f"--{name} {folder}: not a model folder (no config.json)")
+        run(args)
+    except ValueError as exc:
+        print(f"ponder bench overhead: error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, httpx.HTTPError) as exc:  # a server that did not start, or an error answer
+        print(f"ponder bench overhead: error: {str(exc).splitlines()[0]} (logs in {args.output})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder bench overhead", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="policy folder (default: the embedded default policy)")
     p.add_argument("--prm", help="reward model folder (default: the embedded default PRM)")
@@ -94,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workload", choices=("gsm8k", "arith"), default="gsm8k", help="what the requests ask (above)")
     p.add_argument("--level", type=int, choices=range(1, 7), help="arith: problems of this level (default: all)")
     p.add_argument("--output", type=Path, default=Path("results/overhead"))
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    """Measure vLLM's server, then Ponder's ``best_of_n`` and ``none``; write and print the table."""
     if args.model is None or args.prm is None:
         from server.default_models import ensure_default_models
 
@@ -155,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
