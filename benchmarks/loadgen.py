@@ -62,9 +62,7 @@ class Outcome:
     completion_tokens: int = 0
     error: str | None = None
     correct: bool | None = None  # None: not graded
-    scorer_s: float | None = (
-        None  # Ponder's reward-model seconds inside the latency (ponder.scorer_seconds); None: other
-    )
+    scorer_s: float | None = None  # Ponder's reward-model seconds in the latency; None: another server
 
 
 @dataclass
