@@ -82,9 +82,11 @@ async def test_tree_of_thought_solves_puzzles_with_its_own_verdicts_and_the_fina
         assert 3 <= levels <= 5 and ledger.engine_calls == 2 * levels  # the steps, then the verdicts
         return game24.grade(problems[k], result.choices[0].text)
 
-    checks = (None, "game24")
-    found = await asyncio.gather(*(solve(check, k) for check in checks for k in range(len(problems))))
-    solved = {check: sum(found[i * len(problems) : (i + 1) * len(problems)]) for i, check in enumerate(checks)}
+    runs = [(check, k) for check in (None, "game24") for k in range(len(problems))]
+    found = await asyncio.gather(*(solve(check, k) for check, k in runs))
+    solved = {None: 0, "game24": 0}
+    for (check, _), right in zip(runs, found, strict=True):
+        solved[check] += right
     assert solved[None] >= 1 and solved["game24"] >= 6, f"solved of 16: {solved}"
 
 
