@@ -32,6 +32,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra --durations=10
 
 # The embedded defaults, from scratch with the bundled scripts (the cards in models/*/README.md give each command,
@@ -96,6 +97,7 @@ game24-prm: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check .
 
 clean:

@@ -86,7 +86,7 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
 def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resamples: int) -> dict[str, Any]:
     """Every model's depth AUROCs on the same solver states, with 95% intervals, and each model's paired change
     against the first model (the same resamples for all)."""
-    from training.prm import load_reward_model, score_steps
+    from reward_models.torch_prm import load_reward_model, score_steps
 
     owners, items, labels = solver_states(puzzles, paths, seed)
     rows, first = [], None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from server.engine.hardware import eager_from_env, engine_dtype
+from reward_models.hardware import eager_from_env, engine_dtype
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ solution, :mod:`reward_models.orm`), each on its own in-process vLLM engine. A c
 ``MistralForCausalLM``, ``Qwen2ForCausalLM``) is served as a PRM in a named format, ``math_shepherd`` or ``rlhflow``
 (:mod:`reward_models.causal_prm`), or by its own token probabilities, ``likelihood``
 (:mod:`reward_models.likelihood`; the policy as its own verifier): the ``format`` argument, else the checkpoint's
-``config.json`` key ``ponder_prm_format``. :mod:`reward_models.aggregation` reduces step scores to one number.
+``config.json`` key ``ponder_prm_format``. :mod:`strategies.aggregation` reduces step scores to one number.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
-from server.engine.errors import ScorerError
+from strategies.errors import ScorerError
 
 CausalPRMFormatName = Literal["math_shepherd", "rlhflow"]
 CAUSAL_PRM_FORMATS: tuple[CausalPRMFormatName, ...] = ("math_shepherd", "rlhflow")

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (id 151651 in its vocabulary); the PRM reads each one
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 SYSTEM_KEY, SUFFIX_KEY = "ponder_prm_system", "ponder_prm_step_suffix"
 

@@ -38,8 +38,8 @@ from vllm.logprobs import FlatLogprobs
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
-from server.engine.errors import ScorerError
-from server.engine.vllm_engine import engine_input
+from reward_models.vllm_runtime import engine_input
+from strategies.errors import ScorerError
 
 DELIMITER = "\n\n"  # the default policy's step delimiter, and the server's
 KNOWN_STEPS = 1 << 16  # step scores kept for prefixes vLLM may serve from its prefix cache (~100 bytes each)

@@ -23,17 +23,17 @@ from vllm import PoolingParams
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from reward_models.hardware import scorer_cpu_bind
 from reward_models.layout import (
     QWEN_PRM_SYSTEM,
+    STEP_TAG,
     configured_layout,
     configured_step_read,
     read_steps,
     step_spans,
     tokenizer_path,
 )
-from server.engine.errors import ScorerError
-from server.engine.hardware import scorer_cpu_bind
-from server.engine.vllm_engine import (
+from reward_models.vllm_runtime import (
     encode_prompt,
     engine_args,
     engine_input,
@@ -41,8 +41,7 @@ from server.engine.vllm_engine import (
     stop_llm,
     translate_errors,
 )
-
-DEFAULT_STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator (token id 151651 in its vocabulary)
+from strategies.errors import ScorerError
 
 
 class VLLMPoolingScorer:
@@ -198,7 +197,7 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
     ) -> VLLMProcessRewardModel:
         """Start the engine (~25-40 s for a tiny model on the CPU, off the event loop). ``step_tag``: None reads
         it from the checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
-        step_tag = step_tag or _configured_step_tag(Path(path)) or DEFAULT_STEP_TAG
+        step_tag = step_tag or _configured_step_tag(Path(path)) or STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
         step_read = configured_step_read(Path(path))
         llm = await cls._start(

@@ -174,7 +174,7 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from server.engine.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
+                from reward_models.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
                 from server.engine.vllm_engine import VLLMEngine
 
                 if args.enforce_eager:

@@ -3,7 +3,7 @@
 Trained defaults live in ``models/default-policy`` and ``models/default-prm`` at the repository root. A shipped
 policy without a shipped PRM is served alone: the strategies that need a reward model then answer that one is
 missing (a warning says so at start). With no shipped policy, the tiny random-weight models of
-:mod:`training.tiny_models` are built once (seconds) into ``$PONDER_CACHE_DIR/tiny-v2/`` (default
+:mod:`server.tiny_models` are built once (seconds) into ``$PONDER_CACHE_DIR/tiny-v2/`` (default
 ``~/.cache/ponder/tiny-v2/``) so that the server starts anywhere with no download; they produce noise, which is
 logged as a warning.
 """
@@ -56,7 +56,7 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
                 policy,
             )
         return DefaultModels(policy, shipped_prm)
-    from training.tiny_models import save_tiny_policy
+    from server.tiny_models import save_tiny_policy
 
     root = cache_root(cache_dir) / TINY_VERSION
     models = DefaultModels(_build_once(root / "policy", save_tiny_policy), stand_in_prm(cache_dir), random_weights=True)
@@ -71,7 +71,7 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
 
 def stand_in_prm(cache_dir: Path | None = None) -> Path:
     """The tiny random-weight PRM, built once into the cache."""
-    from training.tiny_models import save_tiny_prm
+    from server.tiny_models import save_tiny_prm
 
     return _build_once(cache_root(cache_dir) / TINY_VERSION / "prm", save_tiny_prm)
 

@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine.errors import EngineError, ScorerError
 from server.protocol import ErrorDetail, ErrorResponse
+from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.errors")
 

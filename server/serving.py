@@ -21,7 +21,6 @@ import strategies
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger, NodeCapExceededError
 from server.config import ServerConfig
 from server.engine import ServedEngine
-from server.engine.errors import EngineError, ScorerError
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import (
@@ -36,6 +35,7 @@ from server.protocol import (
     Usage,
 )
 from strategies.base import InvalidRequestError, Sample, SamplingSpec, Scorer, StrategyConfig, StrategyResult, Task
+from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.requests")
 

@@ -16,14 +16,13 @@ from collections.abc import Callable
 
 from strategies.answers import last_boxed
 from strategies.base import InvalidRequestError
+from strategies.game24_rules import expression_solves, numbers_in
 
 Check = Callable[[str], bool]
 
 
 def game24(question: str) -> Check:
     """Game of 24: the last ``\\boxed{...}`` is an expression of exactly the question's four numbers that makes 24."""
-    from training.tasks.game24 import expression_solves, numbers_in
-
     numbers = numbers_in(question)
     if numbers is None or len(numbers) != 4:
         raise InvalidRequestError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reward_models.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, resolve_aggregation
+from strategies.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, resolve_aggregation
 from strategies.base import (
     Candidate,
     Engine,

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reward_models.aggregation import aggregate_scores, resolve_aggregation
 from strategies import checks
+from strategies.aggregation import aggregate_scores, resolve_aggregation
 from strategies.answers import cluster, extract_answer
 from strategies.base import (
     Candidate,

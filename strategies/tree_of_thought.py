@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reward_models.aggregation import AGGREGATIONS, Aggregation
 from strategies import checks, register
+from strategies.aggregation import AGGREGATIONS, Aggregation
 from strategies.base import Engine, InvalidRequestError, Scorer, StrategyConfig, StrategyResult, Task
 from strategies.sampling import STEP_DELIMITER
 from strategies.search import VALUE_MAP, VALUE_PROMPT, VALUE_TOKENS, Node, Searcher, unique

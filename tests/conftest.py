@@ -5,7 +5,7 @@ torch.compile warm-up: 7 s less per engine on an idle 2-core machine, about 20 s
 about twenty engines. One engine (tests/test_self_likelihood.py, the default policy) runs on vLLM's default, compiled
 path.
 
-The tiny random-weight policy and PRM (:mod:`training.tiny_models`, default seeds) and their vLLM engines are built
+The tiny random-weight policy and PRM (:mod:`server.tiny_models`, default seeds) and their vLLM engines are built
 once per session for the modules that only need *a* real engine: tests/test_vllm_adapters.py and the end-to-end
 cases of tests/test_search_strategies.py (tests/test_tiny_models.py reads the checkpoints).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.hardware import EAGER_ENV
+from reward_models.hardware import EAGER_ENV
 
 os.environ.setdefault(EAGER_ENV, "1")
 
@@ -26,7 +26,7 @@ os.environ.setdefault(EAGER_ENV, "1")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny policy, PRM and ORM checkpoints, default seeds."""
-    from training.tiny_models import save_tiny_orm, save_tiny_policy, save_tiny_prm
+    from server.tiny_models import save_tiny_orm, save_tiny_policy, save_tiny_prm
 
     root = tmp_path_factory.mktemp("tiny-shared")
     return {

@@ -95,7 +95,7 @@ class FakeScorer:
     async def score(self, items, request_id: str) -> list[list[float]]:
         self.calls.append([(q, list(steps)) for q, steps in items])
         if self.fail:
-            from server.engine.errors import ScorerError
+            from strategies.errors import ScorerError
 
             raise ScorerError("scorer is down")
         return [[self.step_scores.get(step, self.default) for step in steps] for _, steps in items]

@@ -25,12 +25,13 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from reward_models import load_scorer
 from reward_models.causal_prm import CausalLMProcessRewardModel, CausalPRMFormat
+from reward_models.layout import STEP_TAG
 from reward_models.likelihood import LikelihoodPRM, encode_steps, torch_scores
 from server.cli import build_parser
+from server.tiny_models import save_tiny_prm
 from strategies.base import Scorer
 from training.tasks.arith import INSTRUCTION
 from training.tiny_causal_prm import MATH_SHEPHERD_STEP_TAG, save_tiny_causal_prm
-from training.tiny_models import STEP_TAG, save_tiny_prm
 
 TAG = MATH_SHEPHERD_STEP_TAG
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "models" / "default-policy"

@@ -22,7 +22,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from benchmarks.servers import ponder_cmd, running
-from training.tiny_models import build_char_tokenizer, save_tiny_policy, save_tiny_prm
+from server.tiny_models import build_char_tokenizer, save_tiny_policy, save_tiny_prm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]  # the loop of the async fixture
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]

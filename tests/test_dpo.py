@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from server.tiny_models import save_tiny_policy
 from training import cli, dpo, soup, step_pairs, tuning
 from training.dpo import (
     PolicyDPOConfig,
@@ -34,7 +35,6 @@ from training.dpo import (
 from training.label import save_rows
 from training.tasks import Problem, TaskSpec, get_task
 from training.tasks.game24 import make_problem
-from training.tiny_models import save_tiny_policy
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from benchmarks.servers import running, vllm_cmd
-from training.tiny_models import save_tiny_policy
+from server.tiny_models import save_tiny_policy
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from benchmarks.servers import ponder_cmd, running
-from training.tiny_models import save_tiny_policy, save_tiny_prm
+from server.tiny_models import save_tiny_policy, save_tiny_prm
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]

@@ -30,9 +30,9 @@ from schemathesis.specs.openapi.checks import (
 import strategies
 from server.app import create_app
 from server.config import ServerConfig
-from server.engine.errors import EngineError
+from server.tiny_models import build_char_tokenizer
+from strategies.errors import EngineError
 from tests.fakes import FakeEngine, FakeScorer
-from training.tiny_models import build_char_tokenizer
 
 SOLUTIONS = ("3 + 4 = 7\n\n\\boxed{7}", "3 + 4 = 8\n\n\\boxed{8}", "Yes, likely.\n\n\\boxed{7}", "hmm\n\n\\boxed{1}")
 EXAMPLES = int(os.environ.get("PONDER_FUZZ_EXAMPLES", "150"))

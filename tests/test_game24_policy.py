@@ -99,7 +99,7 @@ def test_the_game24_prm_ranks_states_that_keep_24_in_reach_first() -> None:
     that can still make 24 from those that cannot. Measured: 0.655 / 0.831 / 0.981 at depths 1 / 2 / 3 (60 puzzles,
     4 paths each). Three numbers left is the hard depth, where Tree of Thoughts' value matters most."""
     from benchmarks.game24_value import depth_aurocs, solver_states
-    from training.prm import load_reward_model, score_steps
+    from reward_models.torch_prm import load_reward_model, score_steps
 
     model, tokenizer = load_reward_model(GAME24_PRM)
     _, items, labels = solver_states(puzzles=60, paths=4, seed=7)

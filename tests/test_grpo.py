@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from server.tiny_models import save_tiny_policy
 from training import cli, grpo
 from training.evaluate_policy import chat_prompt
 from training.grpo import PolicyGRPOConfig, VerifierReward, completion_text, format_reward, prompt_rows
 from training.tasks import get_task
-from training.tiny_models import save_tiny_policy
 
 
 @pytest.fixture(scope="module")

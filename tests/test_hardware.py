@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import hardware
+from reward_models import hardware
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_training_bf16_default_is_resolved(monkeypatch):
 
 @pytest.mark.parametrize(("value", "eager"), [(None, False), ("0", False), ("1", True), ("true", True)])
 def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, tmp_path, value, eager):
-    from server.engine.vllm_engine import engine_args
+    from reward_models.vllm_runtime import engine_args
 
     if value is None:
         monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
@@ -145,17 +145,17 @@ def test_a_core_list_that_cannot_be_used_is_refused_in_one_line(monkeypatch, val
 
 @pytest.mark.parametrize("before", [None, "0-1"])
 def test_binding_reaches_the_engine_process_and_the_environment_is_restored(monkeypatch, before):
-    import server.engine.vllm_engine as vllm_engine
+    import reward_models.vllm_runtime as vllm_runtime
 
     seen: list[str | None] = []
     monkeypatch.setattr(
-        vllm_engine.AsyncLLM, "from_engine_args", lambda args: seen.append(os.environ.get(hardware.VLLM_BIND_ENV))
+        vllm_runtime.AsyncLLM, "from_engine_args", lambda args: seen.append(os.environ.get(hardware.VLLM_BIND_ENV))
     )
     if before is None:
         monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
     else:
         monkeypatch.setenv(hardware.VLLM_BIND_ENV, before)
-    vllm_engine._from_engine_args("args", "1")
-    vllm_engine._from_engine_args("args", None)
+    vllm_runtime._from_engine_args("args", "1")
+    vllm_runtime._from_engine_args("args", None)
     assert seen == ["1", before]  # set while the engine starts (its processes inherit it); untouched without one
     assert os.environ.get(hardware.VLLM_BIND_ENV) == before

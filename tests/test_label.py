@@ -150,7 +150,7 @@ def test_label_config_rejects_mc_labels_without_rollouts() -> None:
 
 @pytest.mark.e2e
 def test_monte_carlo_labeller_on_a_tiny_policy(tmp_path: Path) -> None:
-    from training.tiny_models import save_tiny_policy
+    from server.tiny_models import save_tiny_policy
 
     policy = save_tiny_policy(tmp_path / "policy")
     config = LabelConfig(
@@ -237,7 +237,8 @@ def test_solver_paths_label_game24_states_with_no_engine(tmp_path: Path) -> None
     still in reach after it (the results are always right), and both kinds are there at every depth."""
     from fractions import Fraction
 
-    from training.tasks.game24 import numbers_in, reachable
+    from strategies.game24_rules import numbers_in
+    from training.tasks.game24 import reachable
 
     out = tmp_path / "solver.jsonl"
     argv = ["--task", "game24", "--source", "solver", "--num_problems", "20", "--paths_per_problem", "5"]

@@ -14,9 +14,9 @@ import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from server.engine.errors import EngineError, EngineUnavailableError
 from server.engine.openai_engine import OpenAIEngine
 from strategies.base import Engine, Sample, SamplingSpec
+from strategies.errors import EngineError, EngineUnavailableError
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 

@@ -16,26 +16,21 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from reward_models.layout import tokenizer_path
+from reward_models.layout import STEP_TAG, tokenizer_path
+from reward_models.torch_prm import PadCollator, encode, load_reward_model, prm_renderer, score_outcomes, score_steps
+from server.tiny_models import build_char_tokenizer
 from training.evaluate import load_items, predicted_first_error, processbench_f1
 from training.evaluate import main as eval_main
 from training.label import exact_rows, save_rows
 from training.prm import (
     OutcomeRewardModelConfig,
-    PadCollator,
     RewardModelConfig,
     build_model,
-    encode,
     layout_of,
-    load_reward_model,
-    prm_renderer,
-    score_outcomes,
-    score_steps,
     tokenize_rows,
     train,
 )
 from training.tasks import first_error, get_task
-from training.tiny_models import STEP_TAG, build_char_tokenizer
 
 TASK = get_task("arith")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,7 +131,7 @@ def test_dense_labels_mark_every_step_character_up_to_the_first_error() -> None:
 
 
 def test_a_policy_start_freezes_its_layers_and_reads_the_tag_as_a_newline(tmp_path: Path) -> None:
-    from training.tiny_models import save_tiny_policy
+    from server.tiny_models import save_tiny_policy
 
     policy = save_tiny_policy(tmp_path / "policy", hidden=64, layers=1, heads=2)
     tokenizer = build_char_tokenizer()
@@ -173,7 +168,7 @@ def test_collator_pads_right_with_minus_100_and_orm_labels_are_a_column() -> Non
 
 
 def test_step_loss_weights_positions_and_ignores_minus_100() -> None:
-    from training.prm import step_loss
+    from reward_models.torch_prm import step_loss
 
     logits = torch.tensor([[[0.0, 2.0], [1.0, 0.0], [0.5, 0.5]]])  # (B=1, T=3, 2)
     labels = torch.tensor([[1.0, 0.0, -100.0]])
@@ -376,7 +371,7 @@ def test_vllm_serves_the_trained_prm_with_the_training_time_scores(
 def test_init_from_a_policy_copies_its_body_and_leaves_the_head_random(tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM
 
-    from training.tiny_models import save_tiny_policy
+    from server.tiny_models import save_tiny_policy
 
     policy = save_tiny_policy(tmp_path / "policy", hidden=64, layers=1, heads=2)
     config = RewardModelConfig.from_preset("tiny", output_dir="unused", init_from=str(policy))

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
+from server.tiny_models import build_char_tokenizer
 from strategies.base import Sample
 from training import cli, compare_policies, evaluate_policy, plots, sft, sft_data
 from training.sft import PolicySFTConfig, build_policy
 from training.sft_data import sft_rows, training_problems
 from training.tasks import get_task
-from training.tiny_models import build_char_tokenizer
 
 TINY = {"levels": [1, 2], "level_weights": None, "num_train_problems": 32, "num_val_problems": 8}
 

@@ -6,8 +6,8 @@ import doctest
 
 import pytest
 
-import reward_models.aggregation
 import strategies
+import strategies.aggregation
 import strategies.answers
 import strategies.sampling
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
@@ -33,7 +33,7 @@ async def run(name: str, engine, scorer=None, task=None, **params):
     return result, ledger
 
 
-@pytest.mark.parametrize("module", [strategies.answers, strategies.sampling, reward_models.aggregation])
+@pytest.mark.parametrize("module", [strategies.answers, strategies.sampling, strategies.aggregation])
 def test_doctests(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0

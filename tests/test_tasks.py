@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+import strategies.game24_rules
 import training.tasks
 import training.tasks.base
 import training.tasks.game24
+from strategies.game24_rules import evaluate
 from training.tasks import TASKS, Problem, TaskSpec, UnknownTaskError, get_task
 from training.tasks.arith import LEVELS, apply, parse_question
 from training.tasks.base import register
-from training.tasks.game24 import TEST_ROWS, evaluate, solvable, solve
+from training.tasks.game24 import TEST_ROWS, solvable, solve
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 TOKENIZER_CHARACTERS = set(string.digits + string.ascii_letters + string.punctuation + " \n")  # tiny_models.py
@@ -209,11 +211,11 @@ def test_game24_value_examples_are_partial_solutions_labelled_by_whether_24_is_s
         boxed = lines[-1].startswith("\\boxed{")
         seen.add((len(lines), sure))
         if boxed:  # three right steps, then an expression that does or does not make 24 of the numbers
-            assert sure == training.tasks.game24.expression_solves(lines[-1][len("\\boxed{") : -1], numbers)
+            assert sure == strategies.game24_rules.expression_solves(lines[-1][len("\\boxed{") : -1], numbers)
             continue
         a, op, b, c = re.match(r"(\S+) (\S) (\S+) = (\S+) \(left", lines[-1]).groups()
         left = [Fraction(x) for x in lines[-1].split("(left: ")[1].rstrip(")").split()]
-        right = training.tasks.game24.combine(Fraction(a), op, Fraction(b)) == Fraction(c)
+        right = strategies.game24_rules.combine(Fraction(a), op, Fraction(b)) == Fraction(c)
         assert sure == (right and training.tasks.game24.reachable(left))
     assert seen == {(depth, label) for depth in (1, 2, 3, 4) for label in (True, False)}  # every depth, both ways
 

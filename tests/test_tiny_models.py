@@ -23,7 +23,7 @@ from reward_models import load_scorer
 from reward_models.layout import tokenizer_path
 from server import default_models
 from server.default_models import ensure_default_models
-from training.tiny_models import (
+from server.tiny_models import (
     STEP_TAG,
     build_char_tokenizer,
     save_tiny_policy,

@@ -20,12 +20,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config, Qwen2Model
 
 from reward_models import load_scorer
-from reward_models.layout import tokenizer_path
+from reward_models.layout import STEP_TAG, tokenizer_path
 from reward_models.orm import VLLMOutcomeRewardModel
 from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
 from server.engine.vllm_engine import VLLMEngine
 from strategies.base import Engine, SamplingSpec, Scorer
-from training.tiny_models import STEP_TAG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -209,7 +208,7 @@ def worker_cores(llm: Any) -> set[int]:
 
 
 async def test_the_reward_model_computes_on_its_own_cores(engine: VLLMEngine, prm: VLLMProcessRewardModel) -> None:
-    from server.engine.hardware import parse_cores, scorer_cpu_bind
+    from reward_models.hardware import parse_cores, scorer_cpu_bind
 
     policy, scorer = worker_cores(engine.llm), worker_cores(prm._llm)
     bind = scorer_cpu_bind()

@@ -149,7 +149,7 @@ def outcome_aurocs(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[fl
     >>> outcome_aurocs(items, [[0.2, 0.9], [0.8, 0.3]])
     {'last': 1.0, 'min': 0.0, 'prod': 0.0}
     """
-    from reward_models.aggregation import aggregate_scores
+    from strategies.aggregation import aggregate_scores
 
     out = {}
     for how in ("last", "min", "prod"):
@@ -204,7 +204,7 @@ def evaluate_reward_model(
 ) -> dict[str, Any]:
     """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`;
     ``format="likelihood"``: a causal LM read as a PRM by its own token probabilities (reward_models.likelihood)."""
-    from training.prm import PRM_ARCH, load_reward_model, score_outcomes, score_steps
+    from reward_models.torch_prm import PRM_ARCH, load_reward_model, score_outcomes, score_steps
 
     items = load_items(data, limit)
     pairs = [(item["problem"], item["steps"]) for item in items]
@@ -278,8 +278,8 @@ async def best_of_n_levels(
     majority vote and by the ORM (when given), and give pass@N: every method judged on the same samples.
     """
     from reward_models import load_scorer
-    from reward_models.aggregation import aggregate_scores
     from server.engine.vllm_engine import VLLMEngine
+    from strategies.aggregation import aggregate_scores
     from strategies.answers import cluster
     from strategies.base import SamplingSpec, Task
     from strategies.best_of_n import BestOfNConfig, best_of_n
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             best_of_n_levels(args.policy, args.prm, args.orm, args.levels, args.limit, args.n, args.seed)
         )
     else:
-        from training.prm import PRM_ARCH
+        from reward_models.torch_prm import PRM_ARCH
 
         fmt = (args.format or _configured_format(args.model)) if args.kind == "prm" else None
         archs = _architectures(args.model)

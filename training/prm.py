@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,31 +36,31 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForSequenceClassification,
-    Qwen2Model,
-    Qwen2PreTrainedModel,
     TrainingArguments,
 )
-from transformers.modeling_outputs import TokenClassifierOutput
 
 from reward_models.layout import (
     QWEN_PRM_SYSTEM,
     READ_KEY,
     STEP_READS,
+    STEP_TAG,
     SUFFIX_KEY,
     SYSTEM_KEY,
     Layout,
-    layout_from,
-    read_steps,
     save_tokenizer,
-    step_read_from,
-    step_spans,
-    tokenizer_path,
 )
+from reward_models.torch_prm import (
+    PRM_ARCH,
+    PadCollator,
+    Qwen2ForProcessRewardModel,
+    encode,
+    orm_renderer,
+    prm_renderer,
+)
+from server.tiny_models import build_char_tokenizer
+from training.evaluate import evaluate_reward_model, markdown_table
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import get_task
-from training.tiny_models import STEP_TAG, build_char_tokenizer
-
-Render = Callable[[str, Sequence[str]], str]  # (question, steps) -> the text the reward model reads
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the shipped models/default-prm
@@ -214,43 +214,6 @@ class OutcomeRewardModelConfig(RewardModelConfig):
     output_dir: str | None = field(default="runs/orm", metadata={"help": "Checkpoints, final model and metrics."})
 
 
-# ---- the model ----------------------------------------------------------------------------------------------------
-class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
-    """Qwen2 body + vLLM's PRM ``score`` head; ``logits`` (B, T, 2) at every token, loss at the labelled ones."""
-
-    def __init__(self, config: Qwen2Config) -> None:
-        super().__init__(config)
-        self.model = Qwen2Model(config)
-        width = config.hidden_size
-        self.score = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.num_labels))
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        label_weights: torch.Tensor | None = None,
-    ) -> TokenClassifierOutput:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
-        logits = self.score(hidden)  # (B, T, 2)
-        loss = None if labels is None else step_loss(logits, labels, label_weights)
-        return TokenClassifierOutput(loss=loss, logits=logits)
-
-
-def step_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross entropy of the 2-way softmax against (possibly soft) targets at positions whose label is not -100,
-    averaged with ``weights`` (B, T) where given."""
-    mask = labels != -100  # (B, T)
-    target = labels[mask].float()  # (N,) probability that the step is right
-    logp = torch.log_softmax(logits[mask].float(), dim=-1)  # (N, 2)
-    losses = -(target * logp[:, 1] + (1 - target) * logp[:, 0])
-    if weights is None:
-        return losses.mean()
-    w = weights[mask].float()
-    return (losses * w).sum() / w.sum().clamp_min(1e-8)
-
-
 def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
     extra: dict[str, Any] = {}
     if config.kind == "prm":
@@ -276,9 +239,6 @@ def model_config(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) 
         eos_token_id=tokenizer.eos_token_id,
         **extra,
     )
-
-
-PRM_ARCH = Qwen2ForProcessRewardModel.__name__
 
 
 def build_model(config: RewardModelConfig, tokenizer: PreTrainedTokenizerFast) -> nn.Module:
@@ -352,56 +312,10 @@ def load_body(model: nn.Module, policy: str | Path) -> int:
     return depth
 
 
-def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
-    """A saved PRM or ORM and its tokenizer, in float32 and eval mode (the training-time model)."""
-    from transformers import AutoTokenizer
-
-    architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
-    cls = Qwen2ForProcessRewardModel if PRM_ARCH in architectures else Qwen2ForSequenceClassification
-    model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tokenizer_path(path))
-
-
 # ---- rendering and labels -----------------------------------------------------------------------------------------
 def layout_of(config: RewardModelConfig) -> Layout:
     """The layout a run trains in: the policy's own text, or Qwen2.5-Math-PRM's."""
     return (None, "\n" if config.kind == "prm" else "") if config.policy_layout else (QWEN_PRM_SYSTEM, "")
-
-
-def saved_layout(model: nn.Module) -> Layout:
-    """The layout a saved model was trained in (its config; Qwen's when it records none), as the server reads it."""
-    return layout_from(model.config.to_dict())
-
-
-def prm_adapter(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")):
-    """The serving adapter bound to a tokenizer, no engine started: train and eval read what serve reads."""
-    from reward_models.vllm_prm import VLLMProcessRewardModel
-
-    adapter = object.__new__(VLLMProcessRewardModel)  # render and encode_item need these attributes, not the engine
-    adapter.tokenizer, adapter.step_tag = tokenizer, step_tag
-    adapter.system_prompt, adapter.step_suffix = layout
-    return adapter
-
-
-def prm_renderer(tokenizer: Any, step_tag: str = STEP_TAG, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
-    """The serving adapter's ``render`` bound to a tokenizer."""
-    return prm_adapter(tokenizer, step_tag, layout).render
-
-
-def orm_renderer(tokenizer: Any, layout: Layout = (QWEN_PRM_SYSTEM, "")) -> Render:
-    """The ORM adapter's ``render``, bound to a tokenizer without starting an engine."""
-    from reward_models.orm import VLLMOutcomeRewardModel
-
-    adapter = object.__new__(VLLMOutcomeRewardModel)
-    adapter.tokenizer, adapter.system_prompt, adapter.step_separator = tokenizer, layout[0], "\n\n"
-    return adapter.render
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids as the serving adapters encode them (BOS only when the rendered text lacks it)."""
-    from server.engine.vllm_engine import encode_prompt
-
-    return encode_prompt(tokenizer, text)
 
 
 def step_token_labels(input_ids: Sequence[int], step_labels: Sequence[float], step_tag_id: int) -> list[float]:
@@ -499,66 +413,6 @@ def dense_token_weights(
     ]
 
 
-@dataclass
-class PadCollator:
-    """Right-pads a batch: ``input_ids`` with the pad id, token labels with -100; ORM labels become (B, 1)."""
-
-    pad_token_id: int
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros_like(input_ids)
-        token_labels = isinstance(features[0]["labels"], list)
-        labels = torch.full((len(features), width), -100.0) if token_labels else torch.zeros(len(features), 1)
-        weighted = "label_weights" in features[0]
-        weights = torch.zeros(len(features), width) if weighted else None
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            input_ids[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), 1
-            if token_labels:
-                labels[i, :n] = torch.tensor(f["labels"])
-            else:
-                labels[i, 0] = f["labels"]
-            if weighted:
-                weights[i, :n] = torch.tensor(f["label_weights"])
-        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-        return batch | {"label_weights": weights} if weighted else batch
-
-
-@torch.no_grad()
-def score_steps(
-    model: nn.Module,
-    tokenizer: Any,
-    items: Sequence[tuple[str, Sequence[str]]],
-    step_tag: str = STEP_TAG,
-    batch_size: int = 32,
-) -> list[list[float]]:
-    """Per-step P(right) of a PRM for (question, steps) items, as vLLM computes it (the softmax at the tag tokens,
-    or the lowest over each step's tokens where the checkpoint's config says ``min``)."""
-    read, tag_id = step_read_from(model.config.to_dict()), tokenizer.convert_tokens_to_ids(step_tag)
-    adapter = prm_adapter(tokenizer, step_tag, saved_layout(model))
-    collate, scores = PadCollator(tokenizer.pad_token_id), []
-    for first in range(0, len(items), batch_size):
-        encoded = [adapter.encode_item(q, steps) for q, steps in items[first : first + batch_size]]
-        batch = collate([{"input_ids": x, "labels": [0.0] * len(x)} for x, _ in encoded])
-        probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).logits.float(), dim=-1)  # (B, T, 2)
-        for row, (ids, start) in enumerate(encoded):
-            scores.append(read_steps(probs[row, :, 1].tolist(), step_spans(ids, tag_id, start), read))
-    return scores
-
-
-@torch.no_grad()
-def score_outcomes(model: nn.Module, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 32):
-    """P(right) of an ORM per (question, steps) item, as vLLM computes it (sigmoid of the last token's logit)."""
-    render, collate, scores = orm_renderer(tokenizer, saved_layout(model)), PadCollator(tokenizer.pad_token_id), []
-    for first in range(0, len(items), batch_size):
-        ids = [encode(tokenizer, render(q, steps)) for q, steps in items[first : first + batch_size]]
-        batch = collate([{"input_ids": x, "labels": 0.0} for x in ids])
-        scores += torch.sigmoid(model(batch["input_ids"], batch["attention_mask"]).logits.float())[:, 0].tolist()
-    return scores
-
-
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: RewardModelConfig, command: str | None = None) -> dict[str, Any]:
     """Train, save the servable checkpoint + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the card."""
@@ -605,8 +459,6 @@ def train(config: RewardModelConfig, command: str | None = None) -> dict[str, An
         for checkpoint in output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
     if config.eval_data:
-        from training.evaluate import evaluate_reward_model
-
         metrics["eval"] = evaluate_reward_model(final, config.eval_data, threshold=config.threshold)
     metrics["total_time_s"] = round(time.perf_counter() - started, 1)
     metrics["command"] = command
@@ -667,8 +519,6 @@ def model_card(metrics: dict[str, Any]) -> str:
         "",
     ]
     if "eval" in metrics:
-        from training.evaluate import markdown_table
-
         lines += ["## Held-out evaluation", "", *markdown_table(metrics["eval"]), ""]
     lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
     return "\n".join(lines)

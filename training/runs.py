@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from server.engine.hardware import accelerator_available, fast_bf16
+from reward_models.hardware import accelerator_available, fast_bf16
 
 BF16_HELP = (
     "bf16 autocast. Default: on where bf16 is native (a GPU, or a CPU with AVX512_BF16/AMX: about 2x float32), "

@@ -1,7 +1,7 @@
 r"""Supervised fine-tuning of a policy from scratch: a fresh Llama, a character tokenizer, a task's reference solutions.
 
 The policy is a ``LlamaForCausalLM`` built from a config (no download), with the character-level tokenizer and chat
-template of :mod:`training.tiny_models`, both saved with the model so vLLM and ``ponder serve`` load the folder as
+template of :mod:`server.tiny_models`, both saved with the model so vLLM and ``ponder serve`` load the folder as
 they would a hub checkpoint. Each training row is one problem in TRL's conversational prompt-completion format::
 
     {"prompt": [{"role": "user", "content": task.prompt(problem)}],
@@ -36,10 +36,10 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig
 
+from server.tiny_models import build_char_tokenizer
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.sft_data import datasets_for, training_problems
 from training.tasks import UnknownTaskError, get_task
-from training.tiny_models import build_char_tokenizer
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the dataclass defaults: the shipped models/default-policy

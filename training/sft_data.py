@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from training.tasks import Problem, TaskSpec, get_task
 
-if TYPE_CHECKING:
-    from training.sft import PolicySFTConfig
+
+class DataConfig(Protocol):
+    """What the data of a run reads from its config (:class:`training.sft.PolicySFTConfig` has these fields)."""
+
+    task: str
+    levels: list[int]
+    level_weights: list[float] | None
+    num_train_problems: int
+    reseed_every: int | None
+    num_val_problems: int
+    seed: int
+    bare_question_share: float
+    value_examples_per_problem: int
+    value_data: str | None
 
 
 def sft_rows(
@@ -55,7 +67,7 @@ def level_counts(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def training_problems(config: PolicySFTConfig) -> tuple[list[Problem], list[Problem]]:
+def training_problems(config: DataConfig) -> tuple[list[Problem], list[Problem]]:
     """The train problems (levels in ``level_weights`` proportion) and the val problems (equal shares)."""
     task = get_task(config.task)
     weights = config.level_weights or [1.0] * len(config.levels)
@@ -133,7 +145,7 @@ def _tokenized(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[i
 
 
 def datasets_for(
-    config: PolicySFTConfig, task: TaskSpec, tokenizer: Any, train: list[Problem], val: list[Problem]
+    config: DataConfig, task: TaskSpec, tokenizer: Any, train: list[Problem], val: list[Problem]
 ) -> tuple[Any, Any]:
     """The training and validation datasets: TRL's conversational rows, or with value examples, tokenized rows."""
     from datasets import Dataset

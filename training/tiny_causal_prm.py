@@ -1,6 +1,6 @@
 """Tiny random-weight stand-ins for the causal-LM process reward models that :mod:`reward_models.causal_prm` serves.
 
-Each is a ``LlamaForCausalLM`` over the character-level tokenizer of :mod:`training.tiny_models`, saved in the layout
+Each is a ``LlamaForCausalLM`` over the character-level tokenizer of :mod:`server.tiny_models`, saved in the layout
 of one real PRM so the adapter meets the same input format, vocabulary entries and config keys:
 
 - ``math_shepherd``: peiyi9979/math-shepherd-mistral-7b-prm (Wang et al. 2024, "Math-Shepherd: Verify and Reinforce
@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.tiny_models import _check_head_dim, _padded_vocab, _token_ids, build_char_tokenizer
+from server.tiny_models import _check_head_dim, _padded_vocab, _token_ids, build_char_tokenizer
 
 MATH_SHEPHERD_STEP_TAG = "ки"  # Math-Shepherd's step tag (Cyrillic), one token of the stand-in's vocabulary
 

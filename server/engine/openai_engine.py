@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from server.engine.errors import EngineError, EngineUnavailableError
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
+from strategies.errors import EngineError, EngineUnavailableError
 
 Json = dict[str, Any]
 

@@ -22,7 +22,6 @@ choices with a per-puzzle seed.
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import random
@@ -35,9 +34,9 @@ from importlib import resources
 from typing import TypeVar
 
 from strategies.answers import last_boxed
+from strategies.game24_rules import TARGET, combine, expression_solves, numbers_in
 from training.tasks.base import Problem, TaskSpec, register
 
-TARGET = 24
 T = TypeVar("T")
 TEST_ROWS = range(900, 1000)  # ToT's test split: data rows 900-999 of 24.csv, never trained or tuned on
 DEFAULT_TRAIN_SIZE = 4_000  # 1,262 file rows + generated puzzles
@@ -49,10 +48,8 @@ Move = tuple[Fraction, str, Fraction, Fraction]  # a op b = c
 
 _NUM = r"-?\d+(?:\.\d+)?(?:/\d+)?"
 _STEP = re.compile(rf"({_NUM})\s*([-+*/])\s*({_NUM})\s*=\s*({_NUM})(?:\s*\(left:\s*([^)]*)\))?")
-_QUESTION = re.compile(r"Use the numbers ([\d ]+) and ")
-_LATEX = {"\\times": "*", "\\cdot": "*", "×": "*", "\\div": "/", "÷": "/", "−": "-", "\\left": "", "\\right": ""}
+
 _EPS = 1e-6
-_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
 # --- the solver --------------------------------------------------------------------------------------------------
@@ -61,17 +58,6 @@ _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 def fmt(x: Fraction) -> str:
     """``3``, ``-2`` or ``3/4``."""
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
-
-
-def combine(a: Fraction, op: str, b: Fraction) -> Fraction | None:
-    """``a op b``, or None for a division by zero."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return a / b if b else None
 
 
 def _moves(state: Sequence[Fraction], nice: bool) -> list[tuple[int, int, str, Fraction]]:
@@ -271,42 +257,6 @@ def next_right_steps(numbers: Sequence[int], prefix: Sequence[str]) -> list[tupl
 # --- reading and judging completions ------------------------------------------------------------------------------
 
 
-def evaluate(expression: str) -> tuple[Fraction, list[Fraction]] | None:
-    """The exact value of an arithmetic expression and the numbers it uses, or None if it is not one.
-
-    >>> evaluate("(4 + 8) * (6 - 4)")
-    (Fraction(24, 1), [Fraction(4, 1), Fraction(8, 1), Fraction(6, 1), Fraction(4, 1)])
-    """
-    for written, op in _LATEX.items():
-        expression = expression.replace(written, op)
-    expression = expression.split("=")[0]
-    try:
-        tree = ast.parse(expression.strip(), mode="eval").body
-    except SyntaxError:
-        return None
-    numbers: list[Fraction] = []
-
-    def walk(node: ast.AST) -> Fraction | None:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            numbers.append(Fraction(node.value))
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            left, right = walk(node.left), walk(node.right)
-            if left is None or right is None:
-                return None
-            return combine(left, _BINOPS[type(node.op)], right)
-        return None
-
-    value = walk(tree)
-    return None if value is None else (value, numbers)
-
-
-def expression_solves(expression: str, numbers: Sequence[int]) -> bool:
-    """Whether ``expression`` uses exactly ``numbers`` (each once) and equals 24."""
-    result = evaluate(expression)
-    return result is not None and result[0] == TARGET and Counter(result[1]) == Counter(Fraction(n) for n in numbers)
-
-
 def _is_expression(text: str) -> bool:
     return any(op in text for op in ("+", "-", "*", "/", "\\times", "\\div", "\\cdot", "×", "÷"))
 
@@ -393,12 +343,6 @@ def file_train_rows() -> int:
     1262
     """
     return len(puzzle_rows()) - len(TEST_ROWS)
-
-
-def numbers_in(text: str) -> list[int] | None:
-    """The numbers of the first "Use the numbers ... and" in ``text`` (a question, or a prompt that holds one)."""
-    found = _QUESTION.search(text)
-    return None if found is None else [int(x) for x in found.group(1).split()]
 
 
 def numbers_of(problem: Problem) -> list[int]:

@@ -32,11 +32,10 @@ from transformers import (
     Qwen2Model,
 )
 
-from reward_models.layout import save_tokenizer
+from reward_models.layout import STEP_TAG, save_tokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-STEP_TAG = "<extra_0>"  # Qwen2.5-Math-PRM's step separator; the PRM scores the hidden state at each one
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, *ROLE_TOKENS, STEP_TAG)
 CHARACTERS = tuple(string.digits + string.ascii_letters + string.punctuation + " \n")  # printable ASCII + newline
 
