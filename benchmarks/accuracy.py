@@ -48,7 +48,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from reward_models import PRM_FORMATS
+import numpy as np
+import openai
+from openai import AsyncOpenAI
+from tqdm.auto import tqdm
+
+import strategies
+from reward_models import PRM_FORMATS, load_scorer_beside
+from server.config import ServerConfig
+from server.default_models import ensure_default_models
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import ChatCompletionRequest
+from server.serving import ChatService
+from training.tasks import UnknownTaskError, get_task
 
 PSEUDO = {"greedy": ("none", {"temperature": 0.0})}  # strategies that take no N
 N_PARAM = {"mcts": "num_iterations", "tree_of_thought": "breadth"}  # default: num_samples
@@ -108,7 +121,6 @@ def grid(
     seeds: Sequence[int],
 ) -> list[Config]:
     """Every configuration, cheapest first; strategies without N run once (n=1)."""
-    from training.tasks import get_task
 
     out: list[Config] = []
     for dataset in datasets:
@@ -131,11 +143,8 @@ class InProcessClient:
     async def start(
         cls, model: str, prm: str | None, seed: int, kv_cache_gib: float, prm_format: str | None = None
     ) -> InProcessClient:
-        from reward_models import load_scorer_beside
-        from server.config import ServerConfig
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from server.engine.vllm_engine import VLLMEngine
-        from server.metrics import Metrics
-        from server.serving import ChatService
 
         engine = await VLLMEngine.create(model, kv_cache_gib=kv_cache_gib, seed=seed)
         kv = max(kv_cache_gib / 4, 0.25)
@@ -153,8 +162,6 @@ class InProcessClient:
     async def answer(
         self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int, temperature: float, seed: int
     ) -> Answer:
-        from server.errors import APIError
-        from server.protocol import ChatCompletionRequest
 
         request = ChatCompletionRequest(
             messages=[{"role": "user", "content": prompt}],
@@ -189,7 +196,6 @@ class HTTPClient:
     """A running Ponder server, through the official ``openai`` client (strategies in ``extra_body``)."""
 
     def __init__(self, url: str, model: str | None, api_key: str | None, timeout: float) -> None:
-        from openai import AsyncOpenAI
 
         self.client = AsyncOpenAI(
             base_url=url.rstrip("/") + "/v1", api_key=api_key or "none", timeout=timeout, max_retries=3
@@ -199,7 +205,6 @@ class HTTPClient:
     async def answer(
         self, prompt: str, strategy: str, params: dict[str, Any], max_tokens: int, temperature: float, seed: int
     ) -> Answer:
-        import openai
 
         if self.model is None:
             self.model = (await self.client.models.list()).data[0].id
@@ -234,7 +239,6 @@ async def run_config(
 ) -> dict[str, Any]:
     """Answer every problem of ``config`` not in ``done`` concurrently, appending one record per answer to ``out``;
     returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
-    from training.tasks import get_task
 
     task = get_task(config.dataset)
     strategy, params, forced = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
@@ -304,7 +308,6 @@ def load_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
 # ---- results ------------------------------------------------------------------------------------------------------
 def bootstrap_ci(per_problem: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over problems."""
-    import numpy as np
 
     values = np.asarray(per_problem, dtype=float)
     if len(values) < 2:
@@ -385,9 +388,11 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Accuracy against mean generated tokens per problem (log x): one panel per dataset/level, a line per strategy."""
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
@@ -508,8 +513,6 @@ def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def validate(args: argparse.Namespace) -> None:
-    import strategies
-    from training.tasks import UnknownTaskError, get_task
 
     for name in args.dataset:
         try:
@@ -532,7 +535,6 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def default_models(args: argparse.Namespace) -> tuple[str, str | None]:
-    from server.default_models import ensure_default_models
 
     if args.model and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model!r}: no such checkpoint folder")
@@ -546,9 +548,6 @@ def default_models(args: argparse.Namespace) -> tuple[str, str | None]:
 
 async def run(args: argparse.Namespace, client: Client | None = None) -> list[dict[str, Any]]:
     """Run what ``records.jsonl`` lacks of the grid, then write the results; ``client``: a ready one (tests)."""
-    from tqdm.auto import tqdm
-
-    from training.tasks import get_task
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import strategies
 from benchmarks import save_json
+from benchmarks.accuracy import InProcessClient
+from server.protocol import ChatCompletionRequest
+from strategies.sampling import split_steps
+from training.tasks import get_task
+from training.tasks.game24 import numbers_of, walk_steps
 
 
 def _prefix(nodes: list[dict[str, Any]], node: dict[str, Any]) -> str:
@@ -39,8 +45,6 @@ def levels(nodes: list[dict[str, Any]], numbers: list[int]) -> dict[int, dict[st
     >>> levels(tree, [1, 1, 4, 6])[1]
     {'states': 2, 'kept': 1, 'good': 1, 'good_kept': 1}
     """
-    from strategies.sampling import split_steps
-    from training.tasks.game24 import walk_steps
 
     out: dict[int, dict[str, int]] = {}
     for node in nodes[1:]:
@@ -73,10 +77,6 @@ def lost_at(by_depth: dict[int, dict[str, int]]) -> str:
 
 
 async def diagnose(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.accuracy import InProcessClient
-    from server.protocol import ChatCompletionRequest
-    from training.tasks import get_task
-    from training.tasks.game24 import numbers_of
 
     task = get_task("game24")
     problems = task.load("test", limit=args.limit)
@@ -127,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1:
         bad.append("--limit must be at least 1")
     try:
-        import strategies
-
         strategies.get("tree_of_thought").config_cls(breadth=args.breadth, root_samples=args.root_samples)
     except ValueError as exc:
         bad.append(str(exc))

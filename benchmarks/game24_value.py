@@ -22,6 +22,8 @@ from typing import Any
 
 from benchmarks import save_json
 from training.evaluate import auroc
+from training.tasks import get_task
+from training.tasks.game24 import file_train_rows
 
 DEPTHS = 3
 
@@ -45,8 +47,6 @@ def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bo
 def solver_states(puzzles: int, paths: int, seed: int) -> tuple[list[Any], list[tuple[str, list[str]]], list]:
     """``paths`` solver paths on each of ``puzzles`` generated train-split puzzles (past every row of ``24.csv``):
     their problems (one per path), their (prompt, steps) items and their exact labels."""
-    from training.tasks import get_task
-    from training.tasks.game24 import file_train_rows
 
     game24 = get_task("game24")
     problems = game24.load("train", limit=file_train_rows() + puzzles, seed=seed)[-puzzles:]
@@ -86,6 +86,7 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
 def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resamples: int) -> dict[str, Any]:
     """Every model's depth AUROCs on the same solver states, with 95% intervals, and each model's paired change
     against the first model (the same resamples for all)."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from reward_models.torch_prm import load_reward_model, score_steps
 
     owners, items, labels = solver_states(puzzles, paths, seed)

@@ -41,6 +41,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from benchmarks.servers import ponder_cmd, running
+from server.default_models import ensure_default_models
+
 PROMPTS = (
     "What is 2 + 3?",
     "Natalia sold 48 clips in April and half as many in May. How many in all?",
@@ -145,6 +148,7 @@ def process_rss(pid: int | None) -> dict[str, Any] | None:
     if pid is None:
         return None
     try:
+        # deferred import: psutil only when memory is sampled
         import psutil
     except ImportError:
         return None
@@ -574,11 +578,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def spawned(args: argparse.Namespace, options: Options) -> dict[str, Any]:
-    from benchmarks.servers import ponder_cmd, running
 
     if args.model is None or args.prm is None:
-        from server.default_models import ensure_default_models
-
         defaults = ensure_default_models()
         args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     extra = shlex.split(args.server_args) + (["--api-key", args.api_key] if args.api_key else [])

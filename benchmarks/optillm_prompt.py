@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import save_json
+from training.tasks import get_task
 
 LAYOUTS = ("as sent", "optillm 0.4.0")
 
@@ -38,10 +39,9 @@ def messages(layout: str, content: str) -> list[dict[str, str]]:
 
 def measure(model: str, level: int, problems: int, samples: int, temperatures: list[float]) -> dict[str, Any]:
     """Per-sample accuracy for every layout and temperature, on one vLLM engine (seeded)."""
+    # deferred import: vLLM and transformers (seconds to import) only where an engine is used
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
-
-    from training.tasks import get_task
 
     task = get_task("arith")
     chosen = task.load("test", limit=problems, seed=0, level=level)

@@ -24,8 +24,10 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from benchmarks.serve import workload_prompts
 from benchmarks.servers import ponder_cmd, running, vllm_cmd
 from reward_models import PRM_FORMATS
+from server.default_models import ensure_default_models
 
 PROMPT = [
     {
@@ -40,7 +42,6 @@ def prompts(workload: str, count: int, level: int | None) -> list[list[dict]]:
     """The messages of each request in turn: the GSM8K question, or ``count`` arith test problems."""
     if workload == "gsm8k":
         return [PROMPT]
-    from benchmarks.serve import workload_prompts
 
     texts, _ = workload_prompts("arith", count, level)
     return [[{"role": "user", "content": text}] for text in texts]
@@ -119,8 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Measure vLLM's server, then Ponder's ``best_of_n`` and ``none``; write and print the table."""
     if args.model is None or args.prm is None:
-        from server.default_models import ensure_default_models
-
         defaults = ensure_default_models()
         args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     args.output.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,14 @@ from typing import Any
 
 import httpx
 
+import strategies
+from benchmarks.accuracy import strategy_request
 from benchmarks.load import PROMPTS
 from benchmarks.loadgen import Target, Workload, measure
+from benchmarks.servers import ponder_cmd, running, vllm_cmd
 from reward_models import PRM_FORMATS
+from server.default_models import ensure_default_models
+from training.tasks import get_task
 
 APPROACHES = ("bon", "self_consistency", "mcts")  # optillm's approaches that overlap with Ponder's strategies
 
@@ -147,9 +152,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Latency (p50 solid, p95 dashed), requests/s and generated tokens/s against concurrency, a line per target."""
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -188,7 +195,6 @@ def workload_prompts(name: str, count: int, level: int | None = None) -> tuple[t
     its policy sees them, each answer graded by the task's verifier; ``chat``: short questions, not graded."""
     if name == "chat":
         return PROMPTS, None
-    from training.tasks import get_task
 
     task = get_task("arith")
     problems = task.load("test", limit=count, seed=0, level=level)
@@ -207,7 +213,6 @@ def served_model(url: str, headers: dict[str, str]) -> str:
 def ponder_target(
     url: str, model: str, strategy: str, n: int, params: dict[str, Any], headers: dict[str, str]
 ) -> Target:
-    from benchmarks.accuracy import strategy_request
 
     if strategy == "none":
         return Target(f"Ponder none n={n}", url, {"model": model, "n": n}, headers)
@@ -254,7 +259,6 @@ def ponder_side(args: argparse.Namespace) -> Iterator[str | None]:
     if not args.spawn_ponder:
         yield args.ponder_url
         return
-    from benchmarks.servers import ponder_cmd, running
 
     extra = ["--api-key", args.api_key] if args.api_key else []
     with running(
@@ -268,7 +272,6 @@ def ponder_side(args: argparse.Namespace) -> Iterator[str | None]:
 @contextlib.contextmanager
 def vllm_side(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
     """(vLLM URL, optillm URL): given, spawned (optillm on the vLLM server), or None."""
-    from benchmarks.servers import running, vllm_cmd
 
     with contextlib.ExitStack() as stack:
         vllm_url = args.vllm_url
@@ -469,7 +472,6 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def validate_models(args: argparse.Namespace) -> None:
-    import strategies
 
     known = {s.name for s in strategies.available()}
     chosen = ponder_strategies(args.ponder_strategy, args.n)
@@ -482,8 +484,6 @@ def validate_models(args: argparse.Namespace) -> None:
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             raise UsageError(f"--{flag} {getattr(args, flag)!r}: no such checkpoint folder")
     if (args.spawn_ponder or args.spawn_vllm) and not args.model or args.spawn_ponder and not (args.prm or args.no_prm):
-        from server.default_models import ensure_default_models
-
         defaults = ensure_default_models()
         args.model = args.model or str(defaults.policy)
         args.prm = None if args.no_prm else args.prm or str(defaults.prm_or_stand_in())

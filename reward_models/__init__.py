@@ -44,6 +44,7 @@ async def load_scorer_beside(engine: Any, policy: str | Path, path: str | Path, 
     policy's own likelihood (:func:`reads_policy_itself`) runs on that in-process vLLM engine, reading the steps
     the policy sampled from the samples (:mod:`reward_models.self_likelihood`) instead of starting a second one."""
     if hasattr(engine, "llm") and reads_policy_itself(path, policy, kwargs.get("format")):
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from reward_models.self_likelihood import SelfLikelihoodPRM
 
         log.info("the reward model is the policy's own likelihood: read on the policy's engine")
@@ -95,9 +96,11 @@ async def load_scorer(
                 f"({', '.join(CAUSAL_LM_ARCHITECTURES)}), not {architectures}"
             )
         if format == "likelihood":
+            # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
             from reward_models.likelihood import LikelihoodPRM
 
             return await LikelihoodPRM.create(str(path), **kwargs)
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from reward_models.causal_prm import CausalLMProcessRewardModel
 
         return await CausalLMProcessRewardModel.create(
@@ -108,10 +111,12 @@ async def load_scorer(
             f"reward model {str(path)!r}: PRM format 'qwen' needs a *ForProcessRewardModel, not {architectures}"
         )
     if is_prm:
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from reward_models.vllm_prm import VLLMProcessRewardModel
 
         return await VLLMProcessRewardModel.create(str(path), step_tag=step_tag, **kwargs)
     if any(arch.endswith("ForSequenceClassification") for arch in architectures):
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from reward_models.orm import VLLMOutcomeRewardModel
 
         return await VLLMOutcomeRewardModel.create(str(path), **kwargs)

@@ -82,6 +82,7 @@ class CausalLMProcessRewardModel(VLLMPoolingScorer):
         """Start the engine (~25-60 s for a tiny model on the CPU, off the event loop); None keeps a default."""
         overrides: dict[str, Any] = {"good_token": good_token, "bad_token": bad_token, "step_tag": step_tag}
         fmt = CausalPRMFormat(format, **{k: v for k, v in overrides.items() if v is not None})
+        # deferred import: torch/transformers only on this path
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -99,6 +99,7 @@ def cpu_has_native_bf16() -> bool:
 def accelerator_available() -> bool:
     """True where torch sees a GPU (or another accelerator); False on a CPU-only machine or without torch."""
     try:
+        # deferred import: torch/transformers only on this path
         import torch
     except ImportError:
         return False

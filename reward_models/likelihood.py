@@ -23,9 +23,13 @@ rendering (:func:`encode_steps`), so ``ponder eval prm`` measures what the serve
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
+import json
 import math
+import shutil
+import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,6 +41,7 @@ from vllm import SamplingParams
 from vllm.logprobs import FlatLogprobs
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from reward_models import CAUSAL_LM_ARCHITECTURES
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
 from reward_models.vllm_runtime import engine_input
 from strategies.errors import ScorerError
@@ -224,10 +229,6 @@ Evaluate: `ponder eval prm --model {output} --data LABELS --threshold T`.
 def export(policy: str | Path, output: str | Path) -> Path:
     """Copy a causal-LM checkpoint to ``output`` with ``ponder_prm_format: likelihood`` set, so that ``load_scorer``
     (and the server's default PRM) reads it as this PRM; a model card says what it is."""
-    import json
-    import shutil
-
-    from reward_models import CAUSAL_LM_ARCHITECTURES
 
     policy, output = Path(policy), Path(output)
     config = json.loads((policy / "config.json").read_text()) if (policy / "config.json").is_file() else None
@@ -249,8 +250,6 @@ def export(policy: str | Path, output: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="python -m reward_models.likelihood", description="Mark a policy checkpoint as a likelihood PRM."

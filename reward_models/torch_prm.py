@@ -85,7 +85,6 @@ def step_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor 
 PRM_ARCH = Qwen2ForProcessRewardModel.__name__
 
 
-
 def load_reward_model(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
     """A saved PRM or ORM and its tokenizer, in float32 and eval mode (the training-time model)."""
     architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []

@@ -251,6 +251,7 @@ def _configured_step_tag(path: Path) -> str | None:
 
 
 def _single_token_id(path: str, step_tag: str) -> int:
+    # deferred import: torch/transformers only on this path
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(path))

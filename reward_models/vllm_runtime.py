@@ -120,5 +120,3 @@ def translate_errors(what: str, error: type[Exception] = EngineError):
         raise EngineUnavailableError(f"the {what} engine died: {exc}") from exc
     except EngineGenerateError as exc:
         raise error(f"the {what} engine failed on a request: {exc.__cause__ or exc}") from exc
-
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -262,7 +263,6 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
 
 
 def _defaults(config_cls: type) -> dict[str, Any]:
-    import dataclasses
 
     return {
         f.name: (f.default if f.default is not dataclasses.MISSING else None) for f in dataclasses.fields(config_cls)

@@ -7,15 +7,24 @@ nothing is loaded before they are checked.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import logging
 import os
 import socket
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from reward_models import PRM_FORMATS
+import uvicorn
+
+from reward_models import PRM_FORMATS, load_scorer_beside
+from reward_models.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
+from server.app import create_app
+from server.config import ServerConfig
+from server.default_models import ensure_default_models
+from server.engine.openai_engine import OpenAIEngine
 
 log = logging.getLogger("ponder")
 
@@ -145,8 +154,6 @@ def _resolve_models(args: argparse.Namespace) -> tuple[Path | None, Path | None]
             raise CLIError("--backend openai needs --tokenizer PATH (the remote model's tokenizer folder)")
         return _checkpoint(args.tokenizer or args.model, "--tokenizer"), _checkpoint(args.prm, "--prm")
     if args.model is None:
-        from server.default_models import ensure_default_models
-
         defaults = ensure_default_models()
         prm = None if args.no_prm else (_checkpoint(args.prm, "--prm") or defaults.prm)
         return defaults.policy, prm
@@ -161,9 +168,8 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
     async def load() -> tuple[Any, Any]:
         try:
             if args.backend == "openai":
+                # deferred import: torch/transformers only on this path
                 from transformers import AutoTokenizer
-
-                from server.engine.openai_engine import OpenAIEngine
 
                 tokenizer = AutoTokenizer.from_pretrained(str(policy))
                 engine: Any = OpenAIEngine(
@@ -174,7 +180,7 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                     max_model_len=args.max_model_len or 4096,
                 )
             else:
-                from reward_models.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
+                # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
                 from server.engine.vllm_engine import VLLMEngine
 
                 if args.enforce_eager:
@@ -194,8 +200,6 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                 )
             scorer = None
             if prm is not None:
-                from reward_models import load_scorer_beside
-
                 scorer = await _maybe_await(
                     load_scorer_beside(
                         engine, policy, prm, format=args.prm_format, memory_fraction=args.prm_memory_fraction
@@ -211,10 +215,6 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from server.app import create_app
-    from server.config import ServerConfig
 
     for flag in (
         "max_num_samples",
@@ -288,13 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _delegated() -> dict[str, tuple[str, str]]:
     """The delegated subcommands whose module this installation has."""
-    from importlib.util import find_spec
 
     return {name: entry for name, entry in DELEGATED.items() if find_spec(entry[0]) is not None}
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    import importlib
 
     return int(importlib.import_module(DELEGATED[name][0]).main(argv) or 0)
 

@@ -56,6 +56,7 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
                 policy,
             )
         return DefaultModels(policy, shipped_prm)
+    # deferred import: torch/transformers only on this path
     from server.tiny_models import save_tiny_policy
 
     root = cache_root(cache_dir) / TINY_VERSION
@@ -71,6 +72,7 @@ def ensure_default_models(cache_dir: Path | None = None) -> DefaultModels:
 
 def stand_in_prm(cache_dir: Path | None = None) -> Path:
     """The tiny random-weight PRM, built once into the cache."""
+    # deferred import: torch/transformers only on this path
     from server.tiny_models import save_tiny_prm
 
     return _build_once(cache_root(cache_dir) / TINY_VERSION / "prm", save_tiny_prm)

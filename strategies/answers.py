@@ -64,6 +64,7 @@ def _normalise(answer: str) -> str:
 
 @lru_cache(maxsize=4096)
 def _parsed(answer: str) -> tuple:
+    # deferred import: math-verify (sympy, slow to import) only for answers that need it
     from math_verify import parse
 
     return tuple(parse(f"${answer}$", parsing_timeout=None))
@@ -80,6 +81,7 @@ def equivalent(a: str, b: str) -> bool:
     """
     if _normalise(a) == _normalise(b):
         return True
+    # deferred import: math-verify (sympy, slow to import) only for answers that need it
     from math_verify import verify
 
     pa, pb = _parsed(a), _parsed(b)

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from training.tasks.base import UnknownTaskError
+
 PROG = "ponder train"
 
 
@@ -34,30 +38,35 @@ class Trainer:
 
 
 def _sft() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    # deferred import: torch and TRL only for the command that trains
     from training import sft
 
     return sft.PolicySFTConfig, sft.PRESETS, sft.train
 
 
 def _prm() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    # deferred import: torch and TRL only for the command that trains
     from training import prm
 
     return prm.RewardModelConfig, prm.PRESETS, prm.train
 
 
 def _orm() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    # deferred import: torch and TRL only for the command that trains
     from training import prm
 
     return prm.OutcomeRewardModelConfig, prm.PRESETS, prm.train
 
 
 def _dpo() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    # deferred import: torch and TRL only for the command that trains
     from training import dpo
 
     return dpo.PolicyDPOConfig, dpo.PRESETS, dpo.train
 
 
 def _grpo() -> tuple[type, dict[str, dict[str, Any]], Callable[[Any], Any]]:
+    # deferred import: torch and TRL only for the command that trains
     from training import grpo
 
     return grpo.PolicyGRPOConfig, grpo.PRESETS, grpo.train
@@ -74,6 +83,7 @@ TRAINERS: dict[str, Trainer] = {
 
 def parse_config(trainer: str, argv: list[str]) -> Any:
     """The trainer's config from ``argv`` (flags, ``--config FILE``, ``--preset NAME``); ConfigError on mistakes."""
+    # deferred import: torch/transformers only on this path
     from transformers import HfArgumentParser
 
     config_class, presets, _ = TRAINERS[trainer].load()
@@ -96,7 +106,6 @@ def parse_config(trainer: str, argv: list[str]) -> Any:
     parser = Parser(config_class, prog=f"{PROG} {trainer}", description=TRAINERS[trainer].help)
     parser.add_argument("--config", help="YAML file of field values (flags override it)")
     parser.set_defaults(**{**presets[preset], **from_file, "preset": preset})
-    from training.tasks.base import UnknownTaskError
 
     try:
         config, _extra, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -115,7 +124,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    import yaml
 
     file = Path(path)
     if not file.is_file():

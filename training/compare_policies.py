@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from training.evaluate_policy import add_problem_arguments, chat_prompt, problems_from_args
+from training.label import greedy_solutions
 from training.tasks import Problem, TaskSpec, UnknownTaskError, get_task
 
 
 async def greedy_outcomes(path: str, task: TaskSpec, problems: Sequence[Problem], kv_cache_gib: float) -> list[dict]:
     """Per problem: ``right``, ``first_error`` (the first wrong step, -1 none, None without a checker) and
     ``first_step`` of the greedy solution of the policy at ``path``."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from server.engine.vllm_engine import VLLMEngine
-    from training.label import greedy_solutions
 
     engine = await VLLMEngine.create(path, kv_cache_gib=kv_cache_gib, seed=0)
     try:

@@ -38,7 +38,8 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
-from training.evaluate_policy import chat_prompt
+from strategies.base import SamplingSpec
+from training.evaluate_policy import chat_prompt, evaluate_levels
 from training.label import greedy_solutions, load_rows, plant_error, sample_solutions
 from training.runs import BF16_HELP
 from training.step_pairs import step_pairs, tokenize_pair
@@ -267,9 +268,8 @@ def reference_solutions(problems: Sequence[Problem], seed: int) -> list[list[str
 async def sample_policy(config: PolicyDPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> tuple[list, dict]:
     """One vLLM session on the SFT policy: per problem its greedy solution (``greedy_errors``, first) and
     ``num_samples`` sampled ones, then its greedy test accuracy."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from server.engine.vllm_engine import VLLMEngine
-    from strategies.base import SamplingSpec
-    from training.evaluate_policy import evaluate_levels
 
     engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
     try:
@@ -352,6 +352,7 @@ class PretokenizedDPOTrainer(DPOTrainer):
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: PolicyDPOConfig, command: str | None = None) -> dict[str, Any]:
     """Collect pairs, train with TRL's ``DPOTrainer`` against the frozen SFT policy, save, evaluate, report."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
 
     started = time.perf_counter()

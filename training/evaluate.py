@@ -31,8 +31,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reward_models import CAUSAL_LM_ARCHITECTURES
-from training.tasks import first_error
+from reward_models import CAUSAL_LM_ARCHITECTURES, load_scorer
+from strategies.aggregation import aggregate_scores
+from strategies.answers import cluster
+from strategies.base import SamplingSpec, Task
+from strategies.best_of_n import BestOfNConfig, best_of_n
+from training.champ import champ_items
+from training.evaluate_policy import chat_prompt
+from training.label import load_rows, summary
+from training.tasks import first_error, get_task
 
 
 def predicted_first_error(scores: Sequence[float], threshold: float = 0.5) -> int:
@@ -66,11 +73,8 @@ def processbench_f1(predicted: Sequence[int], gold: Sequence[int]) -> dict[str, 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows as ``{"problem", "steps", "label", "outcome", "level"}`` from ProcessBench JSONL or stepwise labels."""
-    from training.label import load_rows
 
     if str(path) == "champ":  # CHAMP's 540 annotated solutions, from the installed package
-        from training.champ import champ_items
-
         rows: Any = champ_items()
     else:
         rows = load_rows(path)
@@ -149,7 +153,6 @@ def outcome_aurocs(items: Sequence[dict[str, Any]], scores: Sequence[Sequence[fl
     >>> outcome_aurocs(items, [[0.2, 0.9], [0.8, 0.3]])
     {'last': 1.0, 'min': 0.0, 'prod': 0.0}
     """
-    from strategies.aggregation import aggregate_scores
 
     out = {}
     for how in ("last", "min", "prod"):
@@ -185,7 +188,6 @@ def orm_metrics(items: Sequence[dict[str, Any]], scores: Sequence[float], thresh
 async def _score_vllm(
     path: str, items: Sequence[tuple[str, Sequence[str]]], format: str | None = None
 ) -> list[list[float]]:
-    from reward_models import load_scorer
 
     scorer = await load_scorer(path, format=format)
     try:
@@ -204,6 +206,7 @@ def evaluate_reward_model(
 ) -> dict[str, Any]:
     """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`;
     ``format="likelihood"``: a causal LM read as a PRM by its own token probabilities (reward_models.likelihood)."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from reward_models.torch_prm import PRM_ARCH, load_reward_model, score_outcomes, score_steps
 
     items = load_items(data, limit)
@@ -223,9 +226,11 @@ def evaluate_reward_model(
 
 
 def _likelihood_scores(path: str | Path, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    # deferred import: torch/transformers only on this path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from reward_models.likelihood import torch_scores
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -277,14 +282,8 @@ async def best_of_n_levels(
     The N candidates of each best_of_n run are also reranked by the other step aggregations (min, prod), by
     majority vote and by the ORM (when given), and give pass@N: every method judged on the same samples.
     """
-    from reward_models import load_scorer
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from server.engine.vllm_engine import VLLMEngine
-    from strategies.aggregation import aggregate_scores
-    from strategies.answers import cluster
-    from strategies.base import SamplingSpec, Task
-    from strategies.best_of_n import BestOfNConfig, best_of_n
-    from training.evaluate_policy import chat_prompt
-    from training.tasks import get_task
 
     task = get_task("arith")
     engine = await VLLMEngine.create(policy, kv_cache_gib=1.0, seed=seed)
@@ -386,8 +385,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``ponder eval`` command; 0 on success, 2 when the model is of the wrong kind."""
     if args.kind == "labels":
-        from training.label import load_rows, summary
-
         result = summary(list(load_rows(args.data)))
         print(json.dumps(result, indent=2))
     elif args.kind == "bon":
@@ -395,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
             best_of_n_levels(args.policy, args.prm, args.orm, args.levels, args.limit, args.n, args.seed)
         )
     else:
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from reward_models.torch_prm import PRM_ARCH
 
         fmt = (args.format or _configured_format(args.model)) if args.kind == "prm" else None

@@ -160,6 +160,7 @@ def _sampled_row(task: TaskSpec, problems: list[Problem], completions: list[list
 
 async def evaluate_checkpoint_async(path: str | Path, kv_cache_gib: float = 1.0, **kwargs: Any) -> dict[str, Any]:
     """Start a vLLM engine on the checkpoint at ``path``, run :func:`evaluate_levels`, stop the engine."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from server.engine.vllm_engine import VLLMEngine
 
     started = time.perf_counter()

@@ -31,8 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 
+from training.evaluate_policy import chat_prompt
+from training.label import greedy_solutions
 from training.runs import BF16_HELP
 from training.tasks import Problem, TaskSpec, get_task
 from training.tuning import (
@@ -203,9 +205,8 @@ def mix_hard(
 
 async def greedy_wrong(config: PolicyGRPOConfig, task: TaskSpec, problems: Sequence[Problem]) -> list[bool]:
     """Whether the SFT policy's greedy answer to each problem is wrong (one vLLM session)."""
+    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from server.engine.vllm_engine import VLLMEngine
-    from training.evaluate_policy import chat_prompt
-    from training.label import greedy_solutions
 
     engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.eval_kv_cache_gib, seed=config.seed)
     try:
@@ -233,8 +234,8 @@ def reward_functions(task: TaskSpec, problems: Sequence[Problem], format_weight:
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: PolicyGRPOConfig, command: str | None = None) -> dict[str, Any]:
     """Measure the SFT policy, train with TRL's ``GRPOTrainer`` on the verifier's reward, save, evaluate, report."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
-    from trl import GRPOTrainer
 
     started = time.perf_counter()
     task = get_task(config.task)

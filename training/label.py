@@ -26,7 +26,9 @@ plus ``outcome`` (final answer right), ``problem_id``, ``level`` and ``completio
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import random
 import sys
 import time
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from strategies.answers import last_boxed
@@ -252,6 +255,7 @@ async def build_rows(config: LabelConfig) -> list[dict[str, Any]]:
     if needs_engine and not Path(config.policy).is_dir():
         raise FileNotFoundError(f"no policy checkpoint at {config.policy} (train one, or pass --source reference)")
     if needs_engine:
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from server.engine.vllm_engine import VLLMEngine
 
         engine = await VLLMEngine.create(config.policy, kv_cache_gib=config.kv_cache_gib, seed=config.seed)
@@ -284,6 +288,7 @@ async def build_rows(config: LabelConfig) -> list[dict[str, Any]]:
 # ---- files --------------------------------------------------------------------------------------------------------
 def save_rows(rows: list[dict[str, Any]], output: str | Path) -> Path:
     """Write rows with HF ``datasets``: JSONL when ``output`` ends in ``.jsonl``, else a ``save_to_disk`` folder."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
 
     output = Path(output)
@@ -299,6 +304,7 @@ def save_rows(rows: list[dict[str, Any]], output: str | Path) -> Path:
 def load_rows(path: str | Path) -> Any:
     """A ``datasets.Dataset`` of stepwise rows from a ``save_to_disk`` folder or a JSON/JSONL file; several
     sources joined by commas (``runs/labels/train,runs/labels/planted``) are concatenated on their shared columns."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset, concatenate_datasets, load_from_disk
 
     parts = [Path(p) for p in str(path).split(",") if p.strip()]
@@ -368,9 +374,8 @@ def mc_against_exact(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def parse_config(argv: list[str]) -> LabelConfig:
     """The config from flags, after an optional ``--config FILE.yaml`` whose keys the flags override."""
-    import argparse
 
-    import yaml
+    # deferred import: torch/transformers only on this path
     from transformers import HfArgumentParser
 
     early = argparse.ArgumentParser(add_help=False)
@@ -389,7 +394,6 @@ def parse_config(argv: list[str]) -> LabelConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
 
     try:
         config = parse_config(sys.argv[1:] if argv is None else list(argv))

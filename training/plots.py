@@ -35,9 +35,11 @@ def loss_curves(log_history: Sequence[Mapping[str, Any]]) -> dict[str, tuple[lis
 
 def plot_loss(log_history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "training loss") -> Path:
     """Draw :func:`loss_curves` to ``path`` (PNG, log-scale y when the loss spans a decade); returns ``path``."""
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred import: matplotlib only when a plot is drawn
     import matplotlib.pyplot as plt
 
     curves = loss_curves(log_history)

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForSequenceClassification,
+    Trainer,
     TrainingArguments,
 )
 
@@ -59,6 +61,8 @@ from reward_models.torch_prm import (
 )
 from server.tiny_models import build_char_tokenizer
 from training.evaluate import evaluate_reward_model, markdown_table
+from training.label import load_rows
+from training.plots import plot_loss
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.tasks import get_task
 
@@ -283,7 +287,6 @@ def load_body(model: nn.Module, policy: str | Path) -> int:
     top, which can compare what the policy would have written with what the step says. Any other missing or
     misshapen weight is an error.
     """
-    from safetensors.torch import load_file
 
     files = sorted(Path(policy).glob("*.safetensors"))
     if not files:
@@ -416,11 +419,8 @@ def dense_token_weights(
 # ---- the run ------------------------------------------------------------------------------------------------------
 def train(config: RewardModelConfig, command: str | None = None) -> dict[str, Any]:
     """Train, save the servable checkpoint + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the card."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
-    from transformers import Trainer
-
-    from training.label import load_rows
-    from training.plots import plot_loss
 
     started, output_dir = time.perf_counter(), Path(config.output_dir)
     tokenizer = build_char_tokenizer()

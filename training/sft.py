@@ -26,6 +26,8 @@ flags and YAML keys override the preset.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,9 +36,11 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from trl import SFTConfig
+from trl import SFTConfig, SFTTrainer
 
 from server.tiny_models import build_char_tokenizer
+from training.evaluate_policy import evaluate_checkpoint, markdown_table
+from training.plots import plot_loss
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
 from training.sft_data import datasets_for, training_problems
 from training.tasks import UnknownTaskError, get_task
@@ -280,9 +284,6 @@ def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrain
 def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]:
     """Train, save the final model + tokenizer, plot the loss, evaluate, write ``metrics.json`` and the model card
     (``README.md``, naming ``command``, the command line that ran this); returns the metrics."""
-    from trl import SFTTrainer
-
-    from training.plots import plot_loss
 
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
@@ -326,8 +327,6 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         for checkpoint in output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
     if config.eval_after_training:
-        from training.evaluate_policy import evaluate_checkpoint
-
         metrics["test"] = evaluate_checkpoint(
             final,
             kv_cache_gib=config.eval_kv_cache_gib,
@@ -400,8 +399,6 @@ def model_card(metrics: dict[str, Any]) -> str:
     ]
     test = metrics.get("test")
     if test:
-        from training.evaluate_policy import markdown_table
-
         lines += markdown_table(test)
     lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
     return "\n".join(lines)
@@ -415,7 +412,5 @@ def _per_level(metrics: dict[str, Any]) -> str:
 
 
 def _machine() -> str:
-    import os
-    import platform
 
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"

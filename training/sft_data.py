@@ -8,6 +8,9 @@ import math
 import random
 from typing import Any, Protocol
 
+from strategies.search import value_query
+from training.evaluate_policy import chat_prompt
+from training.label import load_rows
 from training.tasks import Problem, TaskSpec, get_task
 
 
@@ -89,8 +92,6 @@ def value_rows(task: TaskSpec, tokenizer: Any, problems: list[Problem], per_prob
     loss, is the task's verdict, `` sure`` or `` impossible``, then EOS. So the policy never learns to write the wrong
     steps it judges.
     """
-    from strategies.search import value_query
-    from training.evaluate_policy import chat_prompt
 
     rng = random.Random(f"value/{seed}")
     rows = []
@@ -110,8 +111,6 @@ def labelled_value_rows(tokenizer: Any, path: str) -> list[dict]:
     Math-Shepherd's and the Qwen PRM paper's recipe for a verifier, with the policy as the verifier: its own
     labelled samples show it the mistakes it makes, which the solver's :meth:`value_example` only imitates.
     """
-    from strategies.search import value_query
-    from training.label import load_rows
 
     rows, seen = [], set()
     for row in load_rows(path):
@@ -148,6 +147,7 @@ def datasets_for(
     config: DataConfig, task: TaskSpec, tokenizer: Any, train: list[Problem], val: list[Problem]
 ) -> tuple[Any, Any]:
     """The training and validation datasets: TRL's conversational rows, or with value examples, tokenized rows."""
+    # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
 
     rows = sft_rows(task, train, config.bare_question_share, config.seed)

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from training.evaluate_policy import evaluate_checkpoint
 from training.label import DEFAULT_POLICY
+from training.plots import plot_loss
 from training.runs import settle_precision
 from training.tasks import Problem, UnknownTaskError, get_task
 
@@ -92,7 +95,6 @@ def require_policy(path: str | Path) -> None:
 
 def load_policy(path: str | Path) -> tuple[Any, Any]:
     """The policy at ``path`` in float32 (bf16 autocast trains it) and its tokenizer; FileNotFoundError if none."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     require_policy(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -133,7 +135,6 @@ def eval_kwargs(config: Any) -> dict[str, Any]:
 
 def evaluate(path: str | Path, config: Any) -> dict[str, Any]:
     """Greedy test accuracy per level of the checkpoint at ``path`` on vLLM (callers need the ``__main__`` guard)."""
-    from training.evaluate_policy import evaluate_checkpoint
 
     return evaluate_checkpoint(path, kv_cache_gib=config.eval_kv_cache_gib, **eval_kwargs(config))
 
@@ -152,7 +153,7 @@ def accuracy_gain(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 
 def finish(trainer: Any, tokenizer: Any, config: Any, metrics: dict[str, Any], command: str | None) -> dict[str, Any]:
     """Save the final model, plot the loss, evaluate it (gain over ``metrics["before"]``), write metrics and card."""
-    from training.plots import plot_loss
+    # deferred import: torch and TRL only for the command that trains
     from training.sft import save_final
 
     output_dir = Path(config.output_dir)

@@ -26,6 +26,7 @@ from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingS
 
 log = logging.getLogger("ponder.engine")
 
+
 class VLLMEngine:
     """The policy model served by an in-process vLLM ``AsyncLLM``."""
 

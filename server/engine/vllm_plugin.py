@@ -26,6 +26,7 @@ PATCHED = "_ponder_cpu_generator_rewind"
 def register() -> None:
     """vLLM's entry point: apply every fix that this process needs (idempotent)."""
     try:
+        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     except ImportError:  # a vLLM without this runner has its own code path: nothing to fix
         return
