@@ -18,12 +18,20 @@ as ToT's ``run.py`` takes ``data[900:1000]``: it never enters train. Train is th
 order, then generated puzzles (numbers 1..24, at least one above 13, so none is in the file; solvable; distinct).
 Reference solutions prefer non-negative integer intermediate values and are drawn at random among the solver's
 choices with a per-puzzle seed.
+
+Held out (split ``heldout``): the generator's space (:func:`generator_space`: 9,254 puzzles) is cut by a fixed hash
+of each puzzle's sorted numbers (:func:`in_heldout`: SHA-256, about 10%), and the 886 puzzles on the held-out side are
+never drawn for train, so nothing that trains from the train split (SFT, DPO pairs, GRPO prompts, labels) sees them.
+The partition came after ``models/game24-policy`` and ``models/game24-prm``, whose SFT stages drew 9,225 of the
+9,254 generated puzzles: for those two models only the 100 test rows are held out (``reports/game24-held-out.md``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import random
 import re
 from collections import Counter
@@ -41,6 +49,8 @@ T = TypeVar("T")
 TEST_ROWS = range(900, 1000)  # ToT's test split: data rows 900-999 of 24.csv, never trained or tuned on
 DEFAULT_TRAIN_SIZE = 4_000  # 1,262 file rows + generated puzzles
 GENERATED_MAX = 24  # generated puzzles draw numbers from 1..GENERATED_MAX
+FILE_MAX = 13  # 24.csv holds every solvable puzzle of numbers 1..FILE_MAX; a generated one has a number above it
+HELDOUT_PERCENT = 10  # the share of the generator's space, by hash, that no train draw yields (split "heldout")
 INSTRUCTION = "Steps: a op b = c (left: numbers left), a blank line apart; the final expression in \\boxed{}."
 
 State = tuple[Fraction, ...]  # the numbers still available, sorted
@@ -370,14 +380,43 @@ def make_problem(problem_id: str, numbers: Sequence[int], rng: random.Random, me
     return Problem(problem_id, question_text(numbers), str(TARGET), solution_text(numbers, steps, expression), meta)
 
 
+def in_heldout(numbers: Sequence[int]) -> bool:
+    """Whether a puzzle is in the held-out partition: it has a number above FILE_MAX (so it is not a 24.csv row) and
+    the first 8 bytes of the SHA-256 of ``game24/heldout/`` and its sorted numbers (``"1 1 5 18"``), read as a
+    big-endian integer, are below HELDOUT_PERCENT modulo 100. Fixed: no seed, no Python ``hash``.
+
+    >>> in_heldout([18, 5, 1, 1]), in_heldout([1, 1, 1, 21]), in_heldout([4, 6, 8, 4])
+    (True, False, False)
+    """
+    if max(numbers) <= FILE_MAX:
+        return False
+    key = " ".join(map(str, sorted(numbers)))
+    digest = hashlib.sha256(f"game24/heldout/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < HELDOUT_PERCENT
+
+
+@cache
+def generator_space() -> tuple[tuple[int, ...], ...]:
+    """Every puzzle the generator can make, sorted: solvable, numbers 1..GENERATED_MAX, one above FILE_MAX (9,254;
+    about 10 s, as every multiset is solved once)."""
+    candidates = itertools.combinations_with_replacement(range(1, GENERATED_MAX + 1), 4)
+    return tuple(c for c in candidates if max(c) > FILE_MAX and solvable(c))
+
+
+def heldout_puzzles() -> tuple[tuple[int, ...], ...]:
+    """The held-out partition: the puzzles of :func:`generator_space` that :func:`in_heldout` picks (886), sorted."""
+    return tuple(c for c in generator_space() if in_heldout(c))
+
+
 def generated_puzzles(seed: int, exclude: set[tuple[int, ...]]) -> Iterator[tuple[int, ...]]:
-    """Distinct solvable puzzles with numbers 1..GENERATED_MAX, none in ``exclude``, in a seeded order."""
+    """Distinct solvable puzzles with numbers 1..GENERATED_MAX, none in ``exclude`` and none held out
+    (:func:`in_heldout`), in a seeded order: the train split's generated puzzles."""
     rng = random.Random(f"game24/generated/{seed}")
     seen = set(exclude)
     misses = 0
     while misses < 100_000:
         numbers = tuple(sorted(rng.randint(1, GENERATED_MAX) for _ in range(4)))
-        if numbers in seen or not solvable(numbers):
+        if numbers in seen or in_heldout(numbers) or not solvable(numbers):
             misses += 1
             continue
         seen.add(numbers)
@@ -388,7 +427,11 @@ def generated_puzzles(seed: int, exclude: set[tuple[int, ...]]) -> Iterator[tupl
 @register
 class Game24(TaskSpec):
     name = "game24"
-    description = "Game of 24 (ToT's 24.csv; test = rows 900-999) plus generated puzzles; exact step labels"
+    description = (
+        "Game of 24 (ToT's 24.csv; test = rows 900-999) plus generated puzzles (heldout = a hashed 10% of them, "
+        "never in train); exact step labels"
+    )
+    splits = ("train", "test", "heldout")
     instruction = INSTRUCTION
     max_tokens = 192  # three ~30-character steps and the boxed expression
 
@@ -401,6 +444,10 @@ class Game24(TaskSpec):
         if split == "test":
             chosen = list(TEST_ROWS)[:limit]
             return [self._row_problem(r, rows[r], random.Random(f"game24/row/{r}")) for r in chosen]
+        if split == "heldout":  # all 886 in a seeded order; a puzzle's reference solution does not depend on it
+            held = list(heldout_puzzles())
+            random.Random(f"game24/heldout-order/{seed}").shuffle(held)
+            return [self._heldout_problem(numbers) for numbers in held[:limit]]
         size = DEFAULT_TRAIN_SIZE if limit is None else limit
         order = [r for r in range(len(rows)) if r not in TEST_ROWS]
         random.Random(f"game24/train/{seed}").shuffle(order)
@@ -413,6 +460,13 @@ class Game24(TaskSpec):
         if len(problems) < size:
             raise ValueError(f"game24 has only {len(problems)} distinct train puzzles, fewer than {size}")
         return problems
+
+    @staticmethod
+    def _heldout_problem(numbers: tuple[int, ...]) -> Problem:
+        key = "-".join(map(str, numbers))
+        return make_problem(
+            f"game24-heldout-{key}", numbers, random.Random(f"game24/heldout-solution/{key}"), {"source": "heldout"}
+        )
 
     @staticmethod
     def _row_problem(row: int, numbers: tuple[int, ...], rng: random.Random) -> Problem:
