@@ -16,6 +16,7 @@ BENCHMARKS = {
     "load": ("benchmarks.load", "bounded load and soak: latency percentiles, errors, memory"),
     "overhead": ("benchmarks.overhead", "Ponder's latency against vLLM's own server (none, best_of_n)"),
     "serve": ("benchmarks.serve", "serving speed by concurrency: Ponder, vLLM's own server, optillm on it"),
+    "startup": ("benchmarks.startup", "engine start-up (compiled vs eager, one by one vs at once) and time to /health"),
 }
 
 
