@@ -30,6 +30,7 @@ from typing import Any, Literal
 from vllm.config import PoolerConfig
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from reward_models.registry import DEFAULT_ENGINE, EngineOptions
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
 from strategies.errors import ScorerError
 
@@ -68,16 +69,12 @@ class CausalLMProcessRewardModel(VLLMPoolingScorer):
     async def create(
         cls,
         path: str,
+        engine: EngineOptions = DEFAULT_ENGINE,
         *,
         format: CausalPRMFormatName,
         good_token: str | None = None,
         bad_token: str | None = None,
         step_tag: str | None = None,
-        memory_fraction: float = 0.1,
-        kv_cache_gib: float | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
     ) -> CausalLMProcessRewardModel:
         """Start the engine (~25-60 s for a tiny model on the CPU, off the event loop); None keeps a default."""
         overrides: dict[str, Any] = {"good_token": good_token, "bad_token": bad_token, "step_tag": step_tag}
@@ -92,11 +89,7 @@ class CausalLMProcessRewardModel(VLLMPoolingScorer):
         bad, good = (tokenizer.convert_ids_to_tokens(label_token_id(tokenizer, t)) for t in labels)
         llm = await cls._start(
             path,
-            memory_fraction=memory_fraction,
-            kv_cache_gib=kv_cache_gib,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
+            engine,
             convert="classify",
             hf_overrides={"classifier_from_token": [bad, good], "method": "from_2_way_softmax"},
             pooler_config=PoolerConfig(tok_pooling_type="ALL"),  # a score at every position; we pick the steps'

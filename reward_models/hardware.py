@@ -45,7 +45,7 @@ def parse_cores(text: str) -> set[int]:
     return cores
 
 
-def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
+def scorer_cpu_bind(allowed: set[int] | None = None, *, requested: str | None = None) -> str | None:
     """The cores a reward model's own engine binds to on vLLM's CPU backend (a ``VLLM_CPU_OMP_THREADS_BIND`` list),
     or None to leave vLLM's binding alone.
 
@@ -58,7 +58,7 @@ def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
     engine, unless ``PONDER_SCORER_CPUS`` names the reward model's. None where torch sees a GPU: vLLM reads the
     binding on its CPU backend only. Raises ValueError for a list that is not core ids this process may use.
     """
-    explicit = os.environ.get(SCORER_CPUS_ENV, "").strip()
+    explicit = (requested if requested is not None else os.environ.get(SCORER_CPUS_ENV, "")).strip()
     allowed = allowed_cpus() if allowed is None else allowed
     if explicit == "shared":
         return None
@@ -68,8 +68,9 @@ def scorer_cpu_bind(allowed: set[int] | None = None) -> str | None:
         except ValueError:
             cores = set()
         if not cores or not cores <= allowed:
+            name = SCORER_CPUS_ENV if requested is None else "scorer_cpus"
             raise ValueError(
-                f"{SCORER_CPUS_ENV}={explicit!r}: expected core ids such as 1 or 0,2-3 among this process's cores "
+                f"{name}={explicit!r}: expected core ids such as 1 or 0,2-3 among this process's cores "
                 f"{sorted(allowed)}, or 'shared'"
             )
         return explicit

@@ -41,7 +41,7 @@ from vllm import SamplingParams
 from vllm.logprobs import FlatLogprobs
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from reward_models import CAUSAL_LM_ARCHITECTURES
+from reward_models.registry import CAUSAL_LMS, DEFAULT_ENGINE, EngineOptions
 from reward_models.vllm_prm import VLLMPoolingScorer, require_fast_tokenizer
 from reward_models.vllm_runtime import engine_input
 from strategies.errors import ScorerError
@@ -110,6 +110,15 @@ def torch_scores(
     return scores
 
 
+def torch_scores_at(path: str | Path, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    """:func:`torch_scores` of the causal LM saved at ``path`` (the ``likelihood`` format's torch scorer)."""
+    # deferred import: torch/transformers only on this path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    return torch_scores(model, AutoTokenizer.from_pretrained(str(path)), items)
+
+
 class LikelihoodPRM(VLLMPoolingScorer):
     """A causal LM served as a PRM by its own token probabilities (``score``: one probability per step)."""
 
@@ -126,23 +135,10 @@ class LikelihoodPRM(VLLMPoolingScorer):
     async def create(
         cls,
         path: str,
-        *,
-        memory_fraction: float = 0.1,
-        kv_cache_gib: float | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
+        engine: EngineOptions = DEFAULT_ENGINE,
     ) -> LikelihoodPRM:
         """Start a generation engine on the LM (~25-40 s for a tiny model on the CPU, off the event loop)."""
-        llm = await cls._start(
-            path,
-            memory_fraction=memory_fraction,
-            kv_cache_gib=kv_cache_gib,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-            runner="generate",
-        )
+        llm = await cls._start(path, engine, runner="generate")
         return cls(llm, model_name=path)
 
     async def _pool_one(self, ids: list[int], request_id: str, *, fresh: bool = False) -> torch.Tensor:
@@ -232,8 +228,8 @@ def export(policy: str | Path, output: str | Path) -> Path:
 
     policy, output = Path(policy), Path(output)
     config = json.loads((policy / "config.json").read_text()) if (policy / "config.json").is_file() else None
-    if config is None or not set(config.get("architectures") or []) & set(CAUSAL_LM_ARCHITECTURES):
-        raise ValueError(f"{policy}: not a causal LM checkpoint ({', '.join(CAUSAL_LM_ARCHITECTURES)})")
+    if config is None or not set(config.get("architectures") or []) & set(CAUSAL_LMS):
+        raise ValueError(f"{policy}: not a causal LM checkpoint ({', '.join(CAUSAL_LMS)})")
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)

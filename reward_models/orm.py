@@ -15,6 +15,7 @@ from pathlib import Path
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.layout import QWEN_PRM_SYSTEM, configured_layout
+from reward_models.registry import DEFAULT_ENGINE, EngineOptions
 from reward_models.vllm_prm import VLLMPoolingScorer
 
 
@@ -34,23 +35,12 @@ class VLLMOutcomeRewardModel(VLLMPoolingScorer):
     async def create(
         cls,
         path: str,
+        engine: EngineOptions = DEFAULT_ENGINE,
         *,
-        memory_fraction: float = 0.1,
-        kv_cache_gib: float | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
         step_separator: str = "\n\n",
     ) -> VLLMOutcomeRewardModel:
         """Start the engine (~25-40 s for a tiny model on the CPU, off the event loop)."""
-        llm = await cls._start(
-            path,
-            memory_fraction=memory_fraction,
-            kv_cache_gib=kv_cache_gib,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-        )
+        llm = await cls._start(path, engine)
         system, _ = configured_layout(Path(path))
         return cls(llm, model_name=path, step_separator=step_separator, system_prompt=system)
 

@@ -182,3 +182,15 @@ def score_outcomes(model: nn.Module, tokenizer: Any, items: Sequence[tuple[str, 
         batch = collate([{"input_ids": x, "labels": 0.0} for x in ids])
         scores += torch.sigmoid(model(batch["input_ids"], batch["attention_mask"]).logits.float())[:, 0].tolist()
     return scores
+
+
+def step_scores_at(path: str | Path, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    """:func:`score_steps` of the PRM saved at ``path`` (the ``qwen`` format's torch scorer)."""
+    model, tokenizer = load_reward_model(path)
+    return score_steps(model, tokenizer, items)
+
+
+def outcome_scores_at(path: str | Path, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    """:func:`score_outcomes` of the ORM saved at ``path``, one score per item (the ``orm`` format's torch scorer)."""
+    model, tokenizer = load_reward_model(path)
+    return [[score] for score in score_outcomes(model, tokenizer, items)]

@@ -33,6 +33,7 @@ from reward_models.layout import (
     step_spans,
     tokenizer_path,
 )
+from reward_models.registry import DEFAULT_ENGINE, EngineOptions
 from reward_models.vllm_runtime import (
     encode_prompt,
     engine_args,
@@ -60,29 +61,21 @@ class VLLMPoolingScorer:
         self._live: set[str] = set()
 
     @staticmethod
-    async def _start(
-        path: str,
-        *,
-        memory_fraction: float,
-        kv_cache_gib: float | None,
-        dtype: str,
-        max_model_len: int | None,
-        seed: int,
-        runner: str = "pooling",
-        **extra: Any,
-    ) -> AsyncLLM:
+    async def _start(path: str, engine: EngineOptions, runner: str = "pooling", **extra: Any) -> AsyncLLM:
+        """The reward model's own vLLM engine, on the cores :func:`scorer_cpu_bind` gives it."""
         args = engine_args(
             path,
-            kv_cache_gib=kv_cache_gib,
-            memory_fraction=memory_fraction,
-            max_model_len=max_model_len,
-            seed=seed,
+            kv_cache_gib=engine.kv_cache_gib,
+            memory_fraction=engine.memory_fraction,
+            max_model_len=engine.max_model_len,
+            seed=engine.seed,
             tensor_parallel_size=1,
-            dtype=dtype,
+            dtype=engine.dtype,
             runner=runner,
+            **({} if engine.enforce_eager is None else {"enforce_eager": engine.enforce_eager}),
             **extra,
         )
-        return await start_llm(args, cpu_bind=scorer_cpu_bind())
+        return await start_llm(args, cpu_bind=scorer_cpu_bind(requested=engine.scorer_cpus))
 
     def chat(self, question: str, answer: str) -> str:
         """The model's chat template over (system prompt,) the question and an answer, as one text."""
@@ -187,28 +180,16 @@ class VLLMProcessRewardModel(VLLMPoolingScorer):
     async def create(
         cls,
         path: str,
+        engine: EngineOptions = DEFAULT_ENGINE,
         *,
-        memory_fraction: float = 0.1,
-        kv_cache_gib: float | None = None,
         step_tag: str | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
     ) -> VLLMProcessRewardModel:
         """Start the engine (~25-40 s for a tiny model on the CPU, off the event loop). ``step_tag``: None reads
         it from the checkpoint's ``config.json`` (key ``step_tag``), else ``<extra_0>``."""
         step_tag = step_tag or _configured_step_tag(Path(path)) or STEP_TAG
         step_tag_id = _single_token_id(path, step_tag)
         step_read = configured_step_read(Path(path))
-        llm = await cls._start(
-            path,
-            memory_fraction=memory_fraction,
-            kv_cache_gib=kv_cache_gib,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-            pooler_config=pooler_config(step_read, step_tag_id),
-        )
+        llm = await cls._start(path, engine, pooler_config=pooler_config(step_read, step_tag_id))
         system, suffix = configured_layout(Path(path))
         return cls(
             llm, model_name=path, step_tag=step_tag, system_prompt=system, step_suffix=suffix, step_read=step_read

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 import strategies
 from server.config import ServerConfig
+from server.engine import ServedEngine, ServedScorer
 from server.errors import APIError, install_error_handlers
 from server.limits import Admission, GuardMiddleware
 from server.metrics import Metrics
@@ -34,13 +35,17 @@ from server.serving import ChatService
 from strategies.base import Scorer
 
 log = logging.getLogger("ponder.app")
-Loader = Callable[[], Awaitable[tuple[Any, Scorer | None]]]
+Loader = Callable[[], Awaitable[tuple[ServedEngine, Scorer | None]]]  # the engines, started off the event loop
 DISCONNECT_POLL_SECONDS = 0.25
 WATCHDOG_SECONDS = 1.0  # how often the engine's health is checked
 
 
 def create_app(
-    config: ServerConfig, *, engine: Any = None, scorer: Scorer | None = None, loader: Loader | None = None
+    config: ServerConfig,
+    *,
+    engine: ServedEngine | None = None,
+    scorer: Scorer | None = None,
+    loader: Loader | None = None,
 ) -> FastAPI:
     metrics = Metrics()
     admission = Admission(config.max_concurrent_requests, config.max_queued_requests)
@@ -56,9 +61,10 @@ def create_app(
             if loading is not None and not loading.done():
                 loading.cancel()
             service = app.state.service
-            for part in (service.engine, service.scorer) if service is not None else ():
-                if hasattr(part, "shutdown"):
-                    await part.shutdown()
+            if service is not None:
+                await service.engine.shutdown()
+                if isinstance(service.scorer, ServedScorer):  # the fakes in tests hold nothing to stop
+                    await service.scorer.shutdown()
 
     app = FastAPI(
         title="Ponder", version="0.1.0", lifespan=lifespan, description="OpenAI-compatible test-time-scaling server."
@@ -83,7 +89,7 @@ def create_app(
                 code="not_ready",
                 headers={"Retry-After": "5"},
             )
-        if hasattr(service.engine, "healthy") and not service.engine.healthy():
+        if not service.engine.healthy():
             raise APIError("the engine is not running", status=503, type="service_unavailable", code="engine_dead")
         return service
 
@@ -207,7 +213,7 @@ def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
 
 def _serve(app: FastAPI, service: ChatService) -> None:
     app.state.service = service
-    service.metrics.watch_engine(lambda: service.engine.num_running() if hasattr(service.engine, "num_running") else 0)
+    service.metrics.watch_engine(service.engine.num_running)
 
 
 async def _load(app: FastAPI, loader: Loader, config: ServerConfig, metrics: Metrics) -> None:
@@ -220,7 +226,7 @@ async def _watch_engine(app: FastAPI) -> None:
     while True:
         await asyncio.sleep(WATCHDOG_SECONDS)
         service = app.state.service
-        if service is not None and hasattr(service.engine, "healthy") and not service.engine.healthy():
+        if service is not None and not service.engine.healthy():
             log.error("the engine has died; shutting down with exit status 1")
             app.state.exit_code = 1
             if app.state.uvicorn is not None:

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from reward_models import PRM_FORMATS, load_scorer_beside
-from reward_models.hardware import EAGER_ENV, SCORER_CPUS_ENV, scorer_cpu_bind
+from reward_models.hardware import scorer_cpu_bind
 from server.app import create_app
 from server.config import ServerConfig
 from server.default_models import ensure_default_models
@@ -183,12 +183,8 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                 # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
                 from server.engine.vllm_engine import VLLMEngine
 
-                if args.enforce_eager:
-                    os.environ[EAGER_ENV] = "1"  # the reward model's engine reads it too
-                if args.scorer_cpus:
-                    os.environ[SCORER_CPUS_ENV] = args.scorer_cpus  # read where the reward model's engine starts
-                if prm is not None:
-                    scorer_cpu_bind()  # a core list that cannot be used fails now, not after the policy has loaded
+                if prm is not None:  # a core list that cannot be used fails now, not after the policy has loaded
+                    scorer_cpu_bind(requested=args.scorer_cpus)
                 engine = await _maybe_await(
                     VLLMEngine.create(
                         str(policy),
@@ -196,13 +192,20 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
                         max_model_len=args.max_model_len,
                         seed=args.seed,
                         tensor_parallel_size=args.tensor_parallel_size,
+                        enforce_eager=args.enforce_eager or None,  # None: the engines' default
                     )
                 )
             scorer = None
             if prm is not None:
                 scorer = await _maybe_await(
                     load_scorer_beside(
-                        engine, policy, prm, format=args.prm_format, memory_fraction=args.prm_memory_fraction
+                        engine,
+                        policy,
+                        prm,
+                        format=args.prm_format,
+                        memory_fraction=args.prm_memory_fraction,
+                        enforce_eager=args.enforce_eager or None,
+                        scorer_cpus=args.scorer_cpus,
                     )
                 )
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user

@@ -50,26 +50,34 @@ def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, tmp_
     assert engine_args(model, dtype="float32", enforce_eager=not eager, **common).enforce_eager is (not eager)
 
 
-async def test_serve_enforce_eager_flag_sets_it_before_the_engines_start(monkeypatch):
+async def test_serve_enforce_eager_flag_reaches_both_engines(monkeypatch):
+    import server.cli
     import server.engine.vllm_engine as vllm_engine
     from server.cli import _loader, build_parser
 
-    seen: list[bool] = []
+    seen: list[tuple[str, object]] = []
 
     async def fake_create(model: str, **kwargs: object) -> str:
-        seen.append(hardware.eager_from_env())
+        seen.append(("policy", kwargs.get("enforce_eager")))
         return "engine"
 
+    async def fake_scorer(engine: object, policy: object, prm: object, **kwargs: object) -> str:
+        seen.append(("scorer", kwargs.get("enforce_eager")))
+        return "scorer"
+
     monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
-    monkeypatch.setenv(hardware.EAGER_ENV, "0")
-    for argv, eager in ((["serve", "--model", "/p", "--no-prm"], False), (["serve", "--enforce-eager"], True)):
+    monkeypatch.setattr(server.cli, "load_scorer_beside", fake_scorer)
+    monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
+    for argv, eager in ((["serve", "--model", "/p"], None), (["serve", "--enforce-eager"], True)):
+        seen.clear()
         args = build_parser().parse_args(argv)
-        assert await _loader(args, Path("/p"), None)() == ("engine", None)
-        assert seen[-1] is eager and (os.environ[hardware.EAGER_ENV] == "1") is eager
+        assert await _loader(args, Path("/p"), Path("/prm"))() == ("engine", "scorer")
+        assert seen == [("policy", eager), ("scorer", eager)]  # passed as an argument, None: the engines' default
+        assert hardware.EAGER_ENV not in os.environ  # not through the environment
 
 
 async def test_serve_scorer_cpus_flag_reaches_the_reward_model_engine(monkeypatch):
-    import reward_models
+    import server.cli
     import server.engine.vllm_engine as vllm_engine
     from server.cli import _loader, build_parser
 
@@ -79,14 +87,14 @@ async def test_serve_scorer_cpus_flag_reaches_the_reward_model_engine(monkeypatc
         return "engine"
 
     async def fake_scorer(engine: object, policy: object, prm: object, **kwargs: object) -> str:
-        seen.append(hardware.scorer_cpu_bind({0, 1}))
+        seen.append(hardware.scorer_cpu_bind({0, 1}, requested=kwargs.get("scorer_cpus")))
         return "scorer"
 
     monkeypatch.setattr(vllm_engine.VLLMEngine, "create", fake_create)
-    monkeypatch.setattr(reward_models, "load_scorer_beside", fake_scorer)
+    monkeypatch.setattr(server.cli, "load_scorer_beside", fake_scorer)
     monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
     monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
-    monkeypatch.setenv(hardware.SCORER_CPUS_ENV, "")  # unset, and restored after the test (the flag sets it)
+    monkeypatch.delenv(hardware.SCORER_CPUS_ENV, raising=False)
     for argv, bind in (
         (["serve"], "1"),
         (["serve", "--scorer-cpus", "0"], "0"),
@@ -95,6 +103,7 @@ async def test_serve_scorer_cpus_flag_reaches_the_reward_model_engine(monkeypatc
         args = build_parser().parse_args(argv)
         assert await _loader(args, Path("/p"), Path("/prm"))() == ("engine", "scorer")
         assert seen[-1] == bind
+        assert hardware.SCORER_CPUS_ENV not in os.environ  # not through the environment
 
 
 def test_vllm_own_server_runs_as_ponder_does(monkeypatch):

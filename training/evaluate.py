@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reward_models import CAUSAL_LM_ARCHITECTURES, load_scorer
+from reward_models import PRM_FORMATS, load_scorer, resolve_format
+from reward_models.registry import FORMATS
 from strategies.aggregation import aggregate_scores
 from strategies.answers import cluster
 from strategies.base import SamplingSpec, Task
@@ -204,53 +205,20 @@ def evaluate_reward_model(
     limit: int | None = None,
     format: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`;
-    ``format="likelihood"``: a causal LM read as a PRM by its own token probabilities (reward_models.likelihood)."""
-    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
-    from reward_models.torch_prm import PRM_ARCH, load_reward_model, score_outcomes, score_steps
+    """Score ``data`` with the PRM or ORM at ``path`` and return :func:`prm_metrics` or :func:`orm_metrics`.
 
+    ``format``: a registered reward-model format (None: the checkpoint's, :func:`reward_models.resolve_format`);
+    ``backend``: ``torch`` scores with the format's torch scorer, ``vllm`` serves it as ``ponder serve`` does."""
+    fmt = resolve_format(path, format)
     items = load_items(data, limit)
     pairs = [(item["problem"], item["steps"]) for item in items]
-    is_prm = PRM_ARCH in _architectures(path) or format == "likelihood"
+    is_prm = fmt.kind == "prm"
     if backend == "vllm":
-        scores = asyncio.run(_score_vllm(str(path), pairs, format))
-    elif format == "likelihood":
-        scores = _likelihood_scores(path, pairs)
+        scores = asyncio.run(_score_vllm(str(path), pairs, fmt.name))
     else:
-        model, tokenizer = load_reward_model(path)
-        scores = (
-            score_steps(model, tokenizer, pairs) if is_prm else [[s] for s in score_outcomes(model, tokenizer, pairs)]
-        )
+        scores = fmt.load_torch_scores()(path, pairs)
     metrics = prm_metrics(items, scores, threshold) if is_prm else orm_metrics(items, [s[0] for s in scores], threshold)
     return {"model": str(path), "data": str(data), "backend": backend, "format": format, **metrics}
-
-
-def _likelihood_scores(path: str | Path, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
-    # deferred import: torch/transformers only on this path
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
-    from reward_models.likelihood import torch_scores
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    return torch_scores(model, AutoTokenizer.from_pretrained(str(path)), pairs)
-
-
-def _configured_format(path: str | Path) -> str | None:
-    """``likelihood`` where the checkpoint's config.json names that PRM format (reward_models.likelihood.export)."""
-    return "likelihood" if _config(path).get("ponder_prm_format") == "likelihood" else None
-
-
-def _architectures(path: str | Path) -> list[str]:
-    return _config(path).get("architectures") or []
-
-
-def _config(path: str | Path) -> dict[str, Any]:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"no reward model checkpoint at {path} (no config.json)")
-    return json.loads(config.read_text())
 
 
 def markdown_table(result: dict[str, Any]) -> list[str]:
@@ -356,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "prm":
             p.add_argument(
                 "--format",
-                choices=["likelihood"],
-                help="likelihood: MODEL is a causal LM (e.g. the policy) read as a PRM by its own lowest "
-                "token probability in each step; default: a Qwen2ForProcessRewardModel checkpoint",
+                choices=PRM_FORMATS,
+                help="how to read MODEL (default: the checkpoint's ponder_prm_format, else its architecture): "
+                + "; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
             )
         p.add_argument("--limit", type=int, help="evaluate the first LIMIT solutions only")
         p.add_argument("--output", help="write the metrics as JSON here")
@@ -392,22 +360,12 @@ def run(args: argparse.Namespace) -> int:
             best_of_n_levels(args.policy, args.prm, args.orm, args.levels, args.limit, args.n, args.seed)
         )
     else:
-        # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
-        from reward_models.torch_prm import PRM_ARCH
-
-        fmt = (args.format or _configured_format(args.model)) if args.kind == "prm" else None
-        archs = _architectures(args.model)
-        fits = PRM_ARCH in archs if args.kind == "prm" else any(a.endswith("ForSequenceClassification") for a in archs)
-        if fmt is None and not fits:
-            print(
-                f"ponder eval {args.kind}: {args.model} is not a{'n' * (args.kind == 'orm')} {args.kind.upper()}",
-                file=sys.stderr,
-            )
+        fmt = resolve_format(args.model, getattr(args, "format", None))
+        if fmt.kind != args.kind:
+            article = "an" if args.kind == "orm" else "a"
+            print(f"ponder eval {args.kind}: {args.model} is not {article} {args.kind.upper()}", file=sys.stderr)
             return 2
-        if fmt == "likelihood" and not set(archs) & set(CAUSAL_LM_ARCHITECTURES):
-            print(f"ponder eval prm: --format likelihood needs a causal LM; {args.model} is not one", file=sys.stderr)
-            return 2
-        result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit, fmt)
+        result = evaluate_reward_model(args.model, args.data, args.threshold, args.backend, args.limit, fmt.name)
         print("\n".join(markdown_table(result)))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

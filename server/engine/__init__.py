@@ -6,9 +6,9 @@ Strategies see only :class:`strategies.base.Engine`; the server also needs what 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from strategies.base import Engine
+from strategies.base import Engine, Scorer
 
 
 class ServedEngine(Engine, Protocol):
@@ -22,5 +22,12 @@ class ServedEngine(Engine, Protocol):
     def healthy(self) -> bool: ...
 
     def num_running(self) -> int: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class ServedScorer(Scorer, Protocol):
+    """A reward model as the server holds it: one it can stop at shutdown."""
 
     async def shutdown(self) -> None: ...
