@@ -23,10 +23,11 @@ Output in ``--output DIR``:
 - ``results.md``: the same as a Markdown table; ``accuracy.png``: accuracy against mean generated tokens per
   problem (log x), one line per strategy, one panel per dataset and level.
 
-Strategies: any registered strategy, plus ``greedy`` (``none`` at temperature 0; takes no N) and ``sample`` (``none``
-with ``num_samples`` = N: plain sampling, the first sample graded: the generation-speed floor for tokens/s). N is
-the strategy's ``num_samples``; for ``mcts`` it is ``num_iterations`` and for ``tree_of_thought`` its ``breadth``
-(:data:`N_PARAM`). ``--param STRATEGY.KEY=VALUE`` sets any other strategy parameter.
+Strategies: any registered strategy or preset of one (:func:`strategies.resolve`: ``greedy``, ``none`` at
+temperature 0 with one sample, takes no N; ``sample``, plain sampling of N, the first sample graded: the
+generation-speed floor for tokens/s). N sets the parameter the strategy's config names as its budget
+(``budget_param``: ``num_samples`` for most, ``num_iterations`` for ``mcts``); ``--help`` lists it for each.
+``--param STRATEGY.KEY=VALUE`` sets any other strategy parameter.
 
 Seeds: ``--seed 0,1,2`` repeats every configuration; the records keep the seed. Every request carries a seed derived
 from the seed and the problem (:func:`request_seed`), in-process and over HTTP alike, and the strategies pass it to
@@ -64,8 +65,6 @@ from server.protocol import ChatCompletionRequest
 from server.serving import ChatService
 from training.tasks import UnknownTaskError, get_task
 
-PSEUDO = {"greedy": ("none", {"temperature": 0.0})}  # strategies that take no N
-N_PARAM = {"mcts": "num_iterations", "tree_of_thought": "breadth"}  # default: num_samples
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -104,14 +103,21 @@ class Client(Protocol):
 
 
 # ---- the grid -----------------------------------------------------------------------------------------------------
-def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any], float | None]:
-    """(registered strategy, strategy_params, forced temperature) for a benchmark strategy name at budget n."""
-    if strategy in PSEUDO:
-        name, fixed = PSEUDO[strategy]
-        return name, dict(extra), fixed.get("temperature")
-    if strategy == "sample":  # plain sampling of n samples in one request (the first one is graded)
-        return "none", {"num_samples": n, **extra}, None
-    return strategy, {N_PARAM.get(strategy, "num_samples"): n, **extra}, None
+def budget_param(strategy: str) -> str | None:
+    """The parameter a budget N sets for a strategy or preset (its config's ``budget_param``), None when it takes
+    no N (its config names none, or its preset fixes it)."""
+    spec, fixed = strategies.resolve(strategy)
+    name = spec.config_cls.budget_param
+    return None if name is None or name in fixed else name
+
+
+def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(registered strategy, strategy_params) for a strategy or preset at budget n; ``extra`` overrides."""
+    spec, params = strategies.resolve(strategy)
+    budget = budget_param(strategy)
+    if budget is not None:
+        params[budget] = n
+    return spec.name, {**params, **extra}
 
 
 def grid(
@@ -128,7 +134,7 @@ def grid(
         task_levels = levels if get_task(dataset).levels else [None]
         for level in task_levels:
             for strategy in strategies:
-                for n in [1] if strategy in PSEUDO else ns:
+                for n in ns if budget_param(strategy) else [1]:
                     out += [Config(dataset, level, strategy, n, seed) for seed in seeds]
     return sorted(out, key=lambda c: (c.n, c.dataset, str(c.level), c.seed))
 
@@ -243,8 +249,7 @@ async def run_config(
     returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
 
     task = get_task(config.dataset)
-    strategy, params, forced = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
-    temperature = args.temperature if forced is None else forced
+    strategy, params = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
     gate = asyncio.Semaphore(args.concurrency)
     sum_tokens = [0]
 
@@ -256,7 +261,7 @@ async def run_config(
                 strategy,
                 params,
                 task.max_tokens,
-                temperature,
+                args.temperature,
                 request_seed(config.seed, problem.id),
             )
             record = {
@@ -454,10 +459,24 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def budget_help() -> str:
+    """What --n sets for every registered strategy and preset, from their configs (for ``--help``)."""
+    lines = ["what --n sets, per strategy (its config's budget_param):"]
+    for spec in strategies.available():
+        budget = spec.config_cls.budget_param
+        lines.append(f"  {spec.name:<20} {budget or 'nothing: runs once'}")
+        for preset, fixed in spec.presets.items():
+            params = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
+            what = f"{spec.name}" + (f" with {params}" if params else "")
+            lines.append(f"  {preset:<20} {budget_param(preset) or 'nothing: runs once'} ({what})")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ponder bench accuracy",
         description=__doc__.split("\n\n")[0],
+        epilog=budget_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -473,9 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategies",
         type=_names,
         default=["greedy", "self_consistency", "best_of_n"],
-        help="comma-separated; plus greedy and sample (default: %(default)s)",
+        help="strategies or presets, comma-separated (default: %(default)s)",
     )
-    parser.add_argument("--n", type=_ints, default=[1, 4, 16], help="budgets N, comma-separated (default: 1,4,16)")
+    parser.add_argument(
+        "--n",
+        type=_ints,
+        default=[1, 4, 16],
+        help="budgets N, comma-separated (default: 1,4,16); what N sets for each strategy is listed below",
+    )
     parser.add_argument("--limit", type=int, default=100, help="problems per dataset and level (default: 100)")
     parser.add_argument("--seed", type=_ints, default=[0], help="seeds, comma-separated: repetitions (default: 0)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
@@ -525,10 +549,11 @@ def validate(args: argparse.Namespace) -> None:
             bad = [lv for lv in args.level if lv not in task.levels]
             if bad:
                 raise UsageError(f"task {name!r} has no level {bad}; levels: {', '.join(map(str, task.levels))}")
-    known = {s.name for s in strategies.available()} | set(PSEUDO)
     for name in args.strategies:
-        if name not in known:
-            raise UsageError(f"unknown strategy {name!r}; known: {', '.join(sorted(known))}")
+        try:
+            strategies.resolve(name)
+        except strategies.UnknownStrategyError as exc:
+            raise UsageError(str(exc)) from None
     if not args.n or min(args.n) < 1:
         raise UsageError("--n needs budgets of at least 1")
     if args.limit < 1 or args.concurrency < 1:

@@ -34,7 +34,16 @@ from server.protocol import (
     ResponseMessage,
     Usage,
 )
-from strategies.base import InvalidRequestError, Sample, SamplingSpec, Scorer, StrategyConfig, StrategyResult, Task
+from strategies.base import (
+    InvalidRequestError,
+    Sample,
+    SamplingSpec,
+    Scorer,
+    StrategyConfig,
+    StrategyResult,
+    Task,
+    sampling_temperature,
+)
 from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.requests")
@@ -119,13 +128,16 @@ class ChatService:
         params = dict(request.strategy_params)
         known = {f.name for f in dataclasses.fields(spec.config_cls)}
         if request.n > 1:
-            if "num_samples" not in known or spec.name != "none":
+            n_param = spec.config_cls.n_param
+            if n_param is None:
+                takers = " or ".join(repr(s.name) for s in strategies.available() if s.config_cls.n_param)
+                budget = spec.config_cls.budget_param
                 raise APIError(
-                    "n > 1 is only supported with strategy 'none'; other strategies return one "
-                    "answer (set strategy_params.num_samples)",
+                    f"n > 1 is only supported with strategy {takers}; other strategies return one answer"
+                    + (f" (set strategy_params.{budget})" if budget else ""),
                     param="n",
                 )
-            params.setdefault("num_samples", request.n)
+            params.setdefault(n_param, request.n)
         for key in params:
             if key not in known:
                 raise APIError(
@@ -148,12 +160,14 @@ class ChatService:
 
     def _apply_caps(self, config: StrategyConfig) -> StrategyConfig:
         caps = self.config
-        name = "root_samples" if (getattr(config, "root_samples", None) or 0) > caps.max_num_samples else "num_samples"
-        samples = getattr(config, name, 1)
+        samples, name = config.samples_per_call()
         if samples > caps.max_num_samples:
+            value = getattr(config, name, None) if name else None
             raise APIError(
-                f"{name}={samples} is above this server's cap of {caps.max_num_samples} (--max-num-samples)",
-                param=f"strategy_params.{name}",
+                (f"{name}={value}: " if name else "")
+                + f"{samples} samples in one engine call is above this server's cap of {caps.max_num_samples} "
+                "(--max-num-samples)",
+                param=f"strategy_params.{name}" if name else "strategy_params",
                 code="above_cap",
             )
         if config.max_total_tokens is not None and config.max_total_tokens > caps.max_total_tokens:
@@ -312,7 +326,7 @@ class ChatService:
         status, result = 200, None
         try:
             yield frame([ChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
-            if job.spec.name == "none" and getattr(job.config, "num_samples", 1) == 1:
+            if job.config.streams_tokens and job.config.samples_per_call()[0] == 1:
                 async for piece in self._stream_tokens(job):  # real token streaming, as vLLM does
                     if piece.text:
                         yield frame([ChunkChoice(index=0, delta=DeltaMessage(content=piece.text))])
@@ -349,10 +363,9 @@ class ChatService:
 
     async def _stream_tokens(self, job: Prepared) -> AsyncIterator[Sample]:
         engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
-        temperature = job.task.temperature if job.task.temperature is not None else 1.0
         spec = SamplingSpec(
             n=1,
-            temperature=temperature,
+            temperature=sampling_temperature(job.config, job.task, default=1.0),
             top_p=job.task.top_p,
             max_tokens=min(job.task.max_tokens, job.config.max_total_tokens or job.task.max_tokens),
             stop=job.task.stop,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -96,7 +96,17 @@ class Task:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Parameters every strategy shares; a strategy's own config subclasses this."""
+    """Parameters every strategy shares; a strategy's own config subclasses this.
+
+    Its class attributes and :meth:`samples_per_call` tell the server and the benchmarks what they need to know of
+    the strategy, so that neither names one: ``budget_param`` is what a compute budget N sets (``ponder bench
+    accuracy --n``), ``n_param`` what the OpenAI ``n`` sets, and ``streams_tokens`` whether the server may stream
+    the engine's tokens as they come.
+    """
+
+    budget_param: ClassVar[str | None] = None  # the parameter a budget N sets; None: the strategy takes no N
+    n_param: ClassVar[str | None] = None  # the parameter the OpenAI `n` sets, each sample its own choice; None: n=1
+    streams_tokens: ClassVar[bool] = False  # True: drawing one sample, it is plain sampling, streamed token by token
 
     temperature: float | None = None  # None: the request's temperature, else the strategy's default
     max_total_tokens: int | None = None  # hard budget on all tokens generated for the request; None: server cap
@@ -107,6 +117,13 @@ class StrategyConfig:
             raise ValueError("temperature must be between 0 and 2")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError("max_total_tokens must be at least 1")
+
+    def samples_per_call(self) -> tuple[int, str | None]:
+        """The most samples one engine call of the strategy draws, and the parameter to lower for fewer: what the
+        server's ``--max-num-samples`` bounds. Samples are steps and solutions; the policy's verdicts on its own
+        steps (a few tokens each) and greedy lookahead steps are not counted. A strategy that draws more than one
+        sample per call says so by overriding this."""
+        return 1, None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from strategies import checks, register
 from strategies.base import Engine, InvalidRequestError, Scorer, StrategyResult, Task
@@ -48,6 +48,8 @@ C_BASE = 19652  # OpenR's pb_c_base (from AlphaZero)
 
 @dataclass(frozen=True)
 class MCTSConfig(SearchConfig):
+    budget_param: ClassVar[str | None] = "num_iterations"  # a budget N is iterations; k stays the tree's width
+
     num_samples: int = 4  # k: children per expansion, drawn in one engine request (OpenR's tree width 4)
     root_samples: int | None = None  # children of the root (expanded once, in the first iteration); None: k
     max_depth: int = 16  # steps per trajectory at most (rStar-Math's max_depth)
@@ -80,6 +82,14 @@ class MCTSConfig(SearchConfig):
         if self.value_votes < 1:
             raise ValueError("value_votes must be at least 1")
         checks.validate(self.final_check)
+
+    def samples_per_call(self) -> tuple[int, str | None]:
+        """The root's ``root_samples`` (expanded alone) or k per selected leaf, times ``rollouts`` per new child."""
+        per_child = max(1, self.rollouts)
+        root, later = (self.root_samples or self.num_samples) * per_child, self.leaves_per_iteration * self.num_samples
+        if root > later * per_child:
+            return root, "root_samples" if self.root_samples else "num_samples"
+        return later * per_child, "num_samples"
 
     @property
     def c(self) -> float:

@@ -6,6 +6,7 @@ Cost: one engine call drawing ``num_samples`` samples (the OpenAI ``n``); no rew
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from strategies import register
 from strategies.base import (
@@ -23,6 +24,10 @@ from strategies.base import (
 
 @dataclass(frozen=True)
 class NoneConfig(StrategyConfig):
+    budget_param: ClassVar[str | None] = "num_samples"
+    n_param: ClassVar[str | None] = "num_samples"  # the OpenAI `n` is num_samples: every sample is a choice
+    streams_tokens: ClassVar[bool] = True
+
     num_samples: int = 1  # returned as separate choices, like OpenAI's `n`
 
     def __post_init__(self) -> None:
@@ -30,8 +35,15 @@ class NoneConfig(StrategyConfig):
         if self.num_samples < 1:
             raise ValueError("num_samples must be at least 1")
 
+    def samples_per_call(self) -> tuple[int, str | None]:
+        return self.num_samples, "num_samples"
 
-@register("none", config=NoneConfig)
+
+# greedy: greedy decoding, one sample (a benchmark's baseline); sample: plain sampling of N, the first one graded
+PRESETS = {"greedy": {"temperature": 0.0, "num_samples": 1}, "sample": {}}
+
+
+@register("none", config=NoneConfig, presets=PRESETS)
 async def none(task: Task, config: NoneConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
     """Plain sampling: every sample is returned as its own choice."""
     spec = SamplingSpec(

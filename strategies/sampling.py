@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from strategies.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, resolve_aggregation
 from strategies.base import (
@@ -24,6 +25,8 @@ STEP_DELIMITER = "\n\n"  # a reasoning step ends at a blank line (search-and-lea
 class SamplingConfig(StrategyConfig):
     """Parameters of strategies that draw ``num_samples`` full solutions in parallel."""
 
+    budget_param: ClassVar[str | None] = "num_samples"
+
     num_samples: int = 8  # N: candidates drawn in one engine request
     step_delimiter: str = STEP_DELIMITER  # how a solution is cut into steps for the reward model
 
@@ -35,6 +38,10 @@ class SamplingConfig(StrategyConfig):
             raise ValueError("max_total_tokens must allow at least one token per sample")
         if not self.step_delimiter:
             raise ValueError("step_delimiter must not be empty")
+
+    def samples_per_call(self) -> tuple[int, str | None]:
+        """N: all of them in one call (the step searches draw at most N per round, too)."""
+        return self.num_samples, "num_samples"
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ Yao et al. 2023, "Tree of Thoughts: Deliberate Problem Solving with Large Langua
   (sure 20, likely 1, impossible 0.001, anything else 0) and the value is their mean divided by 20, so it lies in
   [0, 1] (sure = 1, likely = 0.05, impossible = 0.00005) and ranks states exactly as ToT's sums do.
 
-``search="bfs"``: each level expands the ``breadth`` = b best open states (ToT's greedy selection), duplicates
-count once (ToT values a duplicate 0); the level at ``max_depth`` runs to EOS; stops once b solutions finished.
-The root is one state, so it draws ``root_samples`` first steps (default b * k, what every later level draws over
-its b states): with k alone, the first level would hold k candidates where ToT's Game of 24 "propose" prompt lists
-a dozen, and a puzzle whose k first steps all miss is lost before any value is read.
+``search="bfs"``: each level expands the ``num_samples`` = b best open states (ToT's greedy selection; b is the
+width every strategy calls ``num_samples``: how many candidates are kept), duplicates count once (ToT values a
+duplicate 0); the level at ``max_depth`` runs to EOS; stops once b solutions finished. ``breadth`` is accepted as an
+alias of ``num_samples`` (its name before; giving both with different values is refused). The root is one state, so
+it draws ``root_samples`` first steps (default b * k, what every later level draws over its b states): with k alone,
+the first level would hold k candidates where ToT's Game of 24 "propose" prompt lists a dozen, and a puzzle whose k
+first steps all miss is lost before any value is read.
 ``search="dfs"``: expand the best open state first, drop children valued below ``prune_threshold`` and backtrack;
 stops at the first finished solution that clears the threshold, after ``max_expansions`` states, or when the
 stack is empty. Every strategy stops when the budget cannot give the next call's samples a token each. The answer
@@ -27,7 +29,7 @@ or, for ``self``, one more engine call (prompts = the new states, ``n`` = ``valu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from strategies import checks, register
 from strategies.aggregation import AGGREGATIONS, Aggregation
@@ -36,12 +38,16 @@ from strategies.sampling import STEP_DELIMITER
 from strategies.search import VALUE_MAP, VALUE_PROMPT, VALUE_TOKENS, Node, Searcher, unique
 
 DEFAULT_TEMPERATURE = 0.7  # ToT's Game of 24 runs (gpt-4, temperature 0.7)
+DEFAULT_WIDTH = 5  # b: ToT's n_select_sample for Game of 24
 
 
 @dataclass(frozen=True)
 class TreeOfThoughtConfig(StrategyConfig):
+    budget_param: ClassVar[str | None] = "num_samples"
+
     search: Literal["bfs", "dfs"] = "bfs"
-    breadth: int = 5  # b: states kept per BFS level (ToT's n_select_sample for Game of 24)
+    num_samples: int | None = None  # b: states kept per BFS level; None: `breadth`, else DEFAULT_WIDTH
+    breadth: int | None = None  # an alias of num_samples (b), its name before; both given must agree
     samples_per_state: int = 5  # k: next steps sampled per state (ToT's n_generate_sample with "sample")
     root_samples: int | None = None  # first steps drawn from the root; None: b * k (BFS), k (DFS)
     max_depth: int = 16  # steps at most, the last runs to EOS; ToT's tasks take a few (Game of 24: 4, crosswords: 10)
@@ -56,6 +62,14 @@ class TreeOfThoughtConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if None not in (self.num_samples, self.breadth) and self.num_samples != self.breadth:
+            raise ValueError(
+                f"num_samples={self.num_samples} and breadth={self.breadth} differ; breadth is an alias of "
+                "num_samples (the width b): give one of them"
+            )
+        width = next((w for w in (self.num_samples, self.breadth) if w is not None), DEFAULT_WIDTH)
+        object.__setattr__(self, "num_samples", width)  # both hold b from here on (dataclasses.replace keeps it)
+        object.__setattr__(self, "breadth", width)
         if self.search not in ("bfs", "dfs"):
             raise ValueError("search must be 'bfs' or 'dfs'")
         if self.value_source not in ("prm", "self"):
@@ -63,10 +77,10 @@ class TreeOfThoughtConfig(StrategyConfig):
         checks.validate(self.final_check)
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
-        if min(self.breadth, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
-            raise ValueError("breadth, samples_per_state, max_depth, value_votes and max_expansions must be >= 1")
-        if self.root_samples is not None and not 1 <= self.root_samples <= self.num_samples:
-            raise ValueError("root_samples must be between 1 and breadth * samples_per_state")
+        if min(width, self.samples_per_state, self.max_depth, self.value_votes, self.max_expansions) < 1:
+            raise ValueError("num_samples, samples_per_state, max_depth, value_votes and max_expansions must be >= 1")
+        if self.root_samples is not None and not 1 <= self.root_samples <= self.level_samples:
+            raise ValueError("root_samples must be between 1 and breadth * samples_per_state (b * k, b = num_samples)")
         if not self.step_delimiter:
             raise ValueError("step_delimiter must not be empty")
         if self.prune_threshold is not None and not 0.0 <= self.prune_threshold <= 1.0:
@@ -75,15 +89,29 @@ class TreeOfThoughtConfig(StrategyConfig):
             raise ValueError("max_total_tokens must allow at least one token per sample")
 
     @property
-    def num_samples(self) -> int:
-        """Samples per BFS level, breadth * samples_per_state: what the server's cap on N bounds."""
-        return self.breadth * self.samples_per_state
+    def width(self) -> int:
+        """b, ``num_samples`` once resolved."""
+        assert self.num_samples is not None
+        return self.num_samples
+
+    @property
+    def level_samples(self) -> int:
+        """Samples per BFS level, b * k."""
+        return self.width * self.samples_per_state
 
     def samples_at(self, state: Node) -> int:
         """Next steps drawn from ``state``: ``root_samples`` at the root, else k."""
         if state.depth or (self.search == "dfs" and self.root_samples is None):
             return self.samples_per_state
-        return self.root_samples or self.num_samples
+        return self.root_samples or self.level_samples
+
+    def samples_per_call(self) -> tuple[int, str | None]:
+        """BFS: b * k (a level; the root's ``root_samples`` are at most that). DFS: k, or the root's."""
+        if self.search == "bfs":
+            return self.level_samples, "num_samples"
+        if (self.root_samples or 0) > self.samples_per_state:
+            return self.root_samples or 0, "root_samples"
+        return self.samples_per_state, "samples_per_state"
 
     @property
     def threshold(self) -> float:
@@ -142,11 +170,11 @@ async def bfs(search: Searcher, config: TreeOfThoughtConfig) -> tuple[list[Node]
             break
         finished += [c for c in new if c.finished]
         ranked = sorted([c for c in new if not c.finished], key=lambda c: c.score or 0.0, reverse=True)
-        for pruned in ranked[config.breadth :]:
+        for pruned in ranked[config.width :]:
             pruned.info["pruned"] = True
         search.rounds.append({"depth": depth, "states": len(frontier), "new": len(new), "finished": len(finished)})
-        frontier = ranked[: config.breadth]
-        if not frontier or len(finished) >= config.breadth:
+        frontier = ranked[: config.width]
+        if not frontier or len(finished) >= config.width:
             break
     return finished, [n for n in frontier if n.depth]
 

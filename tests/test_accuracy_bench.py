@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+import strategies
 from benchmarks import accuracy
 from benchmarks.cli import main as bench_main
 from server.config import ServerConfig
@@ -69,14 +70,26 @@ def test_grid_runs_strategies_without_n_once():
 
 
 def test_strategy_request_maps_n_to_each_strategys_budget():
-    assert accuracy.strategy_request("greedy", 1, {}) == ("none", {}, 0.0)
+    assert accuracy.strategy_request("greedy", 1, {}) == ("none", {"temperature": 0.0, "num_samples": 1})
     assert accuracy.strategy_request("best_of_n", 8, {"aggregation": "min"}) == (
         "best_of_n",
         {"num_samples": 8, "aggregation": "min"},
-        None,
     )
     assert accuracy.strategy_request("mcts", 16, {})[1] == {"num_iterations": 16}
-    assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16}, None)
+    assert accuracy.strategy_request("tree_of_thought", 5, {})[1] == {"num_samples": 5}
+    assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16})
+
+
+def test_help_says_what_n_sets_for_every_strategy_from_its_config(capsys):
+    with pytest.raises(SystemExit):
+        accuracy.build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    lines = text.split("what --n sets", 1)[1].splitlines()
+    for spec in strategies.available():
+        (line,) = [x for x in lines if x.split()[:1] == [spec.name]]
+        assert line.split()[1] == (spec.config_cls.budget_param or "nothing:")
+    assert any(x.split()[:2] == ["mcts", "num_iterations"] for x in lines)
+    assert any(x.split()[:2] == ["greedy", "nothing:"] for x in lines)  # a preset that fixes num_samples
 
 
 def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):

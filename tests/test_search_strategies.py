@@ -284,7 +284,33 @@ async def test_tot_dfs_stops_after_max_expansions():
 
 def test_tot_config_caps_width_through_num_samples():
     config = strategies.get("tree_of_thought").config_cls(breadth=4, samples_per_state=3)
-    assert config.num_samples == 12  # what the server's --max-num-samples bounds
+    assert config.num_samples == 4 and config.samples_per_call() == (12, "num_samples")  # --max-num-samples bounds
+    dfs = strategies.get("tree_of_thought").config_cls(search="dfs", samples_per_state=3, root_samples=7)
+    assert dfs.samples_per_call() == (7, "root_samples")  # DFS expands one state per call, the root alone
+
+
+def test_mcts_samples_per_call_is_its_widest_engine_call():
+    mcts = strategies.get("mcts").config_cls
+    assert mcts().samples_per_call() == (4, "num_samples")
+    assert mcts(root_samples=16).samples_per_call() == (16, "root_samples")
+    assert mcts(num_samples=2, leaves_per_iteration=2, rollouts=3).samples_per_call() == (12, "num_samples")
+
+
+def test_tot_takes_num_samples_as_its_width_and_breadth_as_its_alias():
+    tot = strategies.get("tree_of_thought").config_cls
+    assert tot().num_samples == 5 and tot(num_samples=3).breadth == 3 and tot(breadth=3).num_samples == 3
+    assert tot(num_samples=3, breadth=3).num_samples == 3
+    with pytest.raises(ValueError, match="breadth is an alias of num_samples"):
+        tot(num_samples=3, breadth=4)
+
+
+async def test_tot_num_samples_and_breadth_that_differ_are_a_400():
+    async with client_for(Policy(world())) as client:
+        width = await chat(client, "tree_of_thought", num_samples=2, samples_per_state=2)
+        alias = await chat(client, "tree_of_thought", num_samples=2, breadth=2, samples_per_state=2)
+        both = await chat(client, "tree_of_thought", num_samples=2, breadth=3)
+    assert width.status_code == alias.status_code == 200
+    assert both.status_code == 400 and "breadth is an alias of num_samples" in both.json()["error"]["message"]
     with pytest.raises(ValueError, match="root_samples"):
         strategies.get("tree_of_thought").config_cls(breadth=4, samples_per_state=3, root_samples=13)
     with pytest.raises(ValueError, match="search"):

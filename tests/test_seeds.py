@@ -25,7 +25,7 @@ from tests.fakes import FakeScorer, FakeTokenizer, tokens
 from training.tasks import get_task
 from training.tasks.arith import parse_question, reference_solution
 
-STRATEGIES = "greedy,none,self_consistency,best_of_n,weighted_best_of_n,beam_search,dvts,tree_of_thought,mcts"
+STRATEGIES = "greedy,sample,self_consistency,best_of_n,weighted_best_of_n,beam_search,dvts,tree_of_thought,mcts"
 
 
 @dataclass
