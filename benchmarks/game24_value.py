@@ -2,19 +2,28 @@
 still make 24 and states that cannot.
 
 The states are the task's solver paths (``ponder label --source solver``'s kind: a first move, then moves that keep
-24 in reach or lose it at even odds) on generated puzzles, numbers up to 24, none in ToT's ``24.csv``, with another
-seed than any training data; the truth is the task's exact step checker. Depth 1 (three numbers left) is where
-Tree of Thoughts' value matters most. Several PRMs are read on the same states, so they compare side by side; the
-intervals are 95% bootstrap over puzzles.
+24 in reach or lose it at even odds); the truth is the task's exact step checker. Depth 1 (three numbers left) is
+where Tree of Thoughts' value matters most. Several PRMs are read on the same states, so they compare side by side;
+the intervals are 95% bootstrap over puzzles.
 
-    .venv/bin/python -m benchmarks.game24_value runs/g24-prm-exact runs/g24-prm-mc_hard --puzzles 300 \\
-        --output results/game24-prm-labels/value.json
+The puzzles (``--split``):
+
+- ``test`` (the default): ToT's 100 test rows of ``24.csv``, the only Game of 24 puzzles that no shipped model
+  (``models/game24-policy``, ``models/game24-prm``) trained on;
+- ``heldout``: the task's hashed held-out partition of generated puzzles (numbers up to 24), held out from models
+  trained after it existed, but not from the shipped ones, whose SFT stages drew 9,225 of the 9,254 generated puzzles;
+- ``train``: generated train-split puzzles past the file rows, as this benchmark read them before the partition
+  (``results/game24-prm-labels/value.json``): training puzzles of the shipped models, labelled so in the report.
+
+    .venv/bin/python -m benchmarks.game24_value models/game24-prm --split test --paths 12 \\
+        --output results/game24-heldout/value-test.json
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +31,16 @@ from typing import Any
 
 from benchmarks import save_json
 from training.evaluate import auroc
-from training.tasks import get_task
+from training.tasks import Problem, get_task
 from training.tasks.game24 import file_train_rows
 
 DEPTHS = 3
+SPLITS = {  # what each --split reads, and whether the shipped Game of 24 models never trained on it
+    "test": ("ToT's test rows 900-999 of 24.csv", True),
+    "heldout": ("the hashed held-out partition of generated puzzles (seen by the shipped models' SFT)", False),
+    "train": ("generated train-split puzzles past the 24.csv rows (training puzzles)", False),
+}
+DEFAULT_PUZZLES = {"test": 100, "heldout": 886, "train": 300}
 
 
 def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]]) -> list[float]:
@@ -44,12 +59,27 @@ def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bo
     return found
 
 
-def solver_states(puzzles: int, paths: int, seed: int) -> tuple[list[Any], list[tuple[str, list[str]]], list]:
-    """``paths`` solver paths on each of ``puzzles`` generated train-split puzzles (past every row of ``24.csv``):
-    their problems (one per path), their (prompt, steps) items and their exact labels."""
+def puzzles_of(split: str, puzzles: int, seed: int) -> list[Problem]:
+    """The first ``puzzles`` of ``split`` (see the module docstring); for ``train``, the generated ones past the file
+    rows in the seed's order.
+
+    >>> [p.id for p in puzzles_of("test", 2, seed=7)]
+    ['game24-0900', 'game24-0901']
+    """
+    game24 = get_task("game24")
+    if split == "train":
+        return game24.load("train", limit=file_train_rows() + puzzles, seed=seed)[-puzzles:]
+    return game24.load(split, limit=puzzles, seed=seed)
+
+
+def solver_states(
+    puzzles: int, paths: int, seed: int, split: str = "test"
+) -> tuple[list[Any], list[tuple[str, list[str]]], list]:
+    """``paths`` solver paths on each of ``puzzles`` puzzles of ``split``: their problems (one per path), their
+    (prompt, steps) items and their exact labels."""
 
     game24 = get_task("game24")
-    problems = game24.load("train", limit=file_train_rows() + puzzles, seed=seed)[-puzzles:]
+    problems = puzzles_of(split, puzzles, seed)
     rng = random.Random(seed)
     owners, items, labels = [], [], []
     for problem in problems:
@@ -83,13 +113,15 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     return ordered[int(0.025 * len(ordered))], ordered[max(int(0.975 * len(ordered)) - 1, 0)]
 
 
-def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resamples: int) -> dict[str, Any]:
-    """Every model's depth AUROCs on the same solver states, with 95% intervals, and each model's paired change
-    against the first model (the same resamples for all)."""
+def evaluate(
+    models: Sequence[str], puzzles: int, paths: int, seed: int, resamples: int, split: str = "test"
+) -> dict[str, Any]:
+    """Every model's depth AUROCs on the same solver states of ``split``'s puzzles, with 95% intervals, and each
+    model's paired change against the first model (the same resamples for all)."""
     # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
     from reward_models.torch_prm import load_reward_model, score_steps
 
-    owners, items, labels = solver_states(puzzles, paths, seed)
+    owners, items, labels = solver_states(puzzles, paths, seed, split)
     rows, first = [], None
     for path in models:
         model, tokenizer = load_reward_model(path)
@@ -104,14 +136,27 @@ def evaluate(models: Sequence[str], puzzles: int, paths: int, seed: int, resampl
             row["change_ci95"] = [interval(g) for g in zip(*gaps, strict=True)]
         rows.append(row)
     right = [sum(lab[d] for lab in labels) for d in range(DEPTHS)]
-    return {"puzzles": puzzles, "paths": len(items), "seed": seed, "right_states": right, "models": rows}
+    source, unseen = SPLITS[split]
+    return {
+        "split": split,
+        "puzzle_source": source,
+        "held_out_from_shipped_models": unseen,
+        "puzzles": len(set(owners)),
+        "paths": len(items),
+        "seed": seed,
+        "right_states": right,
+        "models": rows,
+    }
 
 
 def table(report: dict[str, Any]) -> str:
-    """A Markdown table: one row per model, AUROC (95% CI) at each depth."""
+    """A line naming the puzzles, then a Markdown table: one row per model, AUROC (95% CI) at each depth."""
     left = ["3 numbers left", "2 numbers left", "1 number left"]
+    split = report.get("split", "train")
+    seen = "" if report.get("held_out_from_shipped_models") else "; NOT held out from the shipped game24 models"
+    caption = f"{report['paths']} solver states of {report['puzzles']} puzzles, split {split!r}{seen}"
     head = "| PRM | " + " | ".join(f"depth {d + 1} ({left[d]})" for d in range(DEPTHS)) + " |"
-    lines = [head, "|---|" + "---|" * DEPTHS]
+    lines = [caption, "", head, "|---|" + "---|" * DEPTHS]
     for row in report["models"]:
         cells = [f"{a:.3f} ({lo:.3f}-{hi:.3f})" for a, (lo, hi) in zip(row["auroc"], row["ci95"], strict=True)]
         lines.append(f"| `{row['model']}` | " + " | ".join(cells) + " |")
@@ -127,7 +172,15 @@ def table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.game24_value", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="PRM checkpoint folders (ponder train prm outputs)")
-    parser.add_argument("--puzzles", type=int, default=300, help="generated puzzles (default 300)")
+    parser.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="test",
+        help="the puzzles: test (ToT's 100 test rows, held out from the shipped models; default), heldout (the "
+        "task's hashed partition, held out only from models trained after it) or train (generated training puzzles, "
+        "as before the partition)",
+    )
+    parser.add_argument("--puzzles", type=int, help="how many puzzles (default all: test 100, heldout 886; train 300)")
     parser.add_argument("--paths", type=int, default=4, help="solver paths per puzzle (default 4)")
     parser.add_argument("--seed", type=int, default=7, help="puzzle and path seed (default 7)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -137,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: not a model folder: {missing[0]}", file=sys.stderr)
         return 2
+    args.puzzles = DEFAULT_PUZZLES[args.split] if args.puzzles is None else args.puzzles
     if min(args.puzzles, args.paths, args.resamples) < 1:
         print("error: --puzzles, --paths and --resamples must be at least 1", file=sys.stderr)
         return 2
-    report = evaluate(args.models, args.puzzles, args.paths, args.seed, args.resamples)
+    report = evaluate(args.models, args.puzzles, args.paths, args.seed, args.resamples, args.split)
+    report["command"] = shlex.join(
+        [".venv/bin/python", "-m", "benchmarks.game24_value", *(sys.argv[1:] if argv is None else argv)]
+    )
     print(table(report))
     if args.output:
         save_json(Path(args.output), report)
