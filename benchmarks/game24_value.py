@@ -13,7 +13,9 @@ The puzzles (``--split``):
 - ``heldout``: the task's hashed held-out partition of generated puzzles (numbers up to 24), held out from models
   trained after it existed, but not from the shipped ones, whose SFT stages drew 9,225 of the 9,254 generated puzzles;
 - ``train``: generated train-split puzzles past the file rows, as this benchmark read them before the partition
-  (``results/game24-prm-labels/value.json``): training puzzles of the shipped models, labelled so in the report.
+  (``results/game24-prm-labels/value.json``): training puzzles of the shipped models, labelled so in the report;
+- ``train-rows``: the train split's rows of ``24.csv`` (numbers 1..13, as the test rows), in the seed's order:
+  training puzzles of both shipped models (the PRM's solver paths were drawn on them), to set beside ``test``.
 
     .venv/bin/python -m benchmarks.game24_value models/game24-prm --split test --paths 12 \\
         --output results/game24-heldout/value-test.json
@@ -39,8 +41,9 @@ SPLITS = {  # what each --split reads, and whether the shipped Game of 24 models
     "test": ("ToT's test rows 900-999 of 24.csv", True),
     "heldout": ("the hashed held-out partition of generated puzzles (seen by the shipped models' SFT)", False),
     "train": ("generated train-split puzzles past the 24.csv rows (training puzzles)", False),
+    "train-rows": ("the train split's rows of 24.csv (training puzzles)", False),
 }
-DEFAULT_PUZZLES = {"test": 100, "heldout": 886, "train": 300}
+DEFAULT_PUZZLES = {"test": 100, "heldout": 886, "train": 300, "train-rows": 300}
 
 
 def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]]) -> list[float]:
@@ -61,7 +64,7 @@ def depth_aurocs(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bo
 
 def puzzles_of(split: str, puzzles: int, seed: int) -> list[Problem]:
     """The first ``puzzles`` of ``split`` (see the module docstring); for ``train``, the generated ones past the file
-    rows in the seed's order.
+    rows in the seed's order, for ``train-rows`` the file rows.
 
     >>> [p.id for p in puzzles_of("test", 2, seed=7)]
     ['game24-0900', 'game24-0901']
@@ -69,6 +72,8 @@ def puzzles_of(split: str, puzzles: int, seed: int) -> list[Problem]:
     game24 = get_task("game24")
     if split == "train":
         return game24.load("train", limit=file_train_rows() + puzzles, seed=seed)[-puzzles:]
+    if split == "train-rows":
+        return game24.load("train", limit=min(puzzles, file_train_rows()), seed=seed)
     return game24.load(split, limit=puzzles, seed=seed)
 
 
@@ -178,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         default="test",
         help="the puzzles: test (ToT's 100 test rows, held out from the shipped models; default), heldout (the "
         "task's hashed partition, held out only from models trained after it) or train (generated training puzzles, "
-        "as before the partition)",
+        "as before the partition) or train-rows (the train rows of 24.csv, training puzzles)",
     )
-    parser.add_argument("--puzzles", type=int, help="how many puzzles (default all: test 100, heldout 886; train 300)")
+    parser.add_argument(
+        "--puzzles", type=int, help="how many puzzles (default: test 100, heldout 886, train and train-rows 300)"
+    )
     parser.add_argument("--paths", type=int, default=4, help="solver paths per puzzle (default 4)")
     parser.add_argument("--seed", type=int, default=7, help="puzzle and path seed (default 7)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
