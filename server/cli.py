@@ -1,5 +1,9 @@
 """The ``ponder`` command line: ``ponder serve`` (and the subcommands other modules add).
 
+``ponder serve``'s flags are generated from the fields of :class:`server.config.ServeConfig` (``--max-num-samples``
+from ``max_num_samples``; a bool is a bare ``--flag``, a tuple a repeatable one), and ``--config FILE.yaml`` reads the
+same names; the defaults, then the file, then the flags. Its ``--backend`` is one of :data:`server.engine.BACKENDS`.
+
 Mistakes (a missing model folder, a bad flag, an occupied port) end in one line on stderr and exit status 2;
 nothing is loaded before they are checked.
 """
@@ -7,24 +11,29 @@ nothing is loaded before they are checked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import inspect
 import logging
 import os
 import socket
 import sys
+import types
+import typing
+from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
-from reward_models import PRM_FORMATS, load_scorer_beside
+from reward_models import load_scorer_beside
 from reward_models.hardware import scorer_cpu_bind
-from server.app import create_app
-from server.config import ServerConfig
+from server.app import Loader, create_app
+from server.config import EngineConfig, ServeConfig, ServerConfig, check_flat, flag_of, flat_fields, has_flag
 from server.default_models import ensure_default_models
-from server.engine.openai_engine import OpenAIEngine
+from server.engine import ServedEngine, get_backend
+from strategies.base import Scorer
 
 log = logging.getLogger("ponder")
 
@@ -33,97 +42,101 @@ class CLIError(Exception):
     """A user mistake on the command line: printed as one line, exit status 2."""
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
+class _Repeat(argparse.Action):
+    """A repeatable flag (``--api-key A --api-key B``) whose values replace the default (a YAML list) instead of
+    adding to it, as every flag replaces its YAML key."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, (*items, values))
+
+
+def _add_setting(group: Any, owner: type, f: dataclasses.Field) -> None:
+    """One ``ponder serve`` flag from a config field: its name, type, choices and help."""
+    hint = typing.get_type_hints(owner)[f.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: a flag of type X
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    text = f.metadata["help"]
+    if f.default is not None and f.default is not False and f.default != ():
+        text += f" (default: {f.default})"
+    kwargs: dict[str, Any] = {"dest": f.name, "help": text.replace("%", "%%")}
+    if hint is bool:
+        kwargs["action"] = "store_true"
+    elif typing.get_origin(hint) is tuple:
+        kwargs |= {"action": _Repeat, "metavar": f.metadata.get("metavar")}
+    else:
+        choices = f.metadata.get("choices")
+        metavar = f.metadata.get("metavar", None if choices else METAVARS[hint])
+        kwargs |= {"type": hint, "choices": choices, "metavar": metavar}
+    group.add_argument(flag_of(owner, f.name), **kwargs)
+
+
+METAVARS = {int: "N", float: "X", str: "TEXT"}  # where a field names none
+GROUPS = {  # the --help sections, one per config class
+    EngineConfig: "models and engines",
+    ServerConfig: "caps and keys (every request is held to them)",
+    ServeConfig: "the process",
+}
+
+
+def _serve_parser(sub: argparse._SubParsersAction, config: Mapping[str, Any]) -> None:
     p = sub.add_parser(
         "serve",
         help="serve the OpenAI-compatible API",
-        description="Serve /v1/chat/completions with reasoning strategies on a vLLM engine.",
-    )
-    p.add_argument("--model", help="policy checkpoint folder (default: the embedded default policy)")
-    p.add_argument(
-        "--prm",
-        help="reward-model checkpoint folder: a PRM (Qwen2ForProcessRewardModel layout) or an "
-        "ORM (default: the embedded default PRM when --model is not given)",
-    )
-    p.add_argument("--no-prm", action="store_true", help="serve without a reward model")
-    p.add_argument(
-        "--prm-format",
-        choices=PRM_FORMATS,
-        help="how the PRM reads steps: qwen (*ForProcessRewardModel), math_shepherd or rlhflow (a causal "
-        "LM judging each step by its '+'/'-' token), likelihood (a causal LM, e.g. the policy, "
-        "judging each step by its own lowest token probability); default: from the checkpoint",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--backend",
-        choices=("vllm", "openai"),
-        default="vllm",
-        help="vllm: in-process engine; openai: a remote OpenAI-compatible server (--base-url)",
-    )
-    p.add_argument("--base-url", help="with --backend openai: the remote server's /v1 URL")
-    p.add_argument("--remote-model", help="with --backend openai: the model name the remote server serves")
-    p.add_argument(
-        "--remote-api-key",
-        default=os.environ.get("PONDER_REMOTE_API_KEY"),
-        help="with --backend openai: bearer key for the remote server (env PONDER_REMOTE_API_KEY)",
-    )
-    p.add_argument("--tokenizer", help="tokenizer folder (default: --model); the chat template is applied here")
-    p.add_argument("--served-model-name", help="the model id clients see (default: the model folder's name)")
-    p.add_argument(
-        "--memory-fraction",
-        type=float,
-        default=0.25,
-        help="policy KV cache: fraction of GPU memory (of RAM on the CPU engine)",
-    )
-    p.add_argument("--prm-memory-fraction", type=float, default=0.1, help="reward model's fraction")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument(
-        "--enforce-eager",
-        action="store_true",
-        help="skip vLLM's torch.compile warm-up: the engines start sooner (same as env PONDER_ENFORCE_EAGER=1)",
+        description="Serve /v1/chat/completions with reasoning strategies on a vLLM engine. Every flag is also a key "
+        "of --config FILE.yaml (its name with underscores); flags override the file, which overrides the defaults.",
     )
     p.add_argument(
-        "--scorer-cpus",
-        help="vLLM CPU build: the cores of the reward model's engine, e.g. 1 or 12-15, or 'shared' for vLLM's own "
-        "binding (default: the last core, which vLLM leaves out of the policy's; same as env PONDER_SCORER_CPUS)",
+        "--config", metavar="FILE.yaml", help="YAML mapping of settings: the flags' names with underscores, e.g. port"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-num-samples", type=int, default=64, help="cap on N per request")
-    p.add_argument("--max-total-tokens", type=int, default=65536, help="cap on tokens generated per request")
-    p.add_argument("--default-max-tokens", type=int, default=1024, help="max_tokens when a request sends none")
-    p.add_argument("--max-tree-nodes", type=int, default=4096, help="cap on samples one request draws in all")
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=600.0,
-        help="wall-clock deadline per request, seconds; its engine work is aborted when it passes",
-    )
-    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="cap on request body size (413 above)")
-    p.add_argument("--max-messages", type=int, default=512, help="cap on messages per request")
-    p.add_argument("--max-concurrent-requests", type=int, default=64, help="chat requests served at once")
-    p.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=256,
-        help="chat requests waiting for a slot; beyond it a request gets 429 with Retry-After",
-    )
-    p.add_argument(
-        "--api-key",
-        action="append",
-        default=None,
-        help="accept this bearer key (repeatable; or env PONDER_API_KEYS, comma-separated); "
-        "every route but /health then needs one",
-    )
-    p.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, seconds to let in-flight requests finish before they are cancelled",
-    )
-    p.add_argument("--log-prompts", action="store_true", help="log messages and outputs with each request")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    groups = {owner: p.add_argument_group(title) for owner, title in GROUPS.items()}
+    for owner, f in flat_fields(ServeConfig):
+        if has_flag(f):
+            _add_setting(groups[owner], owner, f)
+    p.set_defaults(**(_defaults() | dict(config)))
+
+
+def _defaults() -> dict[str, Any]:
+    """The flags' defaults: the config's, and the remote backend's key from the environment."""
+    values = {name: value for name, value in ServeConfig().flat().items() if name not in DERIVED}
+    return values | {"remote_api_key": os.environ.get("PONDER_REMOTE_API_KEY")}
+
+
+DERIVED = {f.name for _, f in flat_fields(ServeConfig) if not has_flag(f)}  # set by ponder serve, not by a flag
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The settings in a ``--config`` YAML file, each checked against its field; CLIError for a mistake."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CLIError(f"--config {path!r}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CLIError(f"--config {path!r} is not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"--config {path!r} must hold a mapping of settings to values")
+    try:
+        return check_flat(data)
+    except ValueError as exc:
+        raise CLIError(f"--config {path!r}: {_one_line(exc)}") from None
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """``ponder serve``'s settings from its parsed flags (which hold the ``--config`` file's values as defaults),
+    with the keys in env ``PONDER_API_KEYS`` added; CLIError for a value the config refuses."""
+    values = {name: getattr(args, name) for name in _defaults()}
+    env_keys = tuple(k.strip() for k in os.environ.get("PONDER_API_KEYS", "").split(",") if k.strip())
+    values["api_keys"] = tuple(values["api_keys"] or ()) + env_keys
+    try:
+        return ServeConfig.from_flat(values)
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _checkpoint(path: str | None, what: str) -> Path | None:
@@ -136,8 +149,6 @@ def _checkpoint(path: str | None, what: str) -> Path | None:
 
 
 def _check_port(host: str, port: int) -> None:
-    if not 0 < port < 65536:
-        raise CLIError(f"--port {port} is not a valid port")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
@@ -145,68 +156,40 @@ def _check_port(host: str, port: int) -> None:
             raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def _resolve_models(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    """The policy and reward-model folders to load, after checking they exist."""
-    if args.backend == "openai":
-        if not args.base_url or not args.remote_model:
-            raise CLIError("--backend openai needs --base-url URL and --remote-model NAME")
-        if not (args.tokenizer or args.model):
-            raise CLIError("--backend openai needs --tokenizer PATH (the remote model's tokenizer folder)")
-        return _checkpoint(args.tokenizer or args.model, "--tokenizer"), _checkpoint(args.prm, "--prm")
-    if args.model is None:
+def _resolve_models(engine: EngineConfig) -> tuple[Path | None, Path | None]:
+    """The policy (for a remote backend: its tokenizer) and reward-model folders to load, after checking they exist."""
+    if not get_backend(engine.backend).local:
+        return _checkpoint(engine.tokenizer or engine.model, "--tokenizer"), _checkpoint(engine.prm, "--prm")
+    if engine.model is None:
         defaults = ensure_default_models()
-        prm = None if args.no_prm else (_checkpoint(args.prm, "--prm") or defaults.prm)
+        prm = None if engine.no_prm else (_checkpoint(engine.prm, "--prm") or defaults.prm)
         return defaults.policy, prm
-    return _checkpoint(args.model, "--model"), None if args.no_prm else _checkpoint(args.prm, "--prm")
+    return _checkpoint(engine.model, "--model"), None if engine.no_prm else _checkpoint(engine.prm, "--prm")
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+def _loader(settings: argparse.Namespace | ServeConfig, policy: Path | None, prm: Path | None) -> Loader:
+    """What the app runs at startup: the backend's engine on ``policy`` (for a remote backend: its tokenizer), then
+    the reward model in ``prm`` beside it. A failure is one line on stderr and exit status 1."""
+    config = (settings if isinstance(settings, ServeConfig) else serve_config(settings)).engine
+    backend = get_backend(config.backend)
+    folder = {"model" if backend.local else "tokenizer": str(policy)}
+    resolved = dataclasses.replace(config, **folder, prm=None if prm is None else str(prm))
 
-
-def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
-    async def load() -> tuple[Any, Any]:
+    async def load() -> tuple[ServedEngine, Scorer | None]:
         try:
-            if args.backend == "openai":
-                # deferred import: torch/transformers only on this path
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(policy))
-                engine: Any = OpenAIEngine(
-                    args.base_url,
-                    args.remote_model,
-                    tokenizer,
-                    api_key=args.remote_api_key,
-                    max_model_len=args.max_model_len or 4096,
-                )
-            else:
-                # deferred import: vLLM (an optional extra, seconds to import) only where an engine is used
-                from server.engine.vllm_engine import VLLMEngine
-
-                if prm is not None:  # a core list that cannot be used fails now, not after the policy has loaded
-                    scorer_cpu_bind(requested=args.scorer_cpus)
-                engine = await _maybe_await(
-                    VLLMEngine.create(
-                        str(policy),
-                        memory_fraction=args.memory_fraction,
-                        max_model_len=args.max_model_len,
-                        seed=args.seed,
-                        tensor_parallel_size=args.tensor_parallel_size,
-                        enforce_eager=args.enforce_eager or None,  # None: the engines' default
-                    )
-                )
+            if prm is not None:  # a core list that cannot be used fails now, not after the policy has loaded
+                scorer_cpu_bind(requested=config.scorer_cpus)
+            engine = await backend.load().from_config(resolved)
             scorer = None
             if prm is not None:
-                scorer = await _maybe_await(
-                    load_scorer_beside(
-                        engine,
-                        policy,
-                        prm,
-                        format=args.prm_format,
-                        memory_fraction=args.prm_memory_fraction,
-                        enforce_eager=args.enforce_eager or None,
-                        scorer_cpus=args.scorer_cpus,
-                    )
+                scorer = await load_scorer_beside(
+                    engine,
+                    policy,
+                    prm,
+                    format=config.prm_format,
+                    memory_fraction=config.prm_memory_fraction,
+                    enforce_eager=config.enforce_eager or None,  # None: the engines' default
+                    scorer_cpus=config.scorer_cpus,
                 )
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
             print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
@@ -218,51 +201,21 @@ def _loader(args: argparse.Namespace, policy: Path | None, prm: Path | None):
 
 
 def serve(args: argparse.Namespace) -> None:
-
-    for flag in (
-        "max_num_samples",
-        "max_total_tokens",
-        "default_max_tokens",
-        "tensor_parallel_size",
-        "max_tree_nodes",
-        "max_body_bytes",
-        "max_messages",
-        "max_concurrent_requests",
-        "request_timeout",
-    ):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_queued_requests < 0 or args.shutdown_grace < 0:
-        raise CLIError("--max-queued-requests and --shutdown-grace must not be negative")
-    if not 0 < args.memory_fraction < 1 or not 0 < args.prm_memory_fraction < 1:
-        raise CLIError("--memory-fraction and --prm-memory-fraction must be between 0 and 1")
-    if args.prm_format and args.no_prm:
-        raise CLIError("--prm-format names how to read a reward model; it cannot go with --no-prm")
-    _check_port(args.host, args.port)
-    policy, prm = _resolve_models(args)
-    name = args.served_model_name or (args.remote_model if args.backend == "openai" else policy.name)
-    keys = tuple(args.api_key or ()) + tuple(
-        k.strip() for k in os.environ.get("PONDER_API_KEYS", "").split(",") if k.strip()
-    )
-    config = ServerConfig(
-        model_name=name,
-        reward_model_name=prm.name if prm else None,
-        max_num_samples=args.max_num_samples,
-        max_total_tokens=args.max_total_tokens,
-        max_tree_nodes=args.max_tree_nodes,
-        default_max_tokens=args.default_max_tokens,
-        request_timeout=args.request_timeout,
-        max_body_bytes=args.max_body_bytes,
-        max_messages=args.max_messages,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_queued_requests=args.max_queued_requests,
-        api_keys=keys,
-        log_prompts=args.log_prompts,
-    )
-    app = create_app(config, loader=_loader(args, policy, prm))
+    config = serve_config(args)
+    _check_port(config.host, config.port)
+    policy, prm = _resolve_models(config.engine)
+    engine = config.engine
+    assert policy is not None  # a remote backend without a tokenizer folder is refused by EngineConfig
+    name = engine.served_model_name or (policy.name if get_backend(engine.backend).local else engine.remote_model)
+    server_config = dataclasses.replace(config.server, model_name=name, reward_model_name=prm.name if prm else None)
+    app = create_app(server_config, loader=_loader(config, policy, prm))
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_grace
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=config.shutdown_grace,
         )
     )
     app.state.uvicorn = server
@@ -273,20 +226,32 @@ def serve(args: argparse.Namespace) -> None:
 
 # Subcommands that live with their code: `ponder NAME ...` hands the rest of the line to MODULE.main(argv).
 DELEGATED = {
-    "train": ("training.cli", "train a policy (sft, dpo, grpo) or a reward model (prm, orm)"),
+    "train": ("training.cli", "train a policy (sft, dpo, grpo), a reward model (prm, orm), or a model soup"),
     "label": ("training.label", "label reasoning steps by Monte Carlo rollouts"),
-    "eval": ("training.evaluate", "evaluate a reward model (first-error-step accuracy and F1)"),
+    "eval": ("training.evaluate", "evaluate a reward model (prm, orm, labels, bon) or a policy (policy, compare)"),
     "bench": ("benchmarks.cli", "benchmarks: accuracy against compute, serving speed"),
+    "convert": ("training.convert", "convert a model: SmolLM2's GGUF, a policy marked as a likelihood PRM"),
+    "recipe": ("training.recipe", "run a recipe: the ponder commands that build a shipped model"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The ``ponder`` parser; ``config``: settings (a ``--config`` file's) that take the place of the defaults."""
     parser = argparse.ArgumentParser(prog="ponder", description="Ponder: a test-time-scaling inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+    _serve_parser(sub, config or {})
     for name, (_, help_text) in _delegated().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``ponder serve --config FILE``, again with the file's settings as the defaults, so that
+    the flags override the file. CLIError for a mistake in the file."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None):
+        args = build_parser(read_config(args.config)).parse_args(argv)
+    return args
 
 
 def _delegated() -> dict[str, tuple[str, str]]:
@@ -304,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _delegated():
         return _delegate(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
+        args = parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             serve(args)
     except CLIError as exc:

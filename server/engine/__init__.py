@@ -2,13 +2,24 @@
 and a remote OpenAI-compatible server (:mod:`server.engine.openai_engine`).
 
 Strategies see only :class:`strategies.base.Engine`; the server also needs what :class:`ServedEngine` adds.
+
+``ponder serve --backend NAME`` picks one from :data:`BACKENDS`, registered lazily as the reward-model formats are
+(:mod:`reward_models.registry`): the registry holds ``"module:Class"`` and the module, which may import vLLM, is
+imported only when the server starts that engine. A new backend is one file with a class that has
+``async from_config(cls, config: EngineConfig) -> ServedEngine`` (:class:`EngineBackend`) and one line in
+:data:`BACKENDS`; ``--backend``'s choices come from it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from strategies.base import Engine, Scorer
+
+if TYPE_CHECKING:  # server.config reads BACKENDS for --backend's choices
+    from server.config import EngineConfig
 
 
 class ServedEngine(Engine, Protocol):
@@ -31,3 +42,47 @@ class ServedScorer(Scorer, Protocol):
     """A reward model as the server holds it: one it can stop at shutdown."""
 
     async def shutdown(self) -> None: ...
+
+
+class EngineBackend(Protocol):
+    """A backend class: it starts its engine from ``ponder serve``'s engine settings.
+
+    ``config.model`` is the policy folder to load (a local backend) and ``config.tokenizer`` the folder of the
+    remote model's tokenizer (a remote one), both already checked to exist."""
+
+    async def from_config(self, config: EngineConfig) -> ServedEngine: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: where its class lives and what it needs from the settings."""
+
+    target: str  # "module:Class", imported only when the server starts the engine
+    help: str
+    local: bool = True  # the policy runs in this process from --model (else elsewhere; --tokenizer is read here)
+    requires: tuple[str, ...] = ()  # EngineConfig fields it cannot start without
+
+    def load(self) -> EngineBackend:
+        """The backend class (importing its module)."""
+        module, _, name = self.target.partition(":")
+        backend: EngineBackend = getattr(importlib.import_module(module), name)
+        return backend
+
+
+BACKENDS: dict[str, Backend] = {
+    "vllm": Backend("server.engine.vllm_engine:VLLMEngine", "in-process vLLM engine"),
+    "openai": Backend(
+        "server.engine.openai_engine:OpenAIEngine",
+        "a remote OpenAI-compatible server (--base-url)",
+        local=False,
+        requires=("base_url", "remote_model"),
+    ),
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, or ValueError listing the known ones."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}") from None

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from server.config import EngineConfig
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 from strategies.errors import EngineError, EngineUnavailableError
 
@@ -59,6 +60,22 @@ class OpenAIEngine:
         )
         self._inflight: dict[asyncio.Task[Any], str] = {}  # each in-flight HTTP request -> its request_id
         self._healthy = True
+
+    @classmethod
+    async def from_config(cls, config: EngineConfig) -> OpenAIEngine:
+        """The ``openai`` backend of ``ponder serve``: the remote server's model, with the tokenizer in
+        ``config.tokenizer`` (else ``config.model``)."""
+        # deferred import: torch/transformers only on this path
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(config.tokenizer or config.model))
+        return cls(
+            str(config.base_url),
+            str(config.remote_model),
+            tokenizer,
+            api_key=config.remote_api_key,
+            max_model_len=config.max_model_len or 4096,
+        )
 
     # --- Engine protocol ---
 

@@ -22,6 +22,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.vllm_runtime import encode_prompt, engine_args, engine_input, start_llm, stop_llm, translate_errors
+from server.config import EngineConfig
 from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
 
 log = logging.getLogger("ponder.engine")
@@ -70,6 +71,18 @@ class VLLMEngine:
             **({} if enforce_eager is None else {"enforce_eager": enforce_eager}),
         )
         return cls(await start_llm(args), model_name=model)
+
+    @classmethod
+    async def from_config(cls, config: EngineConfig) -> VLLMEngine:
+        """The ``vllm`` backend of ``ponder serve``: the policy in ``config.model``, started with its settings."""
+        return await cls.create(
+            str(config.model),
+            memory_fraction=config.memory_fraction,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enforce_eager=config.enforce_eager or None,  # None: the engines' default
+        )
 
     # ---- Engine protocol ---------------------------------------------------------------------------------------
     async def generate(self, prompts: Sequence[str], spec: SamplingSpec, request_id: str) -> list[list[Sample]]:
