@@ -17,6 +17,11 @@ BENCHMARKS = {
     "overhead": ("benchmarks.overhead", "Ponder's latency against vLLM's own server (none, best_of_n)"),
     "serve": ("benchmarks.serve", "serving speed by concurrency: Ponder, vLLM's own server, optillm on it"),
     "startup": ("benchmarks.startup", "engine start-up (compiled vs eager, one by one vs at once) and time to /health"),
+    "combine": ("benchmarks.combine", "one accuracy table and plot from several accuracy runs' strategies"),
+    "paired": ("benchmarks.paired", "paired bootstrap difference of two configurations of one accuracy run"),
+    "game24-lost": ("benchmarks.game24_lost", "where a Game of 24 tree search loses the way to 24"),
+    "game24-value": ("benchmarks.game24_value", "how well Game of 24 PRMs value search states (AUROC per depth)"),
+    "optillm-prompt": ("benchmarks.optillm_prompt", "a policy's accuracy with optillm's rewrite of the prompt"),
 }
 
 

@@ -2,7 +2,7 @@
 from the run that holds the configuration you want shown (another reward model, a final check, more first steps),
 under a label of your choice, so that one figure holds every strategy at its own best-known settings.
 
-    .venv/bin/python -m benchmarks.combine --output results/game24-all \\
+    ponder bench combine --output results/game24-all \\
         results/game24-policy:greedy results/game24-policy:best_of_n \\
         "results/game24-root:tree_of_thought:tree_of_thought (PRM, checked)"
 
@@ -56,7 +56,7 @@ def gather(sources: list[tuple[Path, str, str]]) -> tuple[list[dict[str, Any]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.combine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ponder bench combine", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="RUN:STRATEGY or RUN:STRATEGY:LABEL")
     parser.add_argument("--output", required=True, type=Path, help="folder for results.json/md and accuracy.png")
     args = parser.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = [parse_source(text) for text in args.sources]
         records, timings = gather(sources)
     except ValueError as exc:
-        print(f"python -m benchmarks.combine: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     rows = write_results(records, args.output, timings=timings)

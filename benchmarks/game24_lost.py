@@ -7,7 +7,7 @@ step is valid and 24 stays reachable from the numbers left), and counts, for eac
 whose kept states (not pruned, not duplicates) are all bad, and whether any good state had been generated there.
 A puzzle lost at depth 1 with none generated had no good first step to keep: no value function could have saved it.
 
-    .venv/bin/python -m benchmarks.game24_lost --breadth 16 --root-samples 5 --output results/game24-lost/root-5.json
+    ponder bench game24-lost --breadth 16 --root-samples 5 --output results/game24-lost/root-5.json
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ async def diagnose(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.game24_lost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ponder bench game24-lost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/game24-policy", help="policy checkpoint folder")
     parser.add_argument("--prm", default="models/game24-prm", help="PRM checkpoint folder")
     parser.add_argument("--breadth", type=int, default=16, help="tree_of_thought breadth b (default: 16)")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         bad.append(str(exc))
     if bad:
-        print(f"python -m benchmarks.game24_lost: error: {'; '.join(bad)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {'; '.join(bad)}", file=sys.stderr)
         return 2
     report = asyncio.run(diagnose(args))
     save_json(args.output, report)

@@ -17,7 +17,7 @@ The puzzles (``--split``):
 - ``train-rows``: the train split's rows of ``24.csv`` (numbers 1..13, as the test rows), in the seed's order:
   training puzzles of both shipped models (the PRM's solver paths were drawn on them), to set beside ``test``.
 
-    .venv/bin/python -m benchmarks.game24_value models/game24-prm --split test --paths 12 \\
+    ponder bench game24-value models/game24-prm --split test --paths 12 \\
         --output results/game24-heldout/value-test.json
 """
 
@@ -175,7 +175,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.game24_value", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ponder bench game24-value", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="PRM checkpoint folders (ponder train prm outputs)")
     parser.add_argument(
         "--split",

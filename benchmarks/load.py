@@ -16,8 +16,8 @@ connection is closed, as a client timeout does). Then waits for the server to se
 
 Writes ``OUTPUT/load.json`` and ``OUTPUT/load.md``; exits 1 when a target is missed.
 
-    python -m benchmarks.load --spawn --output results/load                  # starts ponder serve on the defaults
-    python -m benchmarks.load --url http://127.0.0.1:8000 --api-key K --pid 1234 --output results/load
+    ponder bench load --spawn --output results/load                  # starts ponder serve on the defaults
+    ponder bench load --url http://127.0.0.1:8000 --api-key K --pid 1234 --output results/load
 """
 
 from __future__ import annotations

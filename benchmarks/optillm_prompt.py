@@ -7,7 +7,7 @@ with the request's system prompt (empty when there is none). A chat model traine
 a small policy trained on one exact prompt layout can. ``ponder bench serve --workload arith`` reports each target's
 accuracy; this check tells how much of optillm's figure is the rewrite rather than its selection.
 
-    .venv/bin/python -m benchmarks.optillm_prompt --model models/default-policy --level 6 \\
+    ponder bench optillm-prompt --model models/default-policy --level 6 \\
         --output results/serve-arith-l6/optillm-prompt.json
 """
 
@@ -67,7 +67,7 @@ def measure(model: str, level: int, problems: int, samples: int, temperatures: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.optillm_prompt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ponder bench optillm-prompt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/default-policy", help="policy checkpoint folder")
     parser.add_argument("--level", type=int, default=6, help="arith level (default: 6)")
     parser.add_argument("--problems", type=int, default=64, help="test problems (default: 64, seed 0)")
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.model).is_dir() or not 1 <= args.level <= 8 or min(args.problems, args.samples) < 1:
         print(
-            "python -m benchmarks.optillm_prompt: error: --model must be a folder, --level 1-8, --problems and "
-            "--samples at least 1",
+            f"{parser.prog}: error: --model must be a folder, --level 1-8, --problems and --samples at least 1",
             file=sys.stderr,
         )
         return 2

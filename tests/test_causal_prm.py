@@ -249,7 +249,7 @@ def test_the_shipped_lms_as_likelihood_prms_flag_a_planted_error(path: Path) -> 
 
 
 def test_an_exported_likelihood_prm_is_evaluated_by_its_config(tmp_path: Path, capsys) -> None:
-    """``python -m reward_models.likelihood`` marks a copy of the policy; ``ponder eval prm`` then reads it as the
+    """``ponder convert likelihood-prm`` marks a copy of the policy; ``ponder eval prm`` then reads it as the
     likelihood PRM without a flag, and refuses what is not a causal LM with one line."""
     from reward_models.likelihood import main as export_main
     from training.evaluate import load_items, predicted_first_error, processbench_f1

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.combine``: one table and plot from several accuracy runs, and its refusals."""
+"""``ponder bench combine``: one table and plot from several accuracy runs, and its refusals."""
 
 from __future__ import annotations
 

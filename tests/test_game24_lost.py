@@ -40,4 +40,4 @@ def test_a_puzzle_lost_after_a_good_state_was_pruned():
 def test_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     assert lost.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m benchmarks.game24_lost: error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("ponder bench game24-lost: error: ") and message in err and err.count("\n") == 1

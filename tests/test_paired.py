@@ -49,7 +49,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     rows = [{"strategy": "dvts", "n": 4, "level": 6, "problem_id": "p1", "correct": True}]
     assert paired.main([str(write_run(tmp_path, rows)), *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m benchmarks.paired: error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("ponder bench paired: error: ") and message in err and err.count("\n") == 1
 
 
 def test_a_missing_run_is_one_line(tmp_path, capsys):

@@ -299,7 +299,7 @@ def test_the_optillm_prompt_check_refuses_a_missing_model(tmp_path, capsys):
 
     assert prompt_main(["--model", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m benchmarks.optillm_prompt: error: ") and err.count("\n") == 1
+    assert err.startswith("ponder bench optillm-prompt: error: ") and err.count("\n") == 1
 
 
 def test_the_overhead_benchmark_refuses_a_missing_model_in_one_line(tmp_path, capsys):

@@ -9,7 +9,7 @@ without importing the package (its import needs ``natsort``).
 Each solution becomes ``{"id", "problem", "steps", "label", "final_answer_correct"}``: steps are the solution's
 paragraphs (split on blank lines), ``label`` the index of the paragraph where the first wrong span starts, -1 when
 the annotators found no error. ``ponder eval prm --data champ`` reads them directly;
-``python -m training.champ --output FILE.jsonl`` writes them as ProcessBench JSONL.
+``ponder eval champ --output FILE.jsonl`` writes them as ProcessBench JSONL.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def champ_items() -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.champ", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ponder eval champ", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="ProcessBench JSONL file to write")
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,7 @@ second policy solves that the first did not, those it lost, and, for a task with
 each policy's greedy solution first goes wrong and how often the two open with the same first step. Both policies
 decode the same problems greedily, one vLLM engine after the other::
 
-    python -m training.compare_policies models/game24-policy runs/sdpo-g24f --task game24 --split train \\
+    ponder eval compare models/game24-policy runs/sdpo-g24f --task game24 --split train \\
         --seed 42 --skip 8400 --limit 2115 --output results/dpo-game24/compare.json
 """
 
@@ -126,7 +126,7 @@ def markdown(result: dict[str, Any], names: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.compare_policies", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ponder eval compare", description=__doc__.split("\n\n")[0])
     p.add_argument("before", help="the first policy's folder (e.g. the SFT policy)")
     p.add_argument("after", help="the second policy's folder (e.g. a DPO run)")
     add_problem_arguments(p)

@@ -6,7 +6,7 @@ fresh ``LlamaForCausalLM`` from its config (minus the GGUF ``quantization_config
 bf16 safetensors plus the tokenizer with its ChatML chat template: a normal hub-style folder (~270 MB).
 
 The result is cached outside git, in ``$PONDER_CACHE_DIR/smollm2-135m-instruct`` (default ``~/.cache/ponder``),
-converted once and written atomically (temp folder + rename). ``python -m training.convert_gguf [--output DIR]``
+converted once and written atomically (temp folder + rename). ``ponder convert gguf [--output DIR]``
 prints the folder.
 """
 
@@ -95,7 +95,7 @@ def _check(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.convert_gguf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ponder convert gguf", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help=f"folder to write (default: <cache>/{FOLDER_NAME})")
     args = parser.parse_args(argv)
     try:

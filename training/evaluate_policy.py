@@ -13,7 +13,7 @@ one. All prompts go to the engine at once. Sampling is seeded through the engine
 CPU backend kills the engine on a per-request seed: "CPU Generator does not use offset"). The vLLM engine core
 starts in a child process by spawn: callers need the ``if __name__ == "__main__":`` guard.
 
-    python -m training.evaluate_policy models/default-policy --levels 1 2 3 4 5 6 --limit 200 --num-samples 16
+    ponder eval policy models/default-policy --levels 1 2 3 4 5 6 --limit 200 --num-samples 16
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def problems_from_args(args: argparse.Namespace) -> dict[int, list[Problem]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate_policy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ponder eval policy", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="policy checkpoint folder (config.json, safetensors, tokenizer with chat template)")
     add_problem_arguments(p)
     p.add_argument("--num-samples", type=int, default=0, help="samples per problem for pass@k (0: greedy only)")

@@ -6,7 +6,7 @@ the same size that keeps what the runs share and cancels much of what each learn
 have the same architecture and tensors (say, Step-DPO runs from the same SFT policy); the soup is written with the
 first ingredient's config, tokenizer and chat template, in its dtype, and serves like any policy::
 
-    python -m training.soup runs/sdpo-g24 runs/sdpo-g24c runs/sdpo-g24d runs/sdpo-g24e --output runs/soup-g24
+    ponder train soup runs/sdpo-g24 runs/sdpo-g24c runs/sdpo-g24d runs/sdpo-g24e --output runs/soup-g24
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def make_soup(ingredients: Sequence[str | Path], output: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.soup", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ponder train soup", description=__doc__.split("\n\n")[0])
     p.add_argument("ingredients", nargs="+", help="policy folders fine-tuned from the same model")
     p.add_argument("--output", required=True, help="folder for the soup")
     args = p.parse_args(argv)
