@@ -5,9 +5,14 @@ r"""``ponder bench accuracy``: accuracy against generated tokens, per dataset, s
 
 Every problem of every (dataset, level, strategy, N, seed) goes through the server's own request path
 (:class:`server.serving.ChatService`: validation, chat template, strategy, per-request token ledger) on an in-process
-vLLM engine and reward model (``--model``/``--prm``, default: the shipped default models), or over HTTP to a
-running Ponder server (``--url``). Requests of one configuration run concurrently (``--concurrency``), so vLLM
-batches them as it would a server's traffic.
+vLLM engine and reward model, or over HTTP to a running Ponder server (``--url``). Requests of one configuration run
+concurrently (``--concurrency``), so vLLM batches them as it would a server's traffic.
+
+Models: in-process, ``--model``/``--prm`` where given, else the task's own (:class:`training.tasks.TaskSpec`'s
+``default_policy`` and ``default_reward_model``; Game of 24 has a policy and a PRM of its own), else the shipped
+default models; one line on stderr says which. The datasets of one command must agree on their models. A task's
+``default_params`` (per strategy, e.g. Game of 24's searches valued by its PRM and answering with a solution that
+passes its rule) and ``kv_cache_gib`` apply unless ``--param``/``--kv-cache-gib`` say otherwise.
 
 Output in ``--output DIR``:
 
@@ -58,14 +63,15 @@ from tqdm.auto import tqdm
 import strategies
 from reward_models import PRM_FORMATS, load_scorer_beside
 from server.config import ServerConfig
-from server.default_models import ensure_default_models
+from server.default_models import REPO_ROOT, ensure_default_models
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.serving import ChatService
-from training.tasks import UnknownTaskError, get_task
+from training.tasks import TaskSpec, UnknownTaskError, get_task
 
 BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_KV_CACHE_GIB = 2.0  # where neither --kv-cache-gib nor a task says
 
 
 class UsageError(Exception):
@@ -249,7 +255,7 @@ async def run_config(
     returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
 
     task = get_task(config.dataset)
-    strategy, params = strategy_request(config.strategy, config.n, args.params.get(config.strategy, {}))
+    strategy, params = strategy_request(config.strategy, config.n, params_for(args, config.dataset, config.strategy))
     gate = asyncio.Semaphore(args.concurrency)
     sum_tokens = [0]
 
@@ -510,15 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STRATEGY.KEY=VALUE",
         help="a strategy parameter (JSON value), e.g. beam_search.beam_width=4; repeatable",
     )
-    parser.add_argument("--model", help="policy checkpoint (default: the shipped default policy)")
-    parser.add_argument("--prm", help="reward model checkpoint (default: the shipped default PRM)")
+    parser.add_argument("--model", help="policy checkpoint (default: the task's own, else the shipped default)")
+    parser.add_argument("--prm", help="reward model checkpoint (default: the task's own, else the shipped default)")
     parser.add_argument("--no-prm", action="store_true", help="load no reward model")
     parser.add_argument("--prm-format", choices=PRM_FORMATS, help="how to read --prm (default: from its config.json)")
     parser.add_argument("--url", help="benchmark a running Ponder server instead of an in-process engine")
     parser.add_argument("--model-name", help="with --url: the model id to send (default: the server's first)")
     parser.add_argument("--api-key", help="with --url: bearer key")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: 64)")
-    parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="in-process vLLM KV cache (default: 2)")
+    parser.add_argument("--kv-cache-gib", type=float, help="in-process vLLM KV cache (default: the task's, else 2)")
     parser.add_argument("--no-plot", action="store_true", help="skip accuracy.png")
     parser.add_argument("--output", required=True, help="output folder (records, results.json/md, accuracy.png)")
     return parser
@@ -561,16 +567,95 @@ def validate(args: argparse.Namespace) -> None:
     args.params = parse_params(args.param)
 
 
-def default_models(args: argparse.Namespace) -> tuple[str, str | None]:
+def params_for(args: argparse.Namespace, dataset: str, strategy: str) -> dict[str, Any]:
+    """The strategy parameters (besides N) a strategy or preset runs with on ``dataset``: the task's defaults for
+    the strategy (``TaskSpec.default_params``), each overridden by ``--param``."""
+    spec, _ = strategies.resolve(strategy)
+    return {**get_task(dataset).default_params.get(spec.name, {}), **args.params.get(strategy, {})}
 
+
+@dataclass(frozen=True)
+class Models:
+    """What an in-process run loads, and where each choice came from (for the line it prints)."""
+
+    policy: str
+    prm: str | None
+    kv_cache_gib: float
+    policy_from: str
+    prm_from: str
+
+    def line(self) -> str:
+        prm = f"reward model {_shown(self.prm)} ({self.prm_from})" if self.prm else f"no reward model ({self.prm_from})"
+        return f"models: policy {_shown(self.policy)} ({self.policy_from}), {prm}"
+
+
+def _shown(path: str) -> str:
+    """A path relative to the working directory where it lies under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
+def _task_model(task: TaskSpec, folder: str, what: str, flag: str) -> str:
+    path = REPO_ROOT / folder
+    if not path.is_dir():
+        raise UsageError(f"task {task.name!r}'s default {what} {folder} is not there; pass {flag}")
+    return str(path)
+
+
+def resolve_models(args: argparse.Namespace) -> Models:
+    """The policy, reward model and KV cache of an in-process run: ``--model``/``--prm``/``--no-prm``/
+    ``--kv-cache-gib`` where given, else the datasets' own (``TaskSpec.default_policy`` ...), else the server's
+    defaults. Datasets that would need different models cannot share one command (UsageError)."""
     if args.model and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model!r}: no such checkpoint folder")
     if args.prm and not Path(args.prm).is_dir():
         raise UsageError(f"--prm {args.prm!r}: no such checkpoint folder")
-    defaults = ensure_default_models() if not (args.model and (args.prm or args.no_prm)) else None
-    model = args.model or str(defaults.policy)
-    prm = None if args.no_prm else (args.prm or (str(defaults.prm) if defaults.prm else None))
-    return model, prm
+    tasks = [get_task(name) for name in args.dataset]
+    server_defaults = None
+
+    def server_default(kind: str) -> str | None:
+        nonlocal server_defaults
+        server_defaults = server_defaults or ensure_default_models()
+        path = server_defaults.policy if kind == "policy" else server_defaults.prm
+        return None if path is None else str(path)
+
+    wanted: dict[tuple[str | None, str | None], list[str]] = defaultdict(list)
+    for task in tasks:
+        if args.model:
+            policy = args.model
+        elif task.default_policy:
+            policy = _task_model(task, task.default_policy, "policy", "--model")
+        else:
+            policy = server_default("policy")
+        if args.no_prm or args.prm:
+            prm = None if args.no_prm else args.prm
+        elif task.default_reward_model:
+            prm = _task_model(task, task.default_reward_model, "reward model", "--prm")
+        else:
+            prm = server_default("prm")
+        key = (str(Path(policy).resolve()) if policy else None, str(Path(prm).resolve()) if prm else None)
+        wanted[key].append(task.name)
+        chosen = (policy, prm)
+    if len(wanted) > 1:
+        each = "; ".join(
+            f"{', '.join(names)}: {_shown(p or '-')} and {_shown(r) if r else 'no reward model'}"
+            for (p, r), names in wanted.items()
+        )
+        raise UsageError(f"these datasets run on different models ({each}): run them apart, or pass --model and --prm")
+    policy, prm = chosen
+    assert policy is not None
+    own = [task.name for task in tasks if task.default_policy or task.default_reward_model]
+    task_says = f"{', '.join(own)}'s own" if own else "the server's default"
+    kv = [task.kv_cache_gib for task in tasks if task.kv_cache_gib is not None]
+    return Models(
+        policy,
+        prm,
+        args.kv_cache_gib if args.kv_cache_gib is not None else max(kv, default=DEFAULT_KV_CACHE_GIB),
+        "--model" if args.model else task_says,
+        "--no-prm" if args.no_prm else "--prm" if args.prm else task_says,
+    )
 
 
 async def run(args: argparse.Namespace, client: Client | None = None) -> list[dict[str, Any]]:
@@ -603,8 +688,11 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
         elif args.url:
             client = HTTPClient(args.url, args.model_name, args.api_key, timeout=3600.0)
         else:
-            model, prm = default_models(args)
-            client = await InProcessClient.start(model, prm, args.seed[0], args.kv_cache_gib, args.prm_format)
+            models = resolve_models(args)
+            print(f"ponder bench accuracy: {models.line()}", file=sys.stderr)
+            client = await InProcessClient.start(
+                models.policy, models.prm, args.seed[0], models.kv_cache_gib, args.prm_format
+            )
         try:
             with (
                 records_path.open("a") as out,

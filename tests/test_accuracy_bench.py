@@ -15,6 +15,7 @@ import strategies
 from benchmarks import accuracy
 from benchmarks.cli import main as bench_main
 from server.config import ServerConfig
+from server.default_models import REPO_ROOT
 from server.metrics import Metrics
 from server.serving import ChatService
 from tests.fakes import FakeEngine, FakeScorer
@@ -175,6 +176,54 @@ def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["accuracy", *argv, "--output", str(tmp_path / "o"), "--no-prm", "--model", "/nope"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def parsed(*argv: str):
+    args = accuracy.build_parser().parse_args([*argv, "--output", "unused"])
+    accuracy.validate(args)
+    return args
+
+
+def test_game24_runs_on_its_own_models_and_search_params_unless_told_otherwise():
+    args = parsed("--dataset", "game24", "--strategies", "tree_of_thought,mcts,greedy")
+    models = accuracy.resolve_models(args)
+    assert (models.policy, models.prm) == (
+        str(REPO_ROOT / "models/game24-policy"),
+        str(REPO_ROOT / "models/game24-prm"),
+    )
+    assert models.kv_cache_gib == 2.0 and "game24's own" in models.line() and "game24-prm" in models.line()
+    for search in ("tree_of_thought", "mcts"):
+        assert accuracy.params_for(args, "game24", search) == {"value_source": "prm", "final_check": "game24"}
+    assert accuracy.params_for(args, "game24", "greedy") == {}
+    policy, prm = str(REPO_ROOT / "models/default-policy"), str(REPO_ROOT / "models/default-prm")
+    told = parsed(
+        "--dataset", "game24", "--model", policy, "--prm", prm, "--kv-cache-gib", "1",
+        "--param", 'tree_of_thought.value_source="self"',
+    )  # fmt: skip
+    models = accuracy.resolve_models(told)
+    assert (models.policy, models.prm, models.kv_cache_gib) == (policy, prm, 1.0) and "(--model)" in models.line()
+    assert accuracy.params_for(told, "game24", "tree_of_thought") == {"value_source": "self", "final_check": "game24"}
+    assert accuracy.resolve_models(parsed("--dataset", "game24", "--no-prm")).prm is None
+
+
+def test_arith_runs_on_the_default_models_with_no_params_of_its_own():
+    args = parsed("--dataset", "arith", "--strategies", "tree_of_thought")
+    models = accuracy.resolve_models(args)
+    assert (models.policy, models.prm) == (
+        str(REPO_ROOT / "models/default-policy"),
+        str(REPO_ROOT / "models/default-prm"),
+    )
+    assert models.kv_cache_gib == 2.0 and accuracy.params_for(args, "arith", "tree_of_thought") == {}
+
+
+def test_datasets_that_need_different_models_are_one_line_and_exit_2(tmp_path, capsys):
+    argv = ["accuracy", "--dataset", "arith,game24", "--limit", "1", "--output", str(tmp_path / "o")]
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "different models" in err and "arith" in err and "game24" in err and err.count("\n") == 1
+    policy, prm = str(REPO_ROOT / "models/default-policy"), str(REPO_ROOT / "models/default-prm")
+    both = accuracy.resolve_models(parsed("--dataset", "arith,game24", "--model", policy, "--prm", prm))
+    assert (both.policy, both.prm) == (policy, prm)  # told the models, they agree
 
 
 def test_bench_cli_lists_benchmarks(capsys):

@@ -247,6 +247,8 @@ class Arith(TaskSpec):
     levels = tuple(LEVELS)
     instruction = INSTRUCTION
     max_tokens = 256  # level 8: six ~20-character steps and the answer
+    default_policy = "models/default-policy"  # the shipped default models are trained on arith (README, top)
+    default_reward_model = "models/default-prm"
 
     def _load(
         self, split: str, limit: int | None, seed: int, levels: tuple[int, ...], data_file: str | None

@@ -10,6 +10,10 @@ Step labels follow Math-Shepherd (Wang et al. 2024): a step is correct when it i
 is, i.e. when the solution so far can still reach the gold answer. After the first wrong step every label is False,
 so the labels compare directly with Monte Carlo ones, and the first False is ProcessBench's first error step.
 
+A task that ships models of its own says so (``default_policy``, ``default_reward_model``, with the strategy
+parameters it needs in ``default_params`` and the KV cache in ``kv_cache_gib``), and ``ponder bench accuracy``
+uses them unless told otherwise; a task that declares none is run on the server's default models.
+
 Registry in the classic lm-evaluation-harness manner: ``@register`` on the class, a duplicate name fails at import,
 an unknown name fails with the list of known ones.
 """
@@ -17,8 +21,9 @@ an unknown name fails with the list of known ones.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from strategies.answers import equivalent, extract_answer
@@ -49,6 +54,13 @@ class TaskSpec:
     instruction: ClassVar[str] = BOXED_INSTRUCTION  # appended to the question in the user message
     max_tokens: ClassVar[int] = 512  # a generous completion budget for a solution in the expected format
     step_delimiter: ClassVar[str] = STEP_DELIMITER
+    # The models a run on this task uses unless told otherwise: checkpoint folders, relative to the repository root
+    # (server.default_models.REPO_ROOT); None: the server's default models (server.default_models).
+    default_policy: ClassVar[str | None] = None
+    default_reward_model: ClassVar[str | None] = None
+    # strategy name -> parameters a run on this task sets unless told otherwise (e.g. the task's final check)
+    default_params: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType({})
+    kv_cache_gib: ClassVar[float | None] = None  # the in-process KV cache the task's runs need; None: the default
 
     def load(
         self,

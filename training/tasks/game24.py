@@ -434,6 +434,15 @@ class Game24(TaskSpec):
     splits = ("train", "test", "heldout")
     instruction = INSTRUCTION
     max_tokens = 192  # three ~30-character steps and the boxed expression
+    # its own policy and PRM (README, "Game of 24"); the searches valued by the PRM and answering with a solution
+    # that passes ToT's rule (strategies/checks), as in results/game24-root and results/game24-mcts-root
+    default_policy = "models/game24-policy"
+    default_reward_model = "models/game24-prm"
+    default_params = {
+        "tree_of_thought": {"value_source": "prm", "final_check": "game24"},
+        "mcts": {"value_source": "prm", "final_check": "game24"},
+    }
+    kv_cache_gib = 2.0  # what its runs used (README, "Game of 24": --kv-cache-gib 2)
 
     def _load(
         self, split: str, limit: int | None, seed: int, levels: tuple[int, ...], data_file: str | None
