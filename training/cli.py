@@ -1,4 +1,5 @@
-"""``ponder train TRAINER [--config FILE.yaml] [--flags ...]``: the training command line.
+"""``ponder train TRAINER [--config FILE.yaml] [--flags ...]``: the training command line (and ``ponder train soup``,
+which averages trained policies: :data:`DELEGATED`).
 
 Every trainer's options are one config dataclass (a TRL config subclass), parsed by ``HfArgumentParser``, so each
 field is a ``--flag`` and a YAML key. Values are resolved in this order, later winning: the dataclass defaults,
@@ -11,6 +12,8 @@ before any data or model is built.
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -23,6 +26,7 @@ import yaml
 from training.tasks.base import UnknownTaskError
 
 PROG = "ponder train"
+BARE_PERCENT = re.compile(r"(?<!%)%(?![%(])")  # a % that is neither %% nor a %(name)s specifier
 
 
 class ConfigError(Exception):
@@ -81,6 +85,12 @@ TRAINERS: dict[str, Trainer] = {
 }
 
 
+# ``ponder train NAME`` for what is not a TRL config trainer: the rest of the line goes to MODULE.main(argv).
+DELEGATED = {
+    "soup": ("training.soup", "a uniform model soup: the weights of several fine-tuned copies of one policy, averaged"),
+}
+
+
 def parse_config(trainer: str, argv: list[str]) -> Any:
     """The trainer's config from ``argv`` (flags, ``--config FILE``, ``--preset NAME``); ConfigError on mistakes."""
     # deferred import: torch/transformers only on this path
@@ -104,6 +114,8 @@ def parse_config(trainer: str, argv: list[str]) -> Any:
         pass
 
     parser = Parser(config_class, prog=f"{PROG} {trainer}", description=TRAINERS[trainer].help)
+    for action in parser._actions:  # a field's help is prose ("nearest 50%)"); argparse reads it as a format string
+        action.help = action.help and BARE_PERCENT.sub("%%", action.help)
     parser.add_argument("--config", help="YAML file of field values (flags override it)")
     parser.set_defaults(**{**presets[preset], **from_file, "preset": preset})
 
@@ -146,11 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="trainer", metavar="TRAINER", required=True)
     for name, trainer in TRAINERS.items():
         sub.add_parser(name, help=trainer.help, add_help=False)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
     try:
         if not argv or argv[0] not in TRAINERS:
             build_parser().parse_args(argv[:1])  # prints help for -h, else raises ConfigError

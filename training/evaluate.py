@@ -18,12 +18,15 @@ checkpoint in torch (``--backend torch``, the training-time model) or serves it 
 
     ponder eval prm --model models/default-prm --data runs/prm-data/test
     ponder eval bon --policy models/default-policy --prm models/default-prm --levels 3 4 5 6 --n 16
+
+``ponder eval policy``, ``compare`` and ``champ`` live in their own modules (:data:`DELEGATED`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from collections import defaultdict
@@ -307,9 +310,23 @@ def _share(flags: Any) -> float:
     return sum(flags) / max(len(flags), 1)
 
 
+# ``ponder eval VERB`` for the verbs that live in their own module: the rest of the line goes to MODULE.main(argv),
+# imported only for that verb.
+DELEGATED = {
+    "policy": ("training.evaluate_policy", "accuracy of a policy per level, greedy and sampled (pass@k, majority@n)"),
+    "compare": ("training.compare_policies", "where two policies' greedy solutions part: problems gained and lost"),
+    "champ": ("training.champ", "CHAMP's annotated solutions written as ProcessBench JSONL"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="ponder eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for kind in ("prm", "orm"):
         p = sub.add_parser(kind, help=f"first-error-step F1 (prm) or outcome accuracy (orm) of a {kind.upper()}")
         p.add_argument("--model", required=True, help="reward model checkpoint folder")
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     bon.add_argument("--n", type=int, default=16, help="samples per problem (N)")
     bon.add_argument("--seed", type=int, default=0, help="seed of the problems and the engine")
     bon.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
         return run(args)
     except (FileNotFoundError, ValueError) as exc:  # a missing or wrong checkpoint or data file: the user's mistake
