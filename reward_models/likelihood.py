@@ -245,13 +245,17 @@ def export(policy: str | Path, output: str | Path) -> Path:
     return output
 
 
-def main(argv: list[str] | None = None) -> int:
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ponder convert likelihood-prm", description="Mark a policy checkpoint as a likelihood PRM."
     )
     parser.add_argument("--policy", required=True, help="causal LM checkpoint folder (e.g. models/default-policy)")
     parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         print(f"wrote {export(args.policy, args.output)}")

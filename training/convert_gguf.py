@@ -94,10 +94,14 @@ def _check(folder: Path) -> None:
         raise RuntimeError(f"saved chat template renders an unexpected prompt: {prompt!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder convert gguf", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help=f"folder to write (default: <cache>/{FOLDER_NAME})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         folder = convert_smollm2(args.output) if args.output else ensure_smollm2()
     except (ImportError, OSError, RuntimeError) as error:

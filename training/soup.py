@@ -63,11 +63,15 @@ def make_soup(ingredients: Sequence[str | Path], output: str | Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder train soup", description=__doc__.split("\n\n")[0])
     p.add_argument("ingredients", nargs="+", help="policy folders fine-tuned from the same model")
     p.add_argument("--output", required=True, help="folder for the soup")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         out = make_soup(args.ingredients, args.output)
     except ValueError as exc:
