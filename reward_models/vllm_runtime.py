@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from vllm import TokensPrompt
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
-from vllm.utils.system_utils import set_env_var
+from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -31,7 +34,10 @@ from strategies.errors import EngineError, EngineUnavailableError
 log = logging.getLogger("ponder.engine")
 
 GIB = 1 << 30
-_SPAWNING = threading.Lock()  # one engine at a time sets the environment its child processes start with
+# Held while one engine's core process is being spawned, with that engine's CPU binding in the environment the
+# child inherits; released as soon as the child runs, so that engines load (seconds to minutes) at the same time.
+_SPAWNING = threading.Lock()
+SPAWN_POLL_SECONDS = 0.01  # how often the spawn window looks for the new engine core process
 
 
 def engine_args(
@@ -62,12 +68,69 @@ def engine_args(
     )
 
 
+def engine_cores() -> set[Any]:
+    """The engine-core processes this process has started that still run: vLLM's ``AsyncLLM`` starts one with
+    ``multiprocessing`` (spawn), named ``EngineCore`` (``EngineCore_DP<i>`` with data parallelism)."""
+    return {p for p in multiprocessing.active_children() if p.name.startswith("EngineCore")}
+
+
+@contextmanager
+def spawn_window(cpu_bind: str | None) -> Iterator[None]:
+    """Run the body (an engine start) with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind`` in ``os.environ`` (left as it is
+    for None) and :data:`_SPAWNING` held, only until the engine core process it starts is running; then the
+    environment is restored and the lock released while the body goes on loading.
+
+    vLLM's CPU backend reads the binding in the engine core process (``OMPProcessManager``, which binds the model
+    worker it spawns there), from the environment that process was spawned with; no engine argument carries it.
+    A spawned child's environment is fixed once it runs, so the window need only cover the spawn: the engine core
+    appears in :func:`engine_cores` right after its ``Process.start`` has returned. Another engine's start waits on
+    the lock only for that long, not for this one's load. If the body ends without starting a core (a failure, or a
+    vLLM that keeps its core in-process), the window closes when it ends.
+    """
+    _SPAWNING.acquire()
+    try:
+        before = engine_cores()  # under the lock: no other engine's core can appear from now on
+        saved = os.environ.get(VLLM_BIND_ENV)
+        if cpu_bind is not None:
+            os.environ[VLLM_BIND_ENV] = cpu_bind
+    except BaseException:
+        _SPAWNING.release()
+        raise
+    body_done = threading.Event()
+
+    def close_when_spawned() -> None:
+        try:
+            while not body_done.wait(SPAWN_POLL_SECONDS) and not engine_cores() - before:
+                pass
+        finally:
+            if cpu_bind is not None:
+                if saved is None:
+                    os.environ.pop(VLLM_BIND_ENV, None)
+                else:
+                    os.environ[VLLM_BIND_ENV] = saved
+            _SPAWNING.release()
+
+    watcher = threading.Thread(target=close_when_spawned, name="ponder-spawn-window", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        body_done.set()
+        watcher.join()
+
+
 def _from_engine_args(args: AsyncEngineArgs, cpu_bind: str | None) -> AsyncLLM:
-    """``AsyncLLM.from_engine_args`` with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind`` in the environment that its engine
-    process inherits (vLLM's CPU backend binds the model worker there); the process's own environment is restored.
-    Engines start one at a time, so that none inherits another's binding."""
-    with _SPAWNING, nullcontext() if cpu_bind is None else set_env_var(VLLM_BIND_ENV, cpu_bind):
-        return AsyncLLM.from_engine_args(args)
+    """``AsyncLLM.from_engine_args`` whose engine core process starts with ``VLLM_CPU_OMP_THREADS_BIND=cpu_bind``
+    (:func:`spawn_window`). The engine's configuration (which may inspect the model in a subprocess of its own) is
+    built before the window opens, at the same time as other engines'."""
+    config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    with spawn_window(cpu_bind):
+        return AsyncLLM.from_vllm_config(
+            config,
+            usage_context=UsageContext.ENGINE_CONTEXT,
+            enable_log_requests=args.enable_log_requests,
+            disable_log_stats=args.disable_log_stats,
+        )
 
 
 async def start_llm(args: AsyncEngineArgs, cpu_bind: str | None = None) -> AsyncLLM:

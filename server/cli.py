@@ -11,6 +11,7 @@ nothing is loaded before they are checked.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import importlib
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 import uvicorn
 import yaml
 
-from reward_models import load_scorer_beside
+from reward_models import load_scorer_beside, reads_policy_itself
 from reward_models.hardware import scorer_cpu_bind
 from server.app import Loader, create_app
 from server.config import EngineConfig, ServeConfig, ServerConfig, check_flat, flag_of, flat_fields, has_flag
@@ -168,29 +169,36 @@ def _resolve_models(engine: EngineConfig) -> tuple[Path | None, Path | None]:
 
 
 def _loader(settings: argparse.Namespace | ServeConfig, policy: Path | None, prm: Path | None) -> Loader:
-    """What the app runs at startup: the backend's engine on ``policy`` (for a remote backend: its tokenizer), then
-    the reward model in ``prm`` beside it. A failure is one line on stderr and exit status 1."""
+    """What the app runs at startup: the backend's engine on ``policy`` (for a remote backend: its tokenizer) and
+    the reward model in ``prm`` beside it, both at once (after the policy when the reward model reads the policy's
+    own engine). A failure is one line on stderr and exit status 1."""
     config = (settings if isinstance(settings, ServeConfig) else serve_config(settings)).engine
     backend = get_backend(config.backend)
     folder = {"model" if backend.local else "tokenizer": str(policy)}
     resolved = dataclasses.replace(config, **folder, prm=None if prm is None else str(prm))
 
+    async def scorer_beside(engine: ServedEngine | None) -> Scorer | None:
+        if prm is None:
+            return None
+        return await load_scorer_beside(
+            engine,
+            policy,
+            prm,
+            format=config.prm_format,
+            memory_fraction=config.prm_memory_fraction,
+            enforce_eager=config.enforce_eager or None,  # None: the engines' default
+            scorer_cpus=config.scorer_cpus,
+        )
+
     async def load() -> tuple[ServedEngine, Scorer | None]:
         try:
             if prm is not None:  # a core list that cannot be used fails now, not after the policy has loaded
                 scorer_cpu_bind(requested=config.scorer_cpus)
-            engine = await backend.load().from_config(resolved)
-            scorer = None
-            if prm is not None:
-                scorer = await load_scorer_beside(
-                    engine,
-                    policy,
-                    prm,
-                    format=config.prm_format,
-                    memory_fraction=config.prm_memory_fraction,
-                    enforce_eager=config.enforce_eager or None,  # None: the engines' default
-                    scorer_cpus=config.scorer_cpus,
-                )
+            if prm is not None and policy is not None and reads_policy_itself(prm, policy, config.prm_format):
+                engine = await backend.load().from_config(resolved)
+                scorer = await scorer_beside(engine)  # the policy's own likelihood, read on the policy's engine
+            else:  # both engines start at once; each loads in its own process (reward_models.vllm_runtime)
+                engine, scorer = await asyncio.gather(backend.load().from_config(resolved), scorer_beside(None))
         except Exception as exc:  # startup failure: one line, non-zero exit, no traceback for the user
             print(f"ponder: error: could not load the models: {exc}", file=sys.stderr, flush=True)
             os._exit(1)

@@ -3,6 +3,7 @@ model's engine on its own CPU cores."""
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -158,13 +159,18 @@ def test_binding_reaches_the_engine_process_and_the_environment_is_restored(monk
 
     seen: list[str | None] = []
     monkeypatch.setattr(
-        vllm_runtime.AsyncLLM, "from_engine_args", lambda args: seen.append(os.environ.get(hardware.VLLM_BIND_ENV))
+        vllm_runtime.AsyncLLM,
+        "from_vllm_config",
+        lambda config, **kwargs: seen.append(os.environ.get(hardware.VLLM_BIND_ENV)),
+    )
+    args = SimpleNamespace(
+        create_engine_config=lambda usage_context: "config", enable_log_requests=False, disable_log_stats=True
     )
     if before is None:
         monkeypatch.delenv(hardware.VLLM_BIND_ENV, raising=False)
     else:
         monkeypatch.setenv(hardware.VLLM_BIND_ENV, before)
-    vllm_runtime._from_engine_args("args", "1")
-    vllm_runtime._from_engine_args("args", None)
+    vllm_runtime._from_engine_args(args, "1")
+    vllm_runtime._from_engine_args(args, None)
     assert seen == ["1", before]  # set while the engine starts (its processes inherit it); untouched without one
     assert os.environ.get(hardware.VLLM_BIND_ENV) == before
