@@ -117,13 +117,15 @@ def budget_param(strategy: str) -> str | None:
     return None if name is None or name in fixed else name
 
 
-def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(registered strategy, strategy_params) for a strategy or preset at budget n; ``extra`` overrides."""
+def strategy_request(strategy: str, n: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any], float | None]:
+    """(registered strategy, strategy_params, forced request temperature) for a strategy or preset at budget n;
+    ``extra`` overrides. A preset's temperature is a strategy param, so the third is None (benchmarks.serve reads
+    it)."""
     spec, params = strategies.resolve(strategy)
     budget = budget_param(strategy)
     if budget is not None:
         params[budget] = n
-    return spec.name, {**params, **extra}
+    return spec.name, {**params, **extra}, None
 
 
 def grid(
@@ -255,7 +257,10 @@ async def run_config(
     returns the timing of this batch (wall time and tokens generated: the configuration's generation speed)."""
 
     task = get_task(config.dataset)
-    strategy, params = strategy_request(config.strategy, config.n, params_for(args, config.dataset, config.strategy))
+    strategy, params, forced = strategy_request(
+        config.strategy, config.n, params_for(args, config.dataset, config.strategy)
+    )
+    temperature = args.temperature if forced is None else forced
     gate = asyncio.Semaphore(args.concurrency)
     sum_tokens = [0]
 
@@ -267,7 +272,7 @@ async def run_config(
                 strategy,
                 params,
                 task.max_tokens,
-                args.temperature,
+                temperature,
                 request_seed(config.seed, problem.id),
             )
             record = {

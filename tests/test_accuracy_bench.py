@@ -71,14 +71,15 @@ def test_grid_runs_strategies_without_n_once():
 
 
 def test_strategy_request_maps_n_to_each_strategys_budget():
-    assert accuracy.strategy_request("greedy", 1, {}) == ("none", {"temperature": 0.0, "num_samples": 1})
+    assert accuracy.strategy_request("greedy", 1, {}) == ("none", {"temperature": 0.0, "num_samples": 1}, None)
     assert accuracy.strategy_request("best_of_n", 8, {"aggregation": "min"}) == (
         "best_of_n",
         {"num_samples": 8, "aggregation": "min"},
+        None,
     )
     assert accuracy.strategy_request("mcts", 16, {})[1] == {"num_iterations": 16}
     assert accuracy.strategy_request("tree_of_thought", 5, {})[1] == {"num_samples": 5}
-    assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16})
+    assert accuracy.strategy_request("sample", 16, {}) == ("none", {"num_samples": 16}, None)
 
 
 def test_help_says_what_n_sets_for_every_strategy_from_its_config(capsys):
