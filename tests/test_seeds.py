@@ -98,7 +98,7 @@ def test_every_engine_call_of_every_strategy_carries_the_problems_seed(tmp_path)
     seeds = {p.question: accuracy.request_seed(0, p.id) for p in problems}
     assert len(engine.calls) > 9 * 3  # every strategy ran, the searches with several calls each
     for prompts, spec in engine.calls:
-        (question,) = {seeds_key for seeds_key in seeds if all(seeds_key in p for p in prompts)}
+        (question,) = {q for q in seeds if all(q in prompt for prompt in prompts)}  # the problem of this call
         assert spec.seed is not None, (prompts, spec)
         # one-call strategies pass the request's seed; a search passes a fresh one per call, above it
         assert seeds[question] <= spec.seed <= seeds[question] + 64
