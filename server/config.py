@@ -98,7 +98,9 @@ class EngineConfig:
         choices=PRM_FORMATS,
     )
     backend: str = _option(
-        "vllm", "; ".join(f"{name}: {backend.help}" for name, backend in BACKENDS.items()), choices=tuple(BACKENDS)
+        "vllm",
+        "; ".join(f"{name}: {backend.help}" for name, backend in BACKENDS.items()),
+        choices=BACKENDS,  # the registry itself: a backend registered later is a choice too
     )
     base_url: str | None = _option(None, "with --backend openai: the remote server's /v1 URL", metavar="URL")
     remote_model: str | None = _option(
