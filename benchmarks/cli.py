@@ -31,7 +31,8 @@ def usage() -> str:
         "",
         "benchmarks:",
     ]
-    lines += [f"  {name:<10} {help}" for name, (_, help) in BENCHMARKS.items()]
+    width = max(map(len, BENCHMARKS))
+    lines += [f"  {name:<{width}}  {help}" for name, (_, help) in BENCHMARKS.items()]
     return "\n".join(lines)
 
 

@@ -356,4 +356,5 @@ async def test_serve_threads_prm_format_to_load_scorer(tiny: dict, monkeypatch: 
     args = build_parser().parse_args(argv)
     assert isinstance(args, argparse.Namespace)
     assert await _loader(args, Path("/p"), tiny["rlhflow"])() == ("engine", "scorer")
-    assert calls == [(str(tiny["rlhflow"]), {"memory_fraction": 0.1, "format": "rlhflow"})]
+    expected = {"memory_fraction": 0.1, "format": "rlhflow", "enforce_eager": None, "scorer_cpus": None}
+    assert calls == [(str(tiny["rlhflow"]), expected)]
