@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from server.verbs import VerbGroup
 
 BENCHMARKS = {
     "accuracy": ("benchmarks.accuracy", "accuracy against generated tokens, per strategy and budget N"),
@@ -25,29 +26,8 @@ BENCHMARKS = {
 }
 
 
-def usage() -> str:
-    lines = [
-        "usage: ponder bench BENCHMARK [options]   (ponder bench BENCHMARK --help for its options)",
-        "",
-        "benchmarks:",
-    ]
-    width = max(map(len, BENCHMARKS))
-    lines += [f"  {name:<{width}}  {help}" for name, (_, help) in BENCHMARKS.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    if argv[0] not in BENCHMARKS:
-        print(
-            f"ponder bench: error: unknown benchmark {argv[0]!r}; benchmarks: {', '.join(BENCHMARKS)}", file=sys.stderr
-        )
-        return 2
-    module = importlib.import_module(BENCHMARKS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+GROUP = VerbGroup("ponder bench", "benchmark", BENCHMARKS)
+main = GROUP.main
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ imported only for that converter. The dispatcher lives in ``training``, the lowe
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from server.verbs import VerbGroup
 
 PROG = "ponder convert"
 CONVERTERS = {
@@ -20,21 +21,8 @@ CONVERTERS = {
 }
 
 
-def usage() -> str:
-    lines = [f"usage: {PROG} KIND [options]   ({PROG} KIND --help for its options)", "", "kinds:"]
-    lines += [f"  {name:<15} {help_text}" for name, (_, help_text) in CONVERTERS.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    if argv[0] not in CONVERTERS:
-        print(f"{PROG}: error: unknown kind {argv[0]!r}; kinds: {', '.join(CONVERTERS)}", file=sys.stderr)
-        return 2
-    return int(importlib.import_module(CONVERTERS[argv[0]][0]).main(argv[1:]) or 0)
+GROUP = VerbGroup(PROG, "kind", CONVERTERS)
+main = GROUP.main
 
 
 if __name__ == "__main__":
