@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from strategies.base import Sample, SamplingSpec
 
 Script = Callable[[str, int], str]  # (prompt, sample index) -> completion text
+ARITH_QUESTION = re.compile(r"Start with .*?What is the result\?")
 
 
 def tokens(text: str) -> int:
@@ -28,14 +31,24 @@ class FakeTokenizer:
 
 @dataclass
 class FakeEngine:
-    """Returns scripted completions and records every call; ``delay`` makes calls slow enough to cancel."""
+    """Returns scripted completions and records every call.
+
+    ``gate``: an event every call waits for before it answers (a stream: after its first word), so a test decides
+    when work finishes; an event nobody sets makes calls that run until they are cancelled. ``open_when``: the
+    engine sets the gate itself as soon as this holds of it (checked as calls start and end), e.g.
+    ``lambda e: e.running >= 3``. :meth:`wait_running` returns once that many calls are running at once.
+    """
 
     script: Script
-    delay: float = 0.0
+    gate: asyncio.Event | None = None
+    open_when: Callable[[FakeEngine], bool] | None = None
     max_model_len: int = 4096
     calls: list[tuple[list[str], SamplingSpec]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     running: int = 0
+    cancelled: int = 0  # calls cancelled while they waited at the gate
+    _waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list, repr=False)
+    shut_down: bool = False
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
 
     def count_tokens(self, text: str) -> int:
@@ -43,6 +56,12 @@ class FakeEngine:
 
     def healthy(self) -> bool:
         return True
+
+    def num_running(self) -> int:
+        return self.running
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
 
     def _sample(self, prompt: str, index: int, spec: SamplingSpec) -> Sample:
         words = self.script(prompt, index).split(" ")
@@ -55,28 +74,61 @@ class FakeEngine:
 
     async def generate(self, prompts: Sequence[str], spec: SamplingSpec, request_id: str) -> list[list[Sample]]:
         self.calls.append((list(prompts), spec))
-        self.running += 1
+        self._started()
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            await self._pass_gate()
             return [[self._sample(p, i, spec) for i in range(spec.n)] for p in prompts]
         finally:
-            self.running -= 1
+            self._ended()
 
     async def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
         self.calls.append(([prompt], spec))
         full = self._sample(prompt, 0, spec)
         words = full.text.split(" ")
-        self.running += 1
+        self._started()
         try:
             for k, word in enumerate(words):
-                if self.delay:
-                    await asyncio.sleep(self.delay / len(words))
+                if k == 1:
+                    await self._pass_gate()  # a stream under way: its first word is out
                 last = k == len(words) - 1
                 so_far = " ".join(words[: k + 1])
                 yield Sample(word if k == 0 else " " + word, tokens(so_far), full.finish_reason if last else None)
         finally:
-            self.running -= 1
+            self._ended()
+
+    async def wait_running(self, count: int = 1) -> None:
+        """Return once ``count`` calls are running at once (at once if they already are)."""
+        if self.running < count:
+            done = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, done))
+            await done
+
+    # ---- the gate ------------------------------------------------------------------------------------------------
+    async def _pass_gate(self) -> None:
+        if self.gate is None:
+            return
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            self._check()
+            raise
+
+    def _started(self) -> None:
+        self.running += 1
+        self._check()
+
+    def _ended(self) -> None:
+        self.running -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.gate is not None and self.open_when is not None and self.open_when(self):
+            self.gate.set()
+        for count, done in list(self._waiters):
+            if self.running >= count and not done.done():
+                done.set_result(None)
+        self._waiters[:] = [(c, d) for c, d in self._waiters if not d.done()]
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -99,3 +151,43 @@ class FakeScorer:
 
             raise ScorerError("scorer is down")
         return [[self.step_scores.get(step, self.default) for step in steps] for _, steps in items]
+
+
+def arith_script(wrong: Callable[[str, int], bool] = lambda question, index: False) -> Script:
+    """Solves the arith question in the prompt: the reference solution's steps after the ones the prompt's answer
+    already holds (a rollout continues a prefix), its final answer 1000 too high where ``wrong(question, index)``."""
+    from training.tasks.arith import parse_question, reference_solution
+
+    def script(prompt: str, index: int) -> str:
+        question = ARITH_QUESTION.search(prompt).group(0)
+        steps = reference_solution(*parse_question(question)).split("\n\n")
+        if wrong(question, index):
+            answer = int(steps[-1].removeprefix("\\boxed{").removesuffix("}"))
+            steps[-1] = "\\boxed{" + str(answer + 1000) + "}"
+        answer = re.split(r"assistant(?:\|>\n|:)", prompt)[-1]  # the char tokenizer's template, or FakeTokenizer's
+        return "\n\n".join(steps[answer.count("\n\n") :])
+
+    return script
+
+
+def fake_vllm_engines(
+    monkeypatch: Any, script: Script | None = None, *, by_model: Callable[[str], Script] | None = None
+) -> list[tuple[str, dict[str, Any], FakeEngine]]:
+    """Make ``VLLMEngine.create`` start a :class:`FakeEngine` answering by ``script`` (or ``by_model(model path)``),
+    with the checkpoint's own tokenizer (its chat template renders the prompts). Returns the (model, arguments,
+    engine) of each engine started, in order."""
+    import server.engine.vllm_engine as vllm_engine
+
+    started: list[tuple[str, dict[str, Any], FakeEngine]] = []
+
+    async def create(model: str, **kwargs: Any) -> FakeEngine:
+        from transformers import AutoTokenizer
+
+        answer = by_model(str(model)) if by_model is not None else script
+        assert answer is not None, "fake_vllm_engines needs a script or by_model"
+        engine = FakeEngine(answer, tokenizer=AutoTokenizer.from_pretrained(model))
+        started.append((str(model), kwargs, engine))
+        return engine
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "create", create)
+    return started

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.tiny_models import save_tiny_policy
+from tests.fakes import arith_script, fake_vllm_engines
 from training import cli, dpo, soup, step_pairs, tuning
 from training.dpo import (
     PolicyDPOConfig,
@@ -296,8 +297,14 @@ def test_missing_policy_fails_before_training(tmp_path):
         dpo.train(config)
 
 
-@pytest.mark.e2e
-def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_policy, tmp_path):
+def test_policy_samples_and_greedy_accuracy_come_from_one_engine_session(tiny_policy, tmp_path, monkeypatch):
+    """``--source policy``: one engine on the SFT policy gives each problem's greedy solution (``greedy_errors``)
+    first, then the samples, then the policy's greedy accuracy; the engine is stopped. On a scripted engine that
+    solves every problem except the first, and whose third sample of each problem is wrong."""
+    task = get_task("arith")
+    problems = task.load("train", limit=4, level=1)
+    script = arith_script(lambda question, i: question == problems[0].question or i == 2)
+    started = fake_vllm_engines(monkeypatch, script)
     config = PolicyDPOConfig.from_preset(
         "tiny",
         source="policy",
@@ -309,16 +316,23 @@ def test_policy_samples_and_greedy_accuracy_come_from_one_vllm_session(tiny_poli
         eval_problems_per_level=2,
         eval_kv_cache_gib=0.25,
     )
-    task = get_task("arith")
-    problems = task.load("train", limit=4, level=1)
     solutions, before = asyncio.run(dpo.sample_policy(config, task, problems))
-    assert [len(s) for s in solutions] == [3] * 4 and all(isinstance(t, str) for s in solutions for t in s)
-    assert before["levels"]["1"]["num_problems"] == 2 and 0 <= before["levels"]["1"]["greedy"] <= 1
+    ((model, kwargs, engine),) = started
+    assert model == str(tiny_policy) and kwargs["seed"] == config.seed and kwargs["kv_cache_gib"] == 0.25
+    assert engine.shut_down and engine.running == 0
+    graded = [[task.grade(p, text) for text in s] for p, s in zip(problems, solutions, strict=True)]
+    assert graded == [[False, False, False]] + [[True, True, False]] * 3  # the script's answers, in order
+    assert before["levels"]["1"]["num_problems"] == 2 and before["levels"]["1"]["greedy"] == 1.0
+    sampled = engine.calls[0][1]
+    assert sampled.n == 3 and sampled.temperature == config.temperature
+
     greedy_config = replace(config, greedy_errors=True, num_samples=1, eval_after_training=False, pair_unit="step")
     first, _ = asyncio.run(dpo.sample_policy(greedy_config, task, problems))
     again, _ = asyncio.run(dpo.sample_policy(replace(greedy_config, num_samples=0), task, problems))
     assert [len(s) for s in first] == [2] * 4 and [len(s) for s in again] == [1] * 4
     assert [s[0] for s in first] == [s[0] for s in again]  # the greedy decode comes first, and is the same
+    greedy = started[1][2].calls[0][1]
+    assert greedy.temperature == 0.0 and len(started) == 3 and all(e.shut_down for _, _, e in started)
 
 
 def test_a_soup_averages_the_weights_and_serves_as_its_first_ingredient(tmp_path, tiny_policy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -236,14 +237,14 @@ class GoneAfter:
 
 
 async def test_client_disconnect_cancels_the_engine_work():
-    engine = FakeEngine(lambda p, i: "slow", delay=5.0)
+    engine = FakeEngine(lambda p, i: "never", gate=asyncio.Event())  # runs until it is cancelled
     from server.accounting import CountingEngine, Ledger
     from strategies.base import SamplingSpec
 
     work = CountingEngine(engine, Ledger(token_budget=1000), "r1").generate(["p"], SamplingSpec(), "r1")
     with pytest.raises(ClientGoneError):
         await _unless_disconnected(GoneAfter(1), work)
-    assert engine.running == 0
+    assert engine.running == 0 and engine.cancelled == 1
 
 
 async def test_third_party_strategy_through_the_entry_point(monkeypatch):

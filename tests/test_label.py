@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from strategies.base import SamplingSpec
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, arith_script, fake_vllm_engines
 from training.label import (
     LabelConfig,
     build_rows,
@@ -148,11 +148,14 @@ def test_label_config_rejects_mc_labels_without_rollouts() -> None:
         LabelConfig(label_source="mc_hard")
 
 
-@pytest.mark.e2e
-def test_monte_carlo_labeller_on_a_tiny_policy(tmp_path: Path) -> None:
+def test_monte_carlo_labeller_rolls_out_every_step_prefix(tmp_path: Path, monkeypatch) -> None:
+    """Monte Carlo labels from the policy's rollouts, one engine for the run: on a scripted policy whose rollouts
+    finish each prefix right twice in three (the third answer is off), every rolled-out step's soft label is 2/3 and
+    its hard label true; a finished solution's last step is its own outcome."""
     from server.tiny_models import save_tiny_policy
 
-    policy = save_tiny_policy(tmp_path / "policy")
+    policy = save_tiny_policy(tmp_path / "policy", hidden=64, layers=1, heads=2)
+    started = fake_vllm_engines(monkeypatch, arith_script(lambda question, i: i == 2))
     config = LabelConfig(
         source="reference",
         policy=str(policy),
@@ -165,11 +168,15 @@ def test_monte_carlo_labeller_on_a_tiny_policy(tmp_path: Path) -> None:
     )
     rows = asyncio.run(build_rows(config))
     assert len(rows) == 6
+    ((model, kwargs, engine),) = started
+    assert model == str(policy) and kwargs["seed"] == config.seed and engine.shut_down
+    assert len(engine.calls) == 2 and all(spec.n == 3 for _, spec in engine.calls)  # rounds of 4 and 2 solutions
+    assert {False, True} == {row["outcome"] for row in rows}  # planted errors among the reference solutions
     for row in rows:
         soft, hard = row["mc_soft_labels"], row["mc_hard_labels"]
         assert len(soft) == len(hard) == len(row["completions"]) == len(row["exact_labels"])
-        assert all(0.0 <= s <= 1.0 for s in soft) and hard == [s > 0 for s in soft]
-        assert row["labels"] == hard and soft[-1] == float(row["outcome"])
+        assert soft[:-1] == [pytest.approx(2 / 3)] * (len(soft) - 1) and soft[-1] == float(row["outcome"])
+        assert hard == [s > 0 for s in soft] and row["labels"] == hard
 
 
 def test_label_cli_reads_yaml_and_flags_override_it(tmp_path: Path) -> None:

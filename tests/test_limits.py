@@ -81,7 +81,7 @@ async def test_message_count_and_tree_node_caps_are_400s():
 
 
 async def test_deadline_aborts_the_work_and_names_the_cap():
-    engine = FakeEngine(lambda p, i: "slow answer", delay=5.0)
+    engine = FakeEngine(lambda p, i: "slow answer", gate=asyncio.Event())  # never done: only the deadline ends it
     app = app_for(engine, request_timeout=0.3)
     async with client_of(app) as client:
         r = await chat(client, strategy="self_consistency")
@@ -89,14 +89,21 @@ async def test_deadline_aborts_the_work_and_names_the_cap():
         metrics = (await client.get("/metrics")).text
     assert_error(r, 400, says="deadline of 0.3 s (--request-timeout)")
     assert "deadline" in streamed.text and "[DONE]" not in streamed.text
-    assert engine.running == 0
+    assert engine.running == 0 and engine.cancelled == 2  # both calls were cut short
     assert 'ponder_requests_aborted_total{strategy="self_consistency"} 2.0' in metrics
 
 
 async def test_admission_control_queues_then_refuses_with_429():
-    engine = FakeEngine(lambda p, i: "x", delay=0.5)
+    gate = asyncio.Event()
+    engine = FakeEngine(lambda p, i: "x", gate=gate)  # the first request holds the one slot until the gate opens
     async with client_of(app_for(engine, max_concurrent_requests=1, max_queued_requests=1)) as client:
-        results = await asyncio.gather(*[chat(client) for _ in range(3)])
+        first = asyncio.create_task(chat(client))
+        await engine.wait_running(1)
+        others = [asyncio.create_task(chat(client)) for _ in range(2)]
+        done, _ = await asyncio.wait(others, return_when=asyncio.FIRST_COMPLETED)  # the queue is full: a 429
+        assert [t.result().status_code for t in done] == [429] and engine.running == 1
+        gate.set()
+        results = await asyncio.gather(first, *others)
         metrics = (await client.get("/metrics")).text
     statuses = sorted(r.status_code for r in results)
     assert statuses == [200, 200, 429]  # one served, one queued then served, one refused

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -15,12 +16,39 @@ from tests.fakes import FakeEngine, FakeScorer
 SOLUTION = "3 + 4 = 7\n\n\\boxed{7}"
 
 
-def transport(**config) -> httpx.ASGITransport:
-    engine = FakeEngine(lambda prompt, i: SOLUTION, delay=0.05)
+def transport(engine: FakeEngine | None = None, **config) -> httpx.ASGITransport:
+    engine = engine or FakeEngine(lambda prompt, i: SOLUTION)
     app = create_app(
         ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine, scorer=FakeScorer()
     )
     return httpx.ASGITransport(app=app)
+
+
+def held_until_a_429(clients: int, **config) -> httpx.ASGITransport:
+    """The app on an engine whose calls wait until the server has refused a request (a 429 went out), or until all
+    ``clients`` wait on the server (no one is left to be refused): requests arrive while others hold the slot."""
+    gate = asyncio.Event()
+    app = transport(FakeEngine(lambda prompt, i: SOLUTION, gate=gate), **config).app
+    waiting = 0
+
+    async def watched(scope, receive, send):
+        nonlocal waiting
+
+        async def send_and_watch(message):
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                gate.set()
+            await send(message)
+
+        chat = scope["type"] == "http" and scope["path"] == "/v1/chat/completions"
+        waiting += chat
+        if waiting >= clients:
+            gate.set()
+        try:
+            await app(scope, receive, send_and_watch)
+        finally:
+            waiting -= chat
+
+    return httpx.ASGITransport(app=watched)
 
 
 def options(**overrides) -> Options:
@@ -30,7 +58,7 @@ def options(**overrides) -> Options:
             "requests": 40,
             "concurrency": 8,
             "disconnect_fraction": 0.25,
-            "disconnect_delay": (0.0, 0.02),
+            "disconnect_delay": (0.001, 0.02),  # after the request is sent
             "progress": False,
             "settle_seconds": 10,
             **overrides,
@@ -39,7 +67,12 @@ def options(**overrides) -> Options:
 
 
 async def test_mixed_load_with_disconnects(tmp_path):
-    report = await run_load(options(requests=20, rounds=2), transport=transport())
+    # Every engine call waits until a leaving client has cancelled one (or every worker's request waits), so some
+    # clients leave before their answer; then the gate stays open.
+    gate = asyncio.Event()
+    engine = FakeEngine(lambda prompt, i: SOLUTION, gate=gate, open_when=lambda e: e.cancelled > 0 or e.running >= 8)
+    async with asyncio.timeout(120):  # a bound, should the gate never open
+        report = await run_load(options(requests=20, rounds=2, warmup=0), transport=transport(engine))
     outcomes = report["outcomes"]
     assert report["requests"] == 40 and report["unexpected"] == [] and outcomes["unexpected_errors"] == 0
     assert outcomes["ok"] + outcomes["disconnected"] == 40 and outcomes["disconnected"] > 0
@@ -57,9 +90,13 @@ async def test_mixed_load_with_disconnects(tmp_path):
 async def test_429s_are_counted_apart_from_unexpected_errors():
     report = await run_load(
         options(
-            requests=30, concurrency=10, disconnect_fraction=0.0, scenarios=("none", "best_of_n", "self_consistency")
+            requests=30,
+            concurrency=10,
+            disconnect_fraction=0.0,
+            scenarios=("none", "best_of_n", "self_consistency"),
+            warmup=0,
         ),
-        transport=transport(max_concurrent_requests=1, max_queued_requests=0),
+        transport=held_until_a_429(10, max_concurrent_requests=1, max_queued_requests=0),
     )
     assert report["outcomes"]["rejected_429"] > 0 and report["outcomes"]["unexpected_errors"] == 0
     assert report["server_counters"]["rejected_429"] == report["outcomes"]["rejected_429"]
@@ -69,8 +106,14 @@ async def test_429s_are_counted_apart_from_unexpected_errors():
 async def test_streams_at_capacity_get_a_429_or_a_whole_stream():
     """Admission is decided before a stream's headers go out: a 429, never a 200 whose stream then breaks."""
     report = await run_load(
-        options(requests=30, concurrency=10, disconnect_fraction=0.0, scenarios=("none-stream", "best_of_n-stream")),
-        transport=transport(max_concurrent_requests=1, max_queued_requests=0),
+        options(
+            requests=30,
+            concurrency=10,
+            disconnect_fraction=0.0,
+            scenarios=("none-stream", "best_of_n-stream"),
+            warmup=0,
+        ),
+        transport=held_until_a_429(10, max_concurrent_requests=1, max_queued_requests=0),
     )
     assert report["outcomes"]["unexpected_errors"] == 0, report["unexpected"][:3]
     assert report["outcomes"]["rejected_429"] > 0

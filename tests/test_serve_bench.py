@@ -5,6 +5,7 @@ nor optillm."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -50,8 +51,8 @@ class Counting(httpx.AsyncBaseTransport):
             self.now -= 1
 
 
-def ponder_app(delay: float = 0.05, **config) -> httpx.ASGITransport:
-    engine = FakeEngine(lambda prompt, i: SOLUTION, delay=delay)
+def ponder_app(engine: FakeEngine | None = None, **config) -> httpx.ASGITransport:
+    engine = engine or FakeEngine(lambda prompt, i: SOLUTION)
     app = create_app(
         ServerConfig(model_name="tiny", reward_model_name="prm", **config), engine=engine, scorer=FakeScorer()
     )
@@ -134,7 +135,9 @@ async def test_levels_send_every_request_within_the_concurrency_bound():
 
 
 async def test_concurrency_is_bounded_by_the_level_not_the_request_count():
-    transport = Counting(ponder_app(delay=0.2))
+    # the engine answers once three calls wait at once: the level's three workers overlap
+    engine = FakeEngine(lambda prompt, i: SOLUTION, gate=asyncio.Event(), open_when=lambda e: e.running >= 3)
+    transport = Counting(ponder_app(engine))
     result = await measure(best_of_n(2), Workload(PROMPTS), [3], requests=15, warmup=0, transport=transport)
     assert transport.seen == 15 and 1 < transport.peak <= 3 and result["levels"][0]["peak_in_flight"] <= 3
 

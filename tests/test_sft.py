@@ -1,6 +1,7 @@
-"""Policy SFT: data rows and loss masks, a few real TRL steps on a tiny model, the saved folder, resume, the CLI.
+"""Policy SFT: data rows and loss masks, real TRL steps on a tiny model (it learns), the saved folder, resume, the
+CLI, the evaluation of a trained folder (on a scripted engine).
 
-Everything here is offline and CPU-only; the one test that starts vLLM on the trained folder is marked e2e.
+Everything here is offline and CPU-only; no vLLM engine starts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from trl import SFTTrainer
 
 from server.tiny_models import build_char_tokenizer
 from strategies.base import Sample
+from tests.fakes import arith_script, fake_vllm_engines
 from training import cli, compare_policies, evaluate_policy, plots, sft, sft_data
 from training.sft import PolicySFTConfig, build_policy
 from training.sft_data import sft_rows, training_problems
@@ -213,7 +215,7 @@ def test_training_changes_the_weights_and_saves_a_servable_folder(trained):
     model = AutoModelForCausalLM.from_pretrained(out)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], config.vocab_size)
-    assert metrics["optimizer_steps"] == 4 and metrics["final_loss"] < 6
+    assert metrics["optimizer_steps"] == 4 and isinstance(metrics["final_loss"], float)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["tokens_seen"] > 0 and on_disk["config"]["preset"] == "tiny"
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -298,13 +300,45 @@ def test_ponder_train_help_lists_only_what_exists():
     assert all(name in listed for name in ("sft", "prm", "orm", "dpo", "grpo"))
 
 
-@pytest.mark.e2e
-def test_trained_folder_is_served_by_vllm_and_evaluated(trained):
+def test_the_trained_folder_is_evaluated_on_one_engine(trained, monkeypatch):
+    """``evaluate_checkpoint``: one engine on the folder, greedy accuracy per level, pass@1 from the samples. A
+    scripted policy: the greedy answer right, the second sample of each problem wrong."""
     out, _, _ = trained
+    started = fake_vllm_engines(monkeypatch, arith_script(lambda question, i: i == 1))
     result = evaluate_policy.evaluate_checkpoint(out, levels=[1, 2], limit=3, num_samples=2, sample_levels=[1])
-    assert set(result["levels"]) == {"1", "2"}
-    assert result["levels"]["1"]["num_samples"] == 2 and 0 <= result["levels"]["1"]["pass@1"] <= 1
+    ((model, _, engine),) = started
+    assert model == str(out) and engine.shut_down
+    assert {lv: row["greedy"] for lv, row in result["levels"].items()} == {"1": 1.0, "2": 1.0}
+    assert result["levels"]["1"]["num_samples"] == 2 and result["levels"]["1"]["pass@1"] == 0.5
     assert "| level | problems | greedy | pass@1 |" in "\n".join(evaluate_policy.markdown_table(result))
+
+
+def heldout_loss(model, tokenizer, rows) -> float:
+    """The mean loss per completion token of ``rows`` (prompt-completion rows), as training computes it."""
+    total = count = 0.0
+    model.eval()
+    with torch.no_grad():
+        for row in sft_data.tokenized_rows(tokenizer, rows):
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(model(input_ids=ids, labels=labels).loss) * n
+            count += n
+    return total / count
+
+
+def test_sft_learns_the_solution_format(tmp_path):
+    """16 steps on level-1 problems (one operation; the solution's layout and numbers follow from the question)
+    take the held-out completion loss far below the untrained model's (4.87, a uniform guess over the vocabulary;
+    measured after: 2.72)."""
+    task, tokenizer = get_task("arith"), build_char_tokenizer()
+    config = tiny_config(
+        tmp_path, levels=[1], num_train_problems=128, num_val_problems=0, learning_rate=1e-2, save_steps=1000
+    )
+    heldout = sft_rows(task, task.load("val", limit=16, level=1))
+    before = heldout_loss(build_policy(config, tokenizer), tokenizer, heldout)
+    metrics = sft.train(config)
+    after = heldout_loss(AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32), tokenizer, heldout)
+    assert metrics["optimizer_steps"] == 16 and after < 0.6 * before, (before, after)
 
 
 class _EchoEngine:
