@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.tiny_models import save_tiny_policy
+from tests.fakes import arith_script, fake_vllm_engines
 from training import cli, grpo
-from training.evaluate_policy import chat_prompt
 from training.grpo import PolicyGRPOConfig, VerifierReward, completion_text, format_reward, prompt_rows
 from training.tasks import get_task
 
@@ -156,33 +156,43 @@ def test_presets_and_defaults():
     assert default.policy.endswith("models/default-policy") and not default.gradient_checkpointing
 
 
-@pytest.mark.e2e
-def test_accuracy_before_and_after_on_vllm(tiny_policy, tmp_path):
-    """The whole command with its evaluation: the SFT policy and the tuned one measured on the same test problems."""
+def test_accuracy_before_and_after_on_the_same_test_problems(tiny_policy, tmp_path, monkeypatch):
+    """The whole command with its evaluation: the SFT policy and the tuned one measured on the same test problems,
+    each on its own engine. Scripted engines: the SFT policy misses every level-2 problem, the tuned one none."""
+    output = tmp_path / "tuned"
+    started = fake_vllm_engines(
+        monkeypatch,
+        by_model=lambda model: arith_script(lambda q, i: model == str(tiny_policy) and q.count("(") == 2),
+    )
     config = PolicyGRPOConfig.from_preset(
         "tiny",
         policy=str(tiny_policy),
-        output_dir=str(tmp_path),
+        output_dir=str(output),
         eval_after_training=True,
         eval_levels=[1, 2],
         eval_problems_per_level=3,
         eval_kv_cache_gib=0.25,
     )
     metrics = grpo.train(config, command="ponder train grpo --preset tiny")
-    assert set(metrics["before"]["levels"]) == set(metrics["after"]["levels"]) == {"1", "2"}
-    assert metrics["before"]["levels"]["1"]["num_problems"] == 3 and set(metrics["gain"]["levels"]) == {"1", "2"}
-    assert "| level | problems | SFT policy | after | gain |" in (tmp_path / "README.md").read_text()
+    assert [model for model, _, _ in started] == [str(tiny_policy), str(output)]
+    assert all(engine.shut_down for _, _, engine in started)
+    before, after = metrics["before"]["levels"], metrics["after"]["levels"]
+    assert set(before) == set(after) == {"1", "2"} and before["1"]["num_problems"] == 3
+    assert [before[lv]["greedy"] for lv in "12"] == [1.0, 0.0] and [after[lv]["greedy"] for lv in "12"] == [1.0, 1.0]
+    assert metrics["gain"]["levels"] == {"1": 0.0, "2": 1.0}
+    assert "| level | problems | SFT policy | after | gain |" in (output / "README.md").read_text()
 
 
-@pytest.mark.e2e
-def test_hard_prompts_are_the_policys_greedy_mistakes(tmp_path, monkeypatch):
-    """``hard_fraction``: the shipped policy decodes a pool greedily on vLLM; the chosen hard prompts are the ones
-    it got wrong, checked against a transformers greedy decode of the same problems."""
-    from server.default_models import ensure_default_models
+def test_hard_prompts_are_the_policys_greedy_mistakes(tiny_policy, tmp_path, monkeypatch):
+    """``hard_fraction``: the policy decodes a pool greedily on one engine; the chosen hard prompts are the ones it
+    got wrong (here: a scripted policy that misses every problem whose start value is odd)."""
 
-    policy = ensure_default_models().policy
+    def odd_start(question: str) -> bool:
+        return int(question.split()[2].rstrip(".")) % 2 == 1
+
+    started = fake_vllm_engines(monkeypatch, arith_script(lambda question, i: odd_start(question)))
     config = PolicyGRPOConfig(
-        policy=str(policy),
+        policy=str(tiny_policy),
         output_dir=str(tmp_path),
         levels=[6],
         num_train_problems=8,
@@ -193,20 +203,9 @@ def test_hard_prompts_are_the_policys_greedy_mistakes(tmp_path, monkeypatch):
     task = get_task("arith")
     pool = task.load("train", limit=24, seed=config.seed, level=[6])
     wrong = asyncio.run(grpo.greedy_wrong(config, task, pool))
-    assert 0 < sum(wrong) < len(pool)  # the policy solves about 70% of level 6 greedily
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(policy), AutoTokenizer.from_pretrained(policy)
-    agree = 0
-    for problem, is_wrong in list(zip(pool, wrong, strict=True))[:6]:
-        text = chat_prompt(tokenizer, task, problem)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-        out = model.generate(ids, max_new_tokens=task.max_tokens, do_sample=False)
-        agree += task.grade(problem, tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)) != is_wrong
-    assert agree >= 5  # vLLM may run bf16 where transformers runs float32: a near tie can flip one answer
-
-    async def decoded(*_):  # the same pool: its greedy decode above, not a second engine
-        return wrong
-
-    monkeypatch.setattr(grpo, "greedy_wrong", decoded)
+    assert wrong == [odd_start(p.question) for p in pool] and 0 < sum(wrong) < len(pool)
+    ((_, _, engine),) = started
+    assert engine.shut_down and [spec.temperature for _, spec in engine.calls] == [0.0]  # one greedy call
     chosen = grpo.choose_problems(config, task)
     hard = {p.id for p, w in zip(pool, wrong, strict=True) if w}
     assert len(chosen) == 8 and sum(p.id in hard for p in chosen) == min(4, len(hard))
