@@ -1,58 +1,79 @@
-"""Test-wide settings and the engines several modules share.
+"""Test-wide settings and the real vLLM engines several modules share.
 
-vLLM engines started by the tests (in this process and in the ``ponder`` subprocesses they run) skip the
-torch.compile warm-up: 7 s less per engine on an idle 2-core machine, about 20 s under load (README, Backends), over
-about twenty engines. One engine (tests/test_self_likelihood.py, the default policy) runs on vLLM's default, compiled
-path.
+Every vLLM engine the tests start skips vLLM's torch.compile warm-up (``enforce_eager``): the ones built here take
+it as an argument, and ``PONDER_ENFORCE_EAGER=1`` reaches the engines started in ``ponder`` subprocesses.
 
-The tiny random-weight policy and PRM (:mod:`server.tiny_models`, default seeds) and their vLLM engines are built
-once per session for the modules that only need *a* real engine: tests/test_vllm_adapters.py and the end-to-end
-cases of tests/test_search_strategies.py (tests/test_tiny_models.py reads the checkpoints).
+Each distinct real engine starts once per run, on the session's event loop (pyproject), and stays up for every
+module that needs it:
+
+- ``tiny_engine``: the tiny random-weight policy (:mod:`server.tiny_models`) on :class:`VLLMEngine`;
+- ``tiny_prm``: the tiny random-weight Qwen-layout PRM on vLLM's pooling runner (float32, compared with torch);
+- ``default_policy_engine``: the shipped ``models/default-policy`` (its sampled steps, its own likelihood).
+
+The ORM and the causal-LM PRM formats have one engine each, in the one module that reads them.
 """
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reward_models.hardware import EAGER_ENV
 
-os.environ.setdefault(EAGER_ENV, "1")
+os.environ.setdefault(EAGER_ENV, "1")  # the engines of `ponder` subprocesses and of code under test
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "models" / "default-policy"
+KV_CACHE_GIB = 0.5  # per engine: the longest test holds 64 x 1000 tokens of the tiny policy (~130 MB)
+
+
+def eager(factory: Any) -> dict[str, bool]:
+    """``enforce_eager=True`` for a loader that takes it (``load_scorer`` and the engines), else nothing (the
+    environment above says the same)."""
+    return {"enforce_eager": True} if "enforce_eager" in inspect.signature(factory).parameters else {}
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny policy, PRM and ORM checkpoints, default seeds."""
+    """The tiny checkpoints, default seeds: policy, PRM, ORM, and a causal-LM PRM stand-in that holds every causal
+    format's pieces (Math-Shepherd's tag token, RLHFlow's chat template)."""
     from server.tiny_models import save_tiny_orm, save_tiny_policy, save_tiny_prm
+    from training.tiny_causal_prm import save_tiny_causal_prm
 
     root = tmp_path_factory.mktemp("tiny-shared")
     return {
         "policy": save_tiny_policy(root / "policy"),
         "prm": save_tiny_prm(root / "prm"),
         "orm": save_tiny_orm(root / "orm"),
+        "causal_prm": save_tiny_causal_prm(root / "causal-prm", "rlhflow", seed=2),
     }
 
 
 @pytest.fixture(scope="session")  # on the session loop (pyproject)
 async def tiny_engine(tiny_models: dict[str, Path]):
-    """The tiny policy on vLLM; ``loop_ticks_while_loading`` counts 0.1 s ticks the event loop ran meanwhile."""
+    """The tiny policy on vLLM, float32. ``health_while_loading``: the status ``/health`` answered while ``create`` was still
+    loading the engine (a server keeps answering while its engine starts), and whether loading had finished."""
+    import asyncio
+
+    import httpx
+
+    from server.app import create_app
+    from server.config import ServerConfig
     from server.engine.vllm_engine import VLLMEngine
 
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.1)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    engine = await VLLMEngine.create(str(tiny_models["policy"]), kv_cache_gib=1)
-    ticker.cancel()
-    engine.loop_ticks_while_loading = ticks  # the server answers /health while the engine loads
+    creating = asyncio.create_task(
+        VLLMEngine.create(
+            str(tiny_models["policy"]), kv_cache_gib=KV_CACHE_GIB, dtype="float32", **eager(VLLMEngine.create)
+        )
+    )
+    app = create_app(ServerConfig())  # no engine yet: /health says 503
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ponder") as client:
+        health = (await client.get("/health")).status_code
+    loaded_first = creating.done()
+    engine = await creating
+    engine.health_while_loading = (health, loaded_first)
     yield engine
     await engine.shutdown()
 
@@ -62,6 +83,18 @@ async def tiny_prm(tiny_models: dict[str, Path]):
     """The tiny PRM on vLLM's pooling runner, float32 (compared with a torch forward at 1e-3)."""
     from reward_models import load_scorer
 
-    scorer = await load_scorer(tiny_models["prm"], kv_cache_gib=1, dtype="float32")
+    scorer = await load_scorer(tiny_models["prm"], kv_cache_gib=KV_CACHE_GIB, dtype="float32", **eager(load_scorer))
     yield scorer
     await scorer.shutdown()
+
+
+@pytest.fixture(scope="session")  # on the session loop (pyproject)
+async def default_policy_engine():
+    """The shipped default policy on vLLM, float32 (its scores are compared with a transformers forward)."""
+    from server.engine.vllm_engine import VLLMEngine
+
+    engine = await VLLMEngine.create(
+        str(DEFAULT_POLICY), kv_cache_gib=KV_CACHE_GIB, dtype="float32", **eager(VLLMEngine.create)
+    )
+    yield engine
+    await engine.shutdown()

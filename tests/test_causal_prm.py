@@ -1,8 +1,11 @@
 """Causal-LM PRMs (Math-Shepherd, RLHFlow and likelihood formats) on the real vLLM CPU engine, against a plain
 torch forward.
 
-The stand-ins are tiny random ``LlamaForCausalLM`` checkpoints in each format (:mod:`training.tiny_causal_prm`);
-one engine per format starts once for the module (~30-60 s each on 2 cores). The reference scores follow each
+The stand-in is a tiny random ``LlamaForCausalLM`` (:mod:`training.tiny_causal_prm`) whose vocabulary and chat
+template hold both causal formats' pieces (Math-Shepherd's ``ки`` tag, RLHFlow's turns): one engine, loaded as
+``load_scorer`` loads an RLHFlow PRM, is read in both formats (they differ only in how an item is rendered and where
+its label is read; the engine and its two-token head are the same). The likelihood format reads the tiny policy's
+engine (tests/conftest.py), as the policy's own likelihood does in a server. The reference scores follow each
 model's published recipe literally: Math-Shepherd's card (logits at the ``ки`` tag ids, softmax over [+, -]) and
 RLHFlow's (the logits that predict each assistant ``+``, found with a parallel conversation as search-and-learn
 does), so the adapter's rendering and position finding are checked too, not only the arithmetic.
@@ -30,6 +33,7 @@ from reward_models.likelihood import LikelihoodPRM, encode_steps, torch_scores
 from server.cli import build_parser
 from server.tiny_models import save_tiny_prm
 from strategies.base import Scorer
+from tests.conftest import KV_CACHE_GIB, eager
 from training.tasks.arith import INSTRUCTION
 from training.tiny_causal_prm import MATH_SHEPHERD_STEP_TAG, save_tiny_causal_prm
 
@@ -45,7 +49,7 @@ ITEMS = [
 
 
 def session_loop(test):
-    """Run an async test on the session loop, where the module's engines live (pyproject)."""
+    """Run an async test on the session loop, where the engines live (pyproject)."""
     return pytest.mark.asyncio(loop_scope="session")(test)
 
 
@@ -55,6 +59,7 @@ def e2e(test):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints in each layout, for the loader's checks (no engine starts on them)."""
     root = tmp_path_factory.mktemp("tiny-causal-prm")
     return {
         "math_shepherd": save_tiny_causal_prm(root / "ms", "math_shepherd", seed=1),
@@ -63,25 +68,29 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def causal_path(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["causal_prm"]  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def math_shepherd(tiny: dict[str, Path]):
-    scorer = await load_scorer(tiny["math_shepherd"], kv_cache_gib=0.5, dtype="float32")  # format from config.json
+async def rlhflow(causal_path: Path):
+    # the format from its config.json (ponder_prm_format: rlhflow), as `ponder serve --prm` reads it
+    scorer = await load_scorer(causal_path, kv_cache_gib=KV_CACHE_GIB, dtype="float32", **eager(load_scorer))
     yield scorer
     await scorer.shutdown()
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def rlhflow(tiny: dict[str, Path]):
-    scorer = await load_scorer(tiny["rlhflow"], format="rlhflow", kv_cache_gib=0.5, dtype="float32")
-    yield scorer
-    await scorer.shutdown()
+@pytest.fixture(scope="module")
+def math_shepherd(rlhflow: CausalLMProcessRewardModel, causal_path: Path) -> CausalLMProcessRewardModel:
+    """The same engine read in Math-Shepherd's format (the scorer that owns the engine stops it)."""
+    return CausalLMProcessRewardModel(rlhflow._llm, str(causal_path), CausalPRMFormat("math_shepherd"))
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def likelihood(tiny: dict[str, Path]):
-    scorer = await load_scorer(tiny["math_shepherd"], format="likelihood", kv_cache_gib=0.5, dtype="float32")
-    yield scorer
-    await scorer.shutdown()
+@pytest.fixture(scope="module")
+def likelihood(tiny_engine, tiny_models: dict[str, Path]) -> LikelihoodPRM:
+    """The tiny policy read as a likelihood PRM on its own engine (tests/conftest.py; never shut down here)."""
+    return LikelihoodPRM(tiny_engine.llm, str(tiny_models["policy"]))
 
 
 def label_probabilities(path: Path, ids: list[int]) -> torch.Tensor:
@@ -156,13 +165,13 @@ async def check_against_torch(scorer: CausalLMProcessRewardModel, path: Path, fm
 
 
 @e2e
-async def test_math_shepherd_scores_equal_a_torch_forward(math_shepherd, tiny: dict) -> None:
-    await check_against_torch(math_shepherd, tiny["math_shepherd"], "math_shepherd")
+async def test_math_shepherd_scores_equal_a_torch_forward(math_shepherd, causal_path: Path) -> None:
+    await check_against_torch(math_shepherd, causal_path, "math_shepherd")
 
 
 @e2e
-async def test_rlhflow_scores_equal_a_torch_forward(rlhflow, tiny: dict) -> None:
-    await check_against_torch(rlhflow, tiny["rlhflow"], "rlhflow")
+async def test_rlhflow_scores_equal_a_torch_forward(rlhflow, causal_path: Path) -> None:
+    await check_against_torch(rlhflow, causal_path, "rlhflow")
 
 
 @e2e
@@ -172,11 +181,11 @@ async def test_no_steps_and_no_items_cost_nothing(math_shepherd) -> None:
 
 
 @e2e
-async def test_likelihood_scores_equal_a_torch_forward(likelihood, tiny: dict) -> None:
+async def test_likelihood_scores_equal_a_torch_forward(likelihood, tiny_models: dict) -> None:
     """The served likelihood PRM: per step, the lowest probability the LM gives any token of the step and of the
     delimiter after it, from vLLM's prompt log-probabilities, equal to a transformers forward."""
     assert isinstance(likelihood, LikelihoodPRM) and isinstance(likelihood, Scorer) and likelihood.kind == "prm"
-    path = tiny["math_shepherd"]
+    path = tiny_models["policy"]
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     got = await likelihood.score(ITEMS, "likelihood")
@@ -188,11 +197,13 @@ async def test_likelihood_scores_equal_a_torch_forward(likelihood, tiny: dict) -
 
 
 @e2e
-async def test_likelihood_scores_through_the_prefix_cache_equal_fresh_ones(likelihood, tiny: dict, monkeypatch) -> None:
+async def test_likelihood_scores_through_the_prefix_cache_equal_fresh_ones(
+    likelihood, tiny_models: dict, monkeypatch
+) -> None:
     """A search scores a prefix, then its extensions: vLLM serves the scored steps from its prefix cache and leaves
     their log-probabilities out; they take the scores read before, and where none is known the item is read again
     without the cache. Either way the scores are a transformers forward's."""
-    path = tiny["math_shepherd"]
+    path = tiny_models["policy"]
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     question = "Start with 31. (1) Add 6. (2) Multiply by 2. (3) Subtract 9. What is the result?"
@@ -236,16 +247,18 @@ def test_likelihood_steps_cover_the_answer_once() -> None:
 
 
 @pytest.mark.parametrize("path", [DEFAULT_POLICY, DEFAULT_POLICY.parent / "default-prm"], ids=["policy", "prm"])
-def test_the_shipped_lms_as_likelihood_prms_flag_a_planted_error(path: Path) -> None:
-    """The shipped policy, and the shipped verifier, read as a PRM: a wrong product scores below the right one, and
-    the step before it does not change (the score of a step depends only on what precedes it)."""
+def test_the_shipped_lms_read_as_likelihood_prms(path: Path) -> None:
+    """The shipped policy, and the shipped verifier, load and read as a PRM: one probability per step, and a step's
+    score depends only on what precedes it (two solutions that share a first step score it alike). How well they
+    flag errors is measured by ``ponder bench check-models``."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     question = "Start with 12. (1) Add 7. (2) Multiply by 3. What is the result?\n" + INSTRUCTION  # the user turn
     right = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 57", "\\boxed{57}"]
     wrong = ["(1) Add 7: 12 + 7 = 19", "(2) Multiply by 3: 19 * 3 = 75", "\\boxed{75}"]
     (good, bad) = torch_scores(model, tokenizer, [(question, right), (question, wrong)])
-    assert good[0] == pytest.approx(bad[0]) and bad[1] < good[1] and bad[1] < 0.5 < good[1]
+    assert len(good) == len(bad) == 3 and all(0.0 < p <= 1.0 for p in good + bad)
+    assert good[0] == pytest.approx(bad[0]) and good[1] != pytest.approx(bad[1])
 
 
 def test_an_exported_likelihood_prm_is_evaluated_by_its_config(tmp_path: Path, capsys) -> None:

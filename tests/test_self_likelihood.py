@@ -2,8 +2,10 @@
 from the samples' log-probabilities where the policy wrote the steps, a fresh read on the same engine otherwise.
 
 The unit tests script samples by hand; the end-to-end ones run the shipped default policy (a character-level
-tokenizer, so the sampled tokens are the tokenizer's own) on the real vLLM CPU engine and compare every score with a
-transformers forward (:func:`reward_models.likelihood.torch_scores`).
+tokenizer, so the sampled tokens are the tokenizer's own; it writes steps) on the real vLLM CPU engine shared by
+the session (tests/conftest.py) and compare every score with a transformers forward
+(:func:`reward_models.likelihood.torch_scores`). How well the scores flag a wrong step is
+``ponder bench check-models``'s figure.
 """
 
 from __future__ import annotations
@@ -196,12 +198,10 @@ QUESTION = "Start with 31. (1) Add 6. (2) Multiply by 2. (3) Subtract 9. (4) Add
 QUESTION += "\n" + INSTRUCTION  # the user turn, as the policy was trained on
 
 
-@pytest.fixture(scope="module")  # on the session loop (pyproject)
-async def policy():
-    # The one engine of the suite on vLLM's default, compiled path (the others skip it: tests/conftest.py).
-    engine = await VLLMEngine.create(str(DEFAULT_POLICY), kv_cache_gib=0.5, dtype="float32", enforce_eager=False)
-    yield engine, SelfLikelihoodPRM(engine, str(DEFAULT_POLICY))
-    await engine.shutdown()
+@pytest.fixture(scope="module")
+def policy(default_policy_engine: VLLMEngine):
+    """The shipped policy's engine (tests/conftest.py) and the PRM that reads the policy on it."""
+    return default_policy_engine, SelfLikelihoodPRM(default_policy_engine, str(DEFAULT_POLICY))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,6 @@ async def test_what_was_not_sampled_is_read_on_the_same_engine(policy, reference
     items = [(QUESTION, ["(1) Add 6: 31 + 6 = 37", "(2) Multiply by 2: 37 * 2 = 47"]), (QUESTION, [])]
     got = await scorer.score(items, "fresh")
     assert got[1] == [] and got[0] == pytest.approx(reference(items[:1])[0], abs=1e-3)
-    assert got[0][1] < got[0][0]  # the wrong product is the unlikely step
     assert scorer.record.misses == 1
     system = task("system: be brief\n" + served_task(prm).prompt, QUESTION)  # not the PRM's rendering: no record
     engine_, scorer = prm.session(system, engine)

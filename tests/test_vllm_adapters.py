@@ -1,14 +1,18 @@
 """The vLLM adapters end to end: the real vLLM CPU engine on tiny random models built in-process.
 
-The policy and PRM engines are shared with other modules (tests/conftest.py), the ORM's starts here. PRM scores
-are checked against the same checkpoint run with plain torch/transformers, mirroring vLLM's head: softmax over the
-2 labels at the step-tag positions.
+The policy and PRM engines are shared with other modules (tests/conftest.py), the ORM's starts here, and one
+script starts a PRM read by its lowest token score (``ponder_prm_step_read: min``) in a subprocess that then exits.
+PRM and ORM scores are checked against the same checkpoint run with plain torch/transformers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,10 @@ from reward_models.orm import VLLMOutcomeRewardModel
 from reward_models.vllm_prm import QWEN_PRM_SYSTEM, VLLMProcessRewardModel
 from server.engine.vllm_engine import VLLMEngine
 from strategies.base import Engine, SamplingSpec, Scorer
+from tests.conftest import KV_CACHE_GIB, eager
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+ROOT = Path(__file__).resolve().parents[1]
 
 ITEMS = [
     ("What is 2+3?", ["2+3=5", "So the answer is 5."]),
@@ -53,7 +59,7 @@ def prm(tiny_prm: VLLMProcessRewardModel) -> VLLMProcessRewardModel:
 
 @pytest.fixture(scope="module")  # on the session loop (pyproject)
 async def orm(tiny: dict[str, Path]):
-    scorer = await load_scorer(tiny["orm"], kv_cache_gib=1, dtype="float32")
+    scorer = await load_scorer(tiny["orm"], kv_cache_gib=KV_CACHE_GIB, dtype="float32", **eager(load_scorer))
     yield scorer
     await scorer.shutdown()
 
@@ -65,7 +71,8 @@ def chat_prompt(engine: VLLMEngine, question: str) -> str:
 
 async def test_engine_basics(engine: VLLMEngine) -> None:
     assert isinstance(engine, Engine) and engine.healthy()
-    assert engine.loop_ticks_while_loading > 20  # create() did not block the event loop
+    # create() loads in a worker thread: the server's loop answered /health (503, loading) before it was done
+    assert engine.health_while_loading == (503, False)
     assert engine.max_model_len == 2048 and engine.num_running() == 0
     prompt = chat_prompt(engine, "hi")
     assert engine.count_tokens(prompt) == len(engine.tokenizer.encode(prompt, add_special_tokens=False))
@@ -116,17 +123,17 @@ async def test_stream_deltas_concatenate_to_the_generated_text(engine: VLLMEngin
         [d async for d in engine.stream(prompt, SamplingSpec(n=2), "bad")]
 
 
-async def _until_running(engine: VLLMEngine) -> None:
-    async with asyncio.timeout(30):
-        while engine.num_running() == 0:
+async def in_vllm(engine: VLLMEngine, requests: int) -> None:
+    """Return once ``requests`` of our requests are running and vLLM itself holds them (an abort reaches them)."""
+    async with asyncio.timeout(60):  # a bound: they are submitted at once
+        while engine.num_running() < requests or engine.llm.get_num_unfinished_requests() < requests:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # let it decode a few tokens
 
 
 async def test_abort_stops_every_sub_request(engine: VLLMEngine) -> None:
     prompt, spec = chat_prompt(engine, "Go on."), SamplingSpec(n=2, temperature=0.0, max_tokens=1800)
     task = asyncio.create_task(engine.generate([prompt, prompt + "x"], spec, "req-abort"))
-    await _until_running(engine)
+    await in_vllm(engine, 2)
     await engine.abort("req-abort")
     results = await asyncio.wait_for(task, 30)
     assert engine.num_running() == 0
@@ -138,7 +145,7 @@ async def test_abort_stops_every_sub_request(engine: VLLMEngine) -> None:
 async def test_cancelling_a_call_aborts_its_requests(engine: VLLMEngine) -> None:
     spec = SamplingSpec(n=1, temperature=0.0, max_tokens=1800)
     task = asyncio.create_task(engine.generate([chat_prompt(engine, "More.")] * 3, spec, "req-cancel"))
-    await _until_running(engine)
+    await in_vllm(engine, 3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -149,11 +156,11 @@ async def test_cancelling_a_call_aborts_its_requests(engine: VLLMEngine) -> None
             pass
 
     streaming = asyncio.create_task(consume())
-    await _until_running(engine)
+    await in_vllm(engine, 1)
     streaming.cancel()
     with pytest.raises(asyncio.CancelledError):
         await streaming
-    assert engine.num_running() == 0
+    assert engine.num_running() == 0 and engine.llm.get_num_unfinished_requests() == 0  # vLLM's own count too
     [[after]] = await engine.generate(["ok"], SamplingSpec(max_tokens=2), "after")  # still serving
     assert after.num_tokens <= 2 and engine.healthy()
 
@@ -231,30 +238,53 @@ async def test_orm_gives_one_probability_per_item(orm: VLLMOutcomeRewardModel, t
         assert 0.0 <= p <= 1.0 and p == pytest.approx(expected, abs=1e-3)
 
 
-async def test_a_script_that_shuts_the_engine_down_exits_without_a_traceback(tiny: dict) -> None:
-    """vLLM's AsyncLLM.__del__ shuts down a second time at interpreter exit; stop_llm makes that call a no-op."""
-    import subprocess
-    import sys
+SCRIPT = """
+import asyncio, json, sys
+from reward_models import load_scorer
 
-    script = (
-        "import asyncio\n"
-        "from server.engine.vllm_engine import VLLMEngine\n"
-        "async def main():\n"
-        f"    engine = await VLLMEngine.create({str(tiny['policy'])!r}, kv_cache_gib=1)\n"
-        "    await engine.shutdown()\n"
-        "asyncio.run(main())\n"
-        "print('exited')\n"
-    )
+async def main():
+    scorer = await load_scorer(sys.argv[1], kv_cache_gib=0.25, dtype="float32")
+    try:
+        print("scores", json.dumps(await scorer.score(json.loads(sys.argv[2]), "min")), flush=True)
+    finally:
+        await scorer.shutdown()
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    print("exited")
+"""
+
+
+async def test_a_min_read_prm_in_a_script_scores_as_trained_and_exits_cleanly(tiny: dict, tmp_path: Path) -> None:
+    """A PRM read by the lowest score over each step's tokens (``ponder_prm_step_read: min``, vLLM's ALL pooler) in
+    a script: its scores are the training-time model's (reward_models.torch_prm), and the script exits without a
+    traceback (vLLM's AsyncLLM.__del__ shuts down a second time at interpreter exit; stop_llm makes that a no-op)."""
+    from reward_models.torch_prm import load_reward_model, score_steps
+
+    path = tmp_path / "prm-min"
+    shutil.copytree(tiny["prm"], path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"ponder_prm_step_read": "min"}))
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", SCRIPT, str(path), json.dumps(ITEMS)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )
-    assert done.returncode == 0 and "exited" in done.stdout
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "exited", done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("scores ")]
+    got = json.loads(line.removeprefix("scores "))
+    expected = score_steps(*load_reward_model(path), ITEMS)
+    tag = score_steps(*load_reward_model(tiny["prm"]), ITEMS)  # the same weights read at the tags
+    assert [len(s) for s in got] == [len(steps) for _, steps in ITEMS]
+    for a, b in zip(got, expected, strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
+    # the lowest over a step's span is never above the tag's own score, and for some steps below it
+    assert all(m <= t + 1e-6 for b, t_ in zip(expected, tag, strict=True) for m, t in zip(b, t_, strict=True))
+    assert any(m < t - 1e-3 for b, t_ in zip(expected, tag, strict=True) for m, t in zip(b, t_, strict=True))
 
 
 async def test_seeded_requests_with_split_prefills_do_not_kill_the_engine(engine: VLLMEngine) -> None:
