@@ -1,8 +1,13 @@
-"""End to end: `ponder serve` as a subprocess on the real vLLM CPU engine with tiny models built here, called with
-the official `openai` client (sync, async, streaming, strategies through `extra_body`)."""
+"""End to end: `ponder serve` as a subprocess on the real vLLM CPU engine with tiny models, called with the
+official `openai` client (sync, async, streaming, strategies through `extra_body`).
+
+The reward model is a copy of the tiny policy read in the ``likelihood`` format, on its own engine (the one
+place a test starts that format's engine; tests/test_causal_prm.py reads it on the policy's)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 
 import httpx
@@ -10,7 +15,6 @@ import openai
 import pytest
 
 from benchmarks.servers import ponder_cmd, running
-from server.tiny_models import save_tiny_policy, save_tiny_prm
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -18,9 +22,11 @@ STARTUP_SECONDS = 300
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("models")
-    policy, prm = save_tiny_policy(root / "policy", seed=1), save_tiny_prm(root / "prm", seed=2)
+def server(tiny_models, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("serve")
+    policy, prm = tiny_models["policy"], shutil.copytree(tiny_models["policy"], root / "verifier")
+    config = json.loads((prm / "config.json").read_text())
+    (prm / "config.json").write_text(json.dumps(config | {"ponder_prm_format": "likelihood"}))
     cmd = ponder_cmd(
         str(policy),
         str(prm),
@@ -38,7 +44,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield server
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
         assert server.stop() == -signal.SIGTERM
-        assert "Application shutdown complete" in server.log.read_text()
+        log = server.log.read_text()
+        assert "Application shutdown complete" in log and "Traceback" not in log
 
 
 @pytest.fixture
