@@ -150,9 +150,15 @@ def default_likelihood_figures() -> list[Figure]:
             model, tokenizer, [(question + "\n" + INSTRUCTION, right), (question + "\n" + INSTRUCTION, wrong)]
         )
         figures += [
-            Figure(name, "likelihood score of a wrong product (19 * 3 = 75)", round(bad[1], 4), "< 0.5", bad[1] < 0.5),
             Figure(
-                name, "likelihood score of the right product (19 * 3 = 57)", round(good[1], 4), "> 0.5", good[1] > 0.5
+                name, "likelihood score of a wrong product (19 * 3 = 75)", float(f"{bad[1]:.3g}"), "< 0.5", bad[1] < 0.5
+            ),
+            Figure(
+                name,
+                "likelihood score of the right product (19 * 3 = 57)",
+                float(f"{good[1]:.3g}"),
+                "> 0.5",
+                good[1] > 0.5,
             ),
         ]
     return figures
