@@ -4,7 +4,7 @@
 
     python -m benchmarks.startup                                  # the default models, 3 repetitions of each
     ponder bench startup --repeats 3 --output results/startup
-    ponder bench startup --only serve --name serve-after          # only `ponder serve` time-to-health
+    ponder bench startup --parts serve --name serve-after         # only `ponder serve` time-to-health
 
 Every engine measurement runs in a fresh interpreter (``python -m benchmarks.startup --trial ...``), one at a time,
 so that one start neither warms nor slows the next; it prints one ``STARTUP_TRIAL {json}`` line. A trial:
@@ -22,7 +22,10 @@ The compiled mode's start depends on vLLM's compile cache (``VLLM_CACHE_ROOT``).
 default, as on a checkout that has served before) shares one fresh cache folder among all runs and fills it with one
 priming trial first (recorded as ``priming``: a cold start); ``cold`` gives every run an empty one.
 
-``--only serve`` spawns the real CLI (``ponder serve --port P``, as ``make serve`` does) per ``--serve-variants``:
+``--parts decode`` measures decode compiled against eager paired: both pairs of engines up in one interpreter, their
+passes alternating, so that the machine's other load falls on both alike (:func:`paired`).
+
+``--parts serve`` spawns the real CLI (``ponder serve --port P``, as ``make serve`` does) per ``--serve-variants``:
 ``default`` (the environment as is), ``eager`` (``PONDER_ENFORCE_EAGER=1``), ``compiled`` (``PONDER_ENFORCE_EAGER=0``),
 and polls ``/health`` every 0.2 s until it answers ``{"status": "ok"}``.
 
@@ -47,6 +50,7 @@ from typing import Any
 
 TRIAL_TAG = "STARTUP_TRIAL "
 MODES = {"compiled": False, "eager": True}  # mode name -> enforce_eager
+PARTS = ("engines", "decode", "serve")
 SERVE_VARIANTS = {"default": None, "eager": "1", "compiled": "0"}  # -> PONDER_ENFORCE_EAGER (None: left as is)
 EAGER_ENV = "PONDER_ENFORCE_EAGER"
 
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trial:
         import asyncio
 
-        result = asyncio.run(trial(args))
+        result = asyncio.run(paired(args) if args.trial == "paired" else trial(args))
         print(TRIAL_TAG + json.dumps(result), flush=True)
         return 0
     try:
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="runs of each trial and of each serve variant")
     p.add_argument("--modes", default="compiled,eager", help="engine modes, comma-separated: compiled, eager")
     p.add_argument(
-        "--only", choices=("engines", "serve"), help="only the engine trials, or only `ponder serve` (default: both)"
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated: engines (start trials, with decode), decode (compiled against eager, paired), serve",
     )
     p.add_argument("--no-concurrent", action="store_true", help="skip the concurrent-start trials")
     p.add_argument("--no-decode", action="store_true", help="skip the decode measurements")
@@ -99,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-repeats", type=int, default=3, help="timed passes over the prompts, after a warm-up")
     p.add_argument("--memory-fraction", type=float, default=0.25, help="policy KV cache (as ponder serve)")
     p.add_argument("--prm-memory-fraction", type=float, default=0.1, help="reward model's (as ponder serve)")
+    p.add_argument("--kv-cache-gib", type=float, help="policy KV cache in GiB (default: by --memory-fraction)")
+    p.add_argument("--prm-kv-cache-gib", type=float, help="reward model's KV cache in GiB (default: by its fraction)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
     p.add_argument("--output", type=Path, default=Path("results/startup"))
     p.add_argument("--name", default="startup", help="file names under --output: NAME.json, NAME.md")
     # internal: one trial in this interpreter
-    p.add_argument("--trial", choices=("sequential", "concurrent"), help=argparse.SUPPRESS)
+    p.add_argument("--trial", choices=("sequential", "concurrent", "paired"), help=argparse.SUPPRESS)
     p.add_argument("--eager", type=int, choices=(0, 1), default=0, help=argparse.SUPPRESS)
     return p
 
@@ -120,7 +128,13 @@ async def trial(args: argparse.Namespace) -> dict[str, Any]:
     eager = bool(args.eager)
 
     async def policy() -> tuple[Any, float]:
-        engine = await VLLMEngine.create(args.model, memory_fraction=args.memory_fraction, seed=0, enforce_eager=eager)
+        engine = await VLLMEngine.create(
+            args.model,
+            memory_fraction=args.memory_fraction,
+            kv_cache_gib=args.kv_cache_gib,
+            seed=0,
+            enforce_eager=eager,
+        )
         return engine, time.perf_counter()
 
     async def scorer() -> tuple[Any, float]:
@@ -129,7 +143,13 @@ async def trial(args: argparse.Namespace) -> dict[str, Any]:
         import inspect
 
         extra = {"enforce_eager": eager} if "enforce_eager" in inspect.signature(load_scorer).parameters else {}
-        prm = await load_scorer(args.prm, format=args.prm_format, memory_fraction=args.prm_memory_fraction, **extra)
+        prm = await load_scorer(
+            args.prm,
+            format=args.prm_format,
+            memory_fraction=args.prm_memory_fraction,
+            kv_cache_gib=args.prm_kv_cache_gib,
+            **extra,
+        )
         return prm, time.perf_counter()
 
     started = time.perf_counter()
@@ -152,53 +172,101 @@ async def trial(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def decode(args: argparse.Namespace, engine: Any, prm: Any) -> dict[str, Any]:
-    """best_of_n (sampling, then scoring) and greedy speed on arith prompts; medians over the timed passes."""
+def decode_workload(args: argparse.Namespace, tokenizer: Any) -> list[tuple[str, str]]:
+    """(rendered prompt, question) of the first ``--decode-prompts`` arith test problems, as the server renders."""
     from benchmarks.serve import workload_prompts
+
+    texts, _ = workload_prompts("arith", args.decode_prompts)
+    return [
+        (tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True), t)
+        for t in texts
+    ]
+
+
+async def decode_pass(
+    args: argparse.Namespace, engine: Any, prm: Any, workload: list[tuple[str, str]], tag: str
+) -> dict[str, float]:
+    """One pass over the prompts: per prompt a best_of_n request (N samples, then one reward-model call over them)
+    and a greedy one; seconds per request and tokens per second."""
     from strategies.base import SamplingSpec, Task
     from strategies.best_of_n import BestOfNConfig
     from strategies.sampling import draw, score
 
-    texts, _ = workload_prompts("arith", args.decode_prompts)
-    rendered = [
-        engine.tokenizer.apply_chat_template(
-            [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
-        )
-        for t in texts
-    ]
     config = BestOfNConfig(num_samples=args.num_samples, temperature=args.temperature)
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=args.max_tokens)
+    sample_s = score_s = greedy_s = 0.0
+    sampled = greedy_tokens = 0
+    for i, (prompt, question) in enumerate(workload):
+        task = Task(
+            prompt=prompt,
+            question=question,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=1.0,
+            seed=i,
+            request_id=f"{tag}-{i}",
+        )
+        t0 = time.perf_counter()
+        candidates = await draw(task, config, engine)
+        t1 = time.perf_counter()
+        await score(task, config, candidates, prm)
+        t2 = time.perf_counter()
+        (samples,) = await engine.generate([prompt], greedy, f"{tag}-greedy-{i}")
+        t3 = time.perf_counter()
+        sample_s, score_s, greedy_s = sample_s + t1 - t0, score_s + t2 - t1, greedy_s + t3 - t2
+        sampled += sum(c.num_tokens for c in candidates)
+        greedy_tokens += samples[0].num_tokens
+    n = len(workload)
+    return {
+        "best_of_n_s": (sample_s + score_s) / n,
+        "sample_s": sample_s / n,
+        "score_s": score_s / n,
+        "sample_tokens_per_s": sampled / sample_s,
+        "sampled_tokens": sampled / n,
+        "greedy_s": greedy_s / n,
+        "greedy_tokens_per_s": greedy_tokens / greedy_s,
+        "greedy_tokens": greedy_tokens / n,
+    }
 
-    async def one_pass(tag: str) -> dict[str, float]:
-        sample_s = score_s = greedy_s = 0.0
-        sampled = greedy_tokens = 0
-        for i, (prompt, question) in enumerate(zip(rendered, texts, strict=True)):
-            task = Task(prompt, question, args.max_tokens, args.temperature, 1.0, seed=i, request_id=f"{tag}-{i}")
-            t0 = time.perf_counter()
-            candidates = await draw(task, config, engine)
-            t1 = time.perf_counter()
-            await score(task, config, candidates, prm)
-            t2 = time.perf_counter()
-            (samples,) = await engine.generate([prompt], greedy, f"{tag}-greedy-{i}")
-            t3 = time.perf_counter()
-            sample_s, score_s, greedy_s = sample_s + t1 - t0, score_s + t2 - t1, greedy_s + t3 - t2
-            sampled += sum(c.num_tokens for c in candidates)
-            greedy_tokens += samples[0].num_tokens
-        n = len(rendered)
-        return {
-            "best_of_n_s": (sample_s + score_s) / n,
-            "sample_s": sample_s / n,
-            "score_s": score_s / n,
-            "sample_tokens_per_s": sampled / sample_s,
-            "sampled_tokens": sampled / n,
-            "greedy_s": greedy_s / n,
-            "greedy_tokens_per_s": greedy_tokens / greedy_s,
-            "greedy_tokens": greedy_tokens / n,
-        }
 
-    await one_pass("warmup")
-    passes = [await one_pass(f"pass{k}") for k in range(args.decode_repeats)]
+async def decode(args: argparse.Namespace, engine: Any, prm: Any) -> dict[str, Any]:
+    """A warm-up pass, then ``--decode-repeats`` timed ones; the median of each measure."""
+    workload = decode_workload(args, engine.tokenizer)
+    await decode_pass(args, engine, prm, workload, "warmup")
+    passes = [await decode_pass(args, engine, prm, workload, f"pass{k}") for k in range(args.decode_repeats)]
     return {key: statistics.median(p[key] for p in passes) for key in passes[0]} | {"passes": passes}
+
+
+async def paired(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode speed compiled against eager on the same machine at the same time: both pairs of engines up in one
+    interpreter, their passes alternating (ABBA...), so that other people's load falls on both alike; the ratio
+    eager / compiled of each measure is taken per round."""
+    from reward_models import load_scorer
+    from server.engine.vllm_engine import VLLMEngine
+
+    kv = args.kv_cache_gib if args.kv_cache_gib is not None else 1.0  # four engines: a small KV cache each
+    prm_kv = args.prm_kv_cache_gib if args.prm_kv_cache_gib is not None else 0.5
+    engines: dict[str, tuple[Any, Any]] = {}
+    try:
+        for mode, eager in MODES.items():
+            policy = await VLLMEngine.create(args.model, kv_cache_gib=kv, seed=0, enforce_eager=eager)
+            engines[mode] = (policy, None)
+            prm = await load_scorer(args.prm, format=args.prm_format, kv_cache_gib=prm_kv, enforce_eager=eager)
+            engines[mode] = (policy, prm)
+        workload = decode_workload(args, engines["compiled"][0].tokenizer)
+        for mode, (policy, prm) in engines.items():
+            await decode_pass(args, policy, prm, workload, f"warmup-{mode}")
+        rounds: list[dict[str, dict[str, float]]] = []
+        for k in range(args.decode_repeats):
+            order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
+            rounds.append({mode: await decode_pass(args, *engines[mode], workload, f"r{k}-{mode}") for mode in order})
+    finally:
+        for policy, prm in engines.values():
+            await policy.shutdown()
+            if prm is not None:
+                await prm.shutdown()
+    ratios = [{key: r["eager"][key] / r["compiled"][key] for key in r["eager"]} for r in rounds]
+    return {"trial": "paired", "rounds": rounds, "ratios": ratios, "kv_cache_gib": [kv, prm_kv]}
 
 
 # ---- the parent: runs, summary, files -----------------------------------------------------------------------------
@@ -212,6 +280,10 @@ def run(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     variants = [v.strip() for v in args.serve_variants.split(",") if v.strip()]
+    parts = [v.strip() for v in args.parts.split(",") if v.strip()]
+    for name in parts:
+        if name not in PARTS:
+            raise ValueError(f"--parts: unknown part {name!r}; known: {', '.join(PARTS)}")
     for name in modes:
         if name not in MODES:
             raise ValueError(f"--modes: unknown mode {name!r}; known: {', '.join(MODES)}")
@@ -225,16 +297,21 @@ def run(args: argparse.Namespace) -> None:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "num_samples": args.num_samples,
         "max_tokens": args.max_tokens,
+        "kv_cache": {
+            "memory_fraction": args.memory_fraction,
+            "prm_memory_fraction": args.prm_memory_fraction,
+            "kv_cache_gib": args.kv_cache_gib,
+            "prm_kv_cache_gib": args.prm_kv_cache_gib,
+        },
         "runs": [],
     }
     cache_root = Path(tempfile.mkdtemp(prefix="ponder-startup-cache-"))
     warm_cache = cache_root / "warm"
     try:
-        if args.only != "serve":
-            if "compiled" in modes and args.compile_cache == "warm":
-                report["runs"].append(
-                    engine_run(args, "sequential", "compiled", warm_cache, label="priming", decode=False)
-                )
+        if "engines" in parts:
+            if args.compile_cache == "warm":  # vLLM caches what it learns of a model there, compiled or not
+                first = "compiled" if "compiled" in modes else modes[0]
+                report["runs"].append(engine_run(args, "sequential", first, warm_cache, label="priming", decode=False))
             for rep in range(args.repeats):
                 for mode in modes:
                     for kind in ("sequential", *(() if args.no_concurrent else ("concurrent",))):
@@ -243,12 +320,19 @@ def run(args: argparse.Namespace) -> None:
                         )
                         report["runs"].append(engine_run(args, kind, mode, cache, label=f"rep{rep}"))
                         save(args, report)
-        if args.only != "engines":
+        if "decode" in parts:
+            if args.compile_cache == "warm" and not warm_cache.exists():
+                report["runs"].append(
+                    engine_run(args, "sequential", "compiled", warm_cache, label="priming", decode=False)
+                )
+            for rep in range(args.repeats):
+                cache = warm_cache if args.compile_cache == "warm" else cache_root / f"cold-{len(report['runs'])}"
+                report["runs"].append(paired_run(args, cache, label=f"rep{rep}"))
+                save(args, report)
+        if "serve" in parts:
             for variant in variants:
-                if args.compile_cache == "warm" and SERVE_VARIANTS[variant] != "1":
-                    cache = warm_cache
-                    if not warm_cache.exists():  # fill the cache with one untimed-for-the-median start
-                        report["runs"].append(serve_run(args, variant, cache, label="priming"))
+                if args.compile_cache == "warm" and not warm_cache.exists():  # fill it: one start not in the medians
+                    report["runs"].append(serve_run(args, variant, warm_cache, label="priming"))
                 for rep in range(args.repeats):
                     cache = warm_cache if args.compile_cache == "warm" else cache_root / f"cold-{len(report['runs'])}"
                     report["runs"].append(serve_run(args, variant, cache, label=f"rep{rep}"))
@@ -266,20 +350,19 @@ def _env(cache: Path, eager: str | None) -> dict[str, str]:
     return env
 
 
-def engine_run(
-    args: argparse.Namespace, kind: str, mode: str, cache: Path, *, label: str, decode: bool = True
-) -> dict[str, Any]:
-    eager = MODES[mode]
+def _trial(args: argparse.Namespace, kind: str, eager: bool, cache: Path, log: Path, decode: bool) -> dict[str, Any]:
+    """Run one trial in a fresh interpreter; its result, with the load average around it."""
     cmd = [sys.executable, "-m", "benchmarks.startup", "--trial", kind, "--eager", str(int(eager))]
     cmd += ["--model", args.model, "--prm", args.prm, *(["--prm-format", args.prm_format] if args.prm_format else [])]
     cmd += ["--memory-fraction", str(args.memory_fraction), "--prm-memory-fraction", str(args.prm_memory_fraction)]
+    for flag in ("kv_cache_gib", "prm_kv_cache_gib"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     cmd += ["--num-samples", str(args.num_samples), "--max-tokens", str(args.max_tokens)]
     cmd += ["--temperature", str(args.temperature), "--decode-prompts", str(args.decode_prompts)]
     cmd += ["--decode-repeats", str(args.decode_repeats), *(["--no-decode"] if args.no_decode or not decode else [])]
-    log = args.output / "logs" / f"{args.name}-{kind}-{mode}-{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[startup] {label}: {kind} start, {mode} ...", file=sys.stderr, flush=True)
-    spawned = time.time()
+    load_before, spawned = _load(), time.time()
     with log.open("w") as sink:
         proc = subprocess.run(
             cmd,
@@ -290,14 +373,25 @@ def engine_run(
             timeout=args.timeout,
             check=False,
         )
-    sink_text = proc.stdout
     with log.open("a") as sink:
-        sink.write(sink_text)
-    lines = [line for line in sink_text.splitlines() if line.startswith(TRIAL_TAG)]
+        sink.write(proc.stdout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(TRIAL_TAG)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"trial {kind} {mode} failed with exit status {proc.returncode}; see {log}")
+        raise RuntimeError(f"trial {kind} failed with exit status {proc.returncode}; see {log}")
     result = json.loads(lines[-1][len(TRIAL_TAG) :])
-    result |= {"what": "engines", "mode": mode, "label": label, "process_to_start_s": result["wall_start"] - spawned}
+    result["load_average"] = [load_before, _load()]
+    if "wall_start" in result:
+        result["process_to_start_s"] = result["wall_start"] - spawned
+    return result
+
+
+def engine_run(
+    args: argparse.Namespace, kind: str, mode: str, cache: Path, *, label: str, decode: bool = True
+) -> dict[str, Any]:
+    """A ``sequential`` or ``concurrent`` start of both engines in ``mode``."""
+    print(f"[startup] {label}: {kind} start, {mode} ...", file=sys.stderr, flush=True)
+    log = args.output / "logs" / f"{args.name}-{kind}-{mode}-{label}.log"
+    result = _trial(args, kind, MODES[mode], cache, log, decode) | {"what": "engines", "mode": mode, "label": label}
     summary = (
         f"policy {result['policy_s']:.1f} s, reward model {result['scorer_s']:.1f} s, both {result['both_s']:.1f} s"
     )
@@ -309,6 +403,26 @@ def engine_run(
         )
     print(f"[startup] {label}: {kind} {mode}: {summary}", file=sys.stderr, flush=True)
     return result
+
+
+def paired_run(args: argparse.Namespace, cache: Path, *, label: str) -> dict[str, Any]:
+    """Decode compiled against eager, alternating in one interpreter (:func:`paired`)."""
+    print(f"[startup] {label}: paired decode, compiled and eager ...", file=sys.stderr, flush=True)
+    log = args.output / "logs" / f"{args.name}-paired-{label}.log"
+    result = _trial(args, "paired", False, cache, log, True) | {"what": "decode", "label": label}
+    ratio = {key: statistics.median(r[key] for r in result["ratios"]) for key in result["ratios"][0]}
+    print(
+        f"[startup] {label}: paired decode: eager/compiled sampling tok/s {ratio['sample_tokens_per_s']:.3f}, "
+        f"greedy tok/s {ratio['greedy_tokens_per_s']:.3f}, reward-model call {ratio['score_s']:.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def _load() -> float | None:
+    """The machine's 1-minute load average (other people's work slows every start here)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def free_port() -> int:
@@ -335,7 +449,7 @@ def serve_run(args: argparse.Namespace, variant: str, cache: Path, *, label: str
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[startup] {label}: ponder serve ({variant}) ...", file=sys.stderr, flush=True)
     url = f"http://127.0.0.1:{port}/health"
-    first_answer = None
+    first_answer, load_before = None, _load()
     with log.open("w") as sink:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=_env(cache, SERVE_VARIANTS[variant]))
@@ -369,6 +483,7 @@ def serve_run(args: argparse.Namespace, variant: str, cache: Path, *, label: str
         "label": label,
         "health_ok_s": healthy,
         "first_answer_s": first_answer,
+        "load_average": [load_before, _load()],
         "cmd": cmd,
     }
 
@@ -382,6 +497,17 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     timed = [r for r in report["runs"] if r["label"] != "priming"]
     summary: dict[str, Any] = {}
     for r in timed:
+        if r["what"] == "decode":  # one value per round: the passes of one round ran side by side
+            for mode in MODES:
+                group = summary.setdefault(f"paired/{mode}", {})
+                for one in r["rounds"]:
+                    for key, value in one[mode].items():
+                        group.setdefault(key, []).append(value)
+            group = summary.setdefault("paired/ratio", {})
+            for one in r["ratios"]:
+                for key, value in one.items():
+                    group.setdefault(key, []).append(value)
+            continue
         if r["what"] == "engines":
             group = summary.setdefault(f"{r['trial']}/{r['mode']}", {})
             values = {k: r[k] for k in ("policy_s", "scorer_s", "both_s", "process_to_start_s")}
@@ -400,13 +526,29 @@ def _cell(s: dict[str, float] | None, digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def _kv(kv: dict[str, Any] | None) -> str:
+    kv = kv or {"memory_fraction": 0.25, "prm_memory_fraction": 0.1, "kv_cache_gib": None, "prm_kv_cache_gib": None}
+    policy = f"{kv['kv_cache_gib']} GiB" if kv["kv_cache_gib"] is not None else f"{kv['memory_fraction']} of RAM"
+    prm = (
+        f"{kv['prm_kv_cache_gib']} GiB" if kv["prm_kv_cache_gib"] is not None else f"{kv['prm_memory_fraction']} of RAM"
+    )
+    return f"policy {policy}, reward model {prm}"
+
+
 def markdown(report: dict[str, Any], summary: dict[str, Any]) -> str:
     lines = [
         f"Models: policy `{report['model']}`, reward model `{report['prm']}`; {report['cpus']} CPU cores; compile "
-        f"cache {report['compile_cache']}. Each cell: median (min-max) over the runs.",
+        f"cache {report['compile_cache']}; KV cache {_kv(report.get('kv_cache'))}. Each cell: median (min-max) "
+        "over the runs.",
         "",
     ]
-    starts = {k: v for k, v in summary.items() if not k.startswith("serve/")}
+    loads = [x for r in report["runs"] for x in r.get("load_average") or () if x is not None]
+    if loads:
+        lines[-1:-1] = [
+            f"Machine load (1-minute load average, {report['cpus']} cores) during the runs: {min(loads):.1f}-"
+            f"{max(loads):.1f}."
+        ]
+    starts = {k: v for k, v in summary.items() if not k.startswith(("serve/", "paired/"))}
     if starts:
         lines += [
             "| start | mode | policy ready (s) | reward model ready (s) | both ready (s) | runs |",
@@ -425,8 +567,8 @@ def markdown(report: dict[str, Any], summary: dict[str, Any]) -> str:
         priming = [r for r in report["runs"] if r["label"] == "priming" and r["what"] == "engines"]
         for r in priming:
             lines.append(
-                f"Priming run (compiled, empty compile cache): policy {r['policy_s']:.1f} s, reward model "
-                f"{r['scorer_s']:.1f} s."
+                f"Priming run ({r['mode']}, empty vLLM cache; not in the medians): policy {r['policy_s']:.1f} s, "
+                f"reward model {r['scorer_s']:.1f} s."
             )
         decodes = {k.split("/")[1]: v for k, v in starts.items() if "sample_tokens_per_s" in v}
         if decodes:
@@ -445,11 +587,34 @@ def markdown(report: dict[str, Any], summary: dict[str, Any]) -> str:
             lines.append(
                 f"\nPer run: the median of its passes over the arith prompts (max_tokens {report['max_tokens']})."
             )
+    pairs = {k.split("/")[1]: v for k, v in summary.items() if k.startswith("paired/")}
+    if pairs:
+        lines += [
+            "",
+            f"Decode, paired: compiled and eager engines up together, their passes alternating; N="
+            f"{report['num_samples']}, max_tokens {report['max_tokens']}; a value per round.",
+            "",
+            "| engines | sampling tok/s | reward-model call (s) | best_of_n request (s) | greedy tok/s "
+            "| greedy request (s) | rounds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for mode, s in pairs.items():
+            digits = 3 if mode == "ratio" else 0
+            lines.append(
+                f"| {'eager / compiled' if mode == 'ratio' else mode} | {_cell(s['sample_tokens_per_s'], digits)} | "
+                f"{_cell(s['score_s'], 3)} | {_cell(s['best_of_n_s'], 3)} | "
+                f"{_cell(s['greedy_tokens_per_s'], digits)} | {_cell(s['greedy_s'], 3)} | {s['score_s']['n']} |"
+            )
     serves = {k.split("/")[1]: v for k, v in summary.items() if k.startswith("serve/")}
     if serves:
         lines += ["", "| ponder serve | process start to /health ok (s) | runs |", "|---|---|---|"]
         for variant, s in serves.items():
             lines.append(f"| {variant} | {_cell(s['health_ok_s'])} | {s['health_ok_s']['n']} |")
+        for r in report["runs"]:
+            if r["what"] == "serve" and r["label"] == "priming":
+                lines.append(
+                    f"\nPriming run ({r['variant']}, empty vLLM cache; not in the medians): {r['health_ok_s']:.1f} s."
+                )
     return "\n".join(lines) + "\n"
 
 

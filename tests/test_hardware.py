@@ -37,7 +37,10 @@ def test_training_bf16_default_is_resolved(monkeypatch):
     assert RewardModelConfig(output_dir="unused", bf16=False).bf16 is False
 
 
-@pytest.mark.parametrize(("value", "eager"), [(None, False), ("0", False), ("1", True), ("true", True)])
+@pytest.mark.parametrize(
+    ("value", "eager"),
+    [(None, hardware.DEFAULT_ENFORCE_EAGER), ("0", False), ("no", False), ("1", True), ("true", True)],
+)
 def test_enforce_eager_comes_from_the_environment_unless_given(monkeypatch, tmp_path, value, eager):
     from reward_models.vllm_runtime import engine_args
 

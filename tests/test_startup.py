@@ -200,3 +200,16 @@ async def test_serve_starts_the_policys_own_likelihood_after_the_policy(monkeypa
     """The policy read as its own reward model runs on the policy's engine: it can only start once that is up."""
     events = await _load_with(monkeypatch, tmp_path, tmp_path, fmt="likelihood")
     assert events == [("start", "policy"), ("start on the policy's engine", "scorer")]
+
+
+def test_engines_skip_the_compile_warm_up_by_default(monkeypatch, tmp_path):
+    """Eager unless asked otherwise: the start is what the default saves (results/startup)."""
+    monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
+    common = dict(kv_cache_gib=0.5, memory_fraction=0.1, max_model_len=None, seed=0, tensor_parallel_size=1)
+    assert hardware.DEFAULT_ENFORCE_EAGER is True
+    assert vllm_runtime.engine_args(str(tmp_path), dtype="float32", **common).enforce_eager is True
+    assert (
+        vllm_runtime.engine_args(str(tmp_path), dtype="float32", enforce_eager=False, **common).enforce_eager is False
+    )
+    monkeypatch.setenv(hardware.EAGER_ENV, "0")
+    assert vllm_runtime.engine_args(str(tmp_path), dtype="float32", **common).enforce_eager is False
