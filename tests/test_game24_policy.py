@@ -57,7 +57,7 @@ def test_the_prm_scores_every_step_of_a_solver_path() -> None:
     from reward_models.torch_prm import load_reward_model, score_steps
 
     model, tokenizer = load_reward_model(GAME24_PRM)
-    _, items, labels = solver_states(puzzles=3, paths=2, seed=7)
+    _, items, labels = solver_states(puzzles=3, paths=2, seed=7, split="train")
     scores = score_steps(model, tokenizer, items)
     assert [len(s) for s in scores] == [len(steps) for _, steps in items] == [len(lab) for lab in labels]
     assert all(0.0 <= s <= 1.0 for row in scores for s in row) and len({s for row in scores for s in row}) > 1

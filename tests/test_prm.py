@@ -328,7 +328,9 @@ def test_eval_prm_cli_on_a_processbench_fixture(trained_prm: dict, tmp_path: Pat
     assert eval_main(["prm", "--model", str(tmp_path / "nothing"), "--data", str(data)]) == 2
     assert eval_main(["prm", "--model", str(trained_prm["path"]), "--data", str(tmp_path / "none.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-2].startswith("ponder eval prm: no reward model checkpoint") and "Traceback" not in "".join(err)
+    # one line each, naming what is missing (the model folder, then the data file), and no traceback
+    assert err[-2].startswith("ponder eval prm: ") and str(tmp_path / "nothing") in err[-2]
+    assert "none.jsonl" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_eval_reads_our_stepwise_labels(planted: dict) -> None:
