@@ -53,8 +53,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")  # on the session loop (pyproject)
 async def tiny_engine(tiny_models: dict[str, Path]):
-    """The tiny policy on vLLM, float32. ``health_while_loading``: the status ``/health`` answered while ``create`` was still
-    loading the engine (a server keeps answering while its engine starts), and whether loading had finished."""
+    """The tiny policy on vLLM, float32. ``health_while_loading``: the status ``/health`` answered while ``create``
+    was still loading the engine (a server keeps answering while its engine starts), and whether loading had
+    finished by then."""
     import asyncio
 
     import httpx

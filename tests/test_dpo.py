@@ -347,7 +347,7 @@ def test_a_soup_averages_the_weights_and_serves_as_its_first_ingredient(tmp_path
     for name, tensor in weights.items():
         assert mixed[name].dtype == tensor.dtype
         assert torch.allclose(mixed[name].float(), tensor.float() * 1.5, rtol=1e-2, atol=1e-3)
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    assert AutoModelForCausalLM.from_pretrained(out).config.architectures == ["LlamaForCausalLM"]  # loads as a policy
     assert json.loads((out / "soup.json").read_text())["ingredients"] == [str(tiny_policy), str(doubled)]
 
 
