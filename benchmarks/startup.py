@@ -291,8 +291,8 @@ def run(args: argparse.Namespace) -> None:
         if name not in SERVE_VARIANTS:
             raise ValueError(f"--serve-variants: unknown variant {name!r}; known: {', '.join(SERVE_VARIANTS)}")
     report: dict[str, Any] = {
-        "model": args.model,
-        "prm": args.prm,
+        "model": _shown(args.model),  # relative to the working directory where it lies under it
+        "prm": _shown(args.prm),
         "compile_cache": args.compile_cache,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "num_samples": args.num_samples,
@@ -341,6 +341,12 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(cache_root, ignore_errors=True)
     save(args, report)
     print((args.output / f"{args.name}.md").read_text())
+
+
+def _shown(path: str) -> str:
+    """``path`` as a report shows it: relative to the working directory when it lies under it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else path
 
 
 def _env(cache: Path, eager: str | None) -> dict[str, str]:
@@ -484,7 +490,7 @@ def serve_run(args: argparse.Namespace, variant: str, cache: Path, *, label: str
         "health_ok_s": healthy,
         "first_answer_s": first_answer,
         "load_average": [load_before, _load()],
-        "cmd": cmd,
+        "cmd": [_shown(part) if part.startswith("/") else part for part in cmd],
     }
 
 

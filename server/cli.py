@@ -62,8 +62,8 @@ def _add_setting(group: Any, owner: type, f: dataclasses.Field) -> None:
     if f.default is not None and f.default is not False and f.default != ():
         text += f" (default: {f.default})"
     kwargs: dict[str, Any] = {"dest": f.name, "help": text.replace("%", "%%")}
-    if hint is bool:
-        kwargs["action"] = "store_true"
+    if hint is bool:  # a bare --flag; an optional one (default None) also has --no-flag
+        kwargs["action"] = argparse.BooleanOptionalAction if f.default is None else "store_true"
     elif typing.get_origin(hint) is tuple:
         kwargs |= {"action": _Repeat, "metavar": f.metadata.get("metavar")}
     else:
@@ -186,7 +186,7 @@ def _loader(settings: argparse.Namespace | ServeConfig, policy: Path | None, prm
             prm,
             format=config.prm_format,
             memory_fraction=config.prm_memory_fraction,
-            enforce_eager=config.enforce_eager or None,  # None: the engines' default
+            enforce_eager=config.enforce_eager,  # None: the engines' default
             scorer_cpus=config.scorer_cpus,
         )
 

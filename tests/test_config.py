@@ -47,7 +47,10 @@ def test_every_setting_has_a_flag_named_after_it_and_only_derived_fields_have_no
     assert {f.name for _, f in settings} == set(actions) - {"help", "config"}
     for owner, f in settings:
         flag = "--api-key" if f.name == "api_keys" else "--" + f.name.replace("_", "-")
-        assert flag_of(owner, f.name) == flag and actions[f.name].option_strings == [flag]
+        both_ways = (
+            [flag, "--no-" + flag[2:]] if f.default is None and isinstance(f.type, str) and "bool" in f.type else [flag]
+        )
+        assert flag_of(owner, f.name) == flag and actions[f.name].option_strings == both_ways
         assert actions[f.name].help.startswith(f.metadata["help"].replace("%", "%%"))
     derived = {f.name for _, f in flat_fields(ServeConfig) if not has_flag(f)}
     assert derived == {"model_name", "reward_model_name"}  # set by ponder serve from --served-model-name and --prm
@@ -63,7 +66,12 @@ def test_flag_defaults_are_the_config_defaults() -> None:
 
 def test_flag_kinds_follow_the_field_types_and_choices_come_from_the_registries() -> None:
     actions = serve_actions()
-    assert isinstance(actions["enforce_eager"], argparse._StoreTrueAction)
+    assert isinstance(actions["enforce_eager"], argparse.BooleanOptionalAction)  # bool | None: --no-enforce-eager too
+    assert [cli.parse_args(["serve", *a]).enforce_eager for a in ([], ["--enforce-eager"], ["--no-enforce-eager"])] == [
+        None,
+        True,
+        False,
+    ]
     assert isinstance(actions["no_prm"], argparse._StoreTrueAction)
     assert actions["port"].type is int and actions["memory_fraction"].type is float
     assert actions["max_model_len"].type is int  # int | None

@@ -58,7 +58,7 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """Start the engine; the loop keeps running while vLLM loads (~25-45 s for a tiny model on 2 CPU cores).
 
-        ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`eager_from_env`)."""
+        ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`reward_models.hardware.eager_from_env`)."""
         args = engine_args(
             model,
             kv_cache_gib=kv_cache_gib,
@@ -81,7 +81,7 @@ class VLLMEngine:
             max_model_len=config.max_model_len,
             seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size,
-            enforce_eager=config.enforce_eager or None,  # None: the engines' default
+            enforce_eager=config.enforce_eager,  # None: the engines' default
         )
 
     # ---- Engine protocol ---------------------------------------------------------------------------------------
