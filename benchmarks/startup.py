@@ -345,8 +345,8 @@ def run(args: argparse.Namespace) -> None:
 
 def _shown(path: str) -> str:
     """``path`` as a report shows it: relative to the working directory when it lies under it."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else path
+    absolute = Path(path).absolute()  # symlinks kept: .venv/bin/python stays in the checkout
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else path
 
 
 def _env(cache: Path, eager: str | None) -> dict[str, str]:
