@@ -97,11 +97,17 @@ def _check_head_dim(hidden: int, heads: int) -> None:
         raise ValueError(f"hidden/heads = {hidden}/{heads}: the vLLM CPU backend needs a whole head_dim >= 32")
 
 
-def _qwen2_config(
-    tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int, **extra: object
-) -> Qwen2Config:
+def tiny_config(
+    cls: type[LlamaConfig] | type[Qwen2Config],
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int,
+    layers: int,
+    heads: int,
+    **extra: object,
+) -> LlamaConfig | Qwen2Config:
+    """A tiny Llama or Qwen2 config for ``tokenizer`` (head_dim = hidden/heads, at least 32; untied embeddings)."""
     _check_head_dim(hidden, heads)
-    return Qwen2Config(
+    return cls(
         vocab_size=_padded_vocab(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -117,20 +123,9 @@ def _qwen2_config(
 
 def save_tiny_policy(path: str | Path, seed: int = 0, hidden: int = 128, layers: int = 2, heads: int = 4) -> Path:
     """Write a random ``LlamaForCausalLM`` (head_dim = hidden/heads, at least 32) and its tokenizer to ``path``."""
-    _check_head_dim(hidden, heads)
     path = Path(path)
     tokenizer = build_char_tokenizer()
-    config = LlamaConfig(
-        vocab_size=_padded_vocab(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        **_token_ids(tokenizer),
-    )
+    config = tiny_config(LlamaConfig, tokenizer, hidden, layers, heads)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
@@ -147,7 +142,9 @@ def save_tiny_prm(
     step_tag_id = tokenizer.convert_tokens_to_ids(step_tag)
     if step_tag_id == tokenizer.unk_token_id:
         raise ValueError(f"step tag {step_tag!r} is not one token of the tiny tokenizer")
-    config = _qwen2_config(tokenizer, hidden, layers, heads, num_labels=2, architectures=["Qwen2ForProcessRewardModel"])
+    config = tiny_config(
+        Qwen2Config, tokenizer, hidden, layers, heads, num_labels=2, architectures=["Qwen2ForProcessRewardModel"]
+    )
     torch.manual_seed(seed)
     body = Qwen2Model(config)
     head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
@@ -166,8 +163,8 @@ def save_tiny_orm(path: str | Path, seed: int = 0, hidden: int = 128, layers: in
     """Write a random one-label ``Qwen2ForSequenceClassification`` (an outcome reward model) to ``path``."""
     path = Path(path)
     tokenizer = build_char_tokenizer()
-    config = _qwen2_config(
-        tokenizer, hidden, layers, heads, num_labels=1, architectures=["Qwen2ForSequenceClassification"]
+    config = tiny_config(
+        Qwen2Config, tokenizer, hidden, layers, heads, num_labels=1, architectures=["Qwen2ForSequenceClassification"]
     )
     torch.manual_seed(seed)
     model = Qwen2ForSequenceClassification(config)

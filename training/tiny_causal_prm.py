@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from server.tiny_models import _check_head_dim, _padded_vocab, _token_ids, build_char_tokenizer
+from server.tiny_models import build_char_tokenizer, tiny_config
 
 MATH_SHEPHERD_STEP_TAG = "ки"  # Math-Shepherd's step tag (Cyrillic), one token of the stand-in's vocabulary
 
@@ -48,22 +48,11 @@ def save_tiny_causal_prm(
     """Write a random ``LlamaForCausalLM`` PRM stand-in in ``format`` (its tokenizer and chat template) to ``path``."""
     if format not in ("math_shepherd", "rlhflow"):
         raise ValueError(f"unknown causal PRM format {format!r}; known: 'math_shepherd', 'rlhflow'")
-    _check_head_dim(hidden, heads)
     path = Path(path)
     tokenizer = build_char_tokenizer(extra_tokens=(MATH_SHEPHERD_STEP_TAG,))
     if format == "rlhflow":
         tokenizer.chat_template = RLHFLOW_CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=_padded_vocab(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        **_token_ids(tokenizer),
-    )
+    config = tiny_config(LlamaConfig, tokenizer, hidden, layers, heads)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
