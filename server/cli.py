@@ -26,12 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-import yaml
 
 from reward_models import load_scorer_beside, reads_policy_itself
 from reward_models.hardware import scorer_cpu_bind
 from server.app import Loader, create_app
-from server.config import EngineConfig, ServeConfig, ServerConfig, check_flat, flag_of, flat_fields, has_flag
+from server.config import (
+    EngineConfig,
+    ServeConfig,
+    ServerConfig,
+    check_flat,
+    flag_of,
+    flat_fields,
+    has_flag,
+    one_line,
+    read_yaml_mapping,
+)
 from server.default_models import ensure_default_models
 from server.engine import ServedEngine, get_backend
 from strategies.base import Scorer
@@ -109,19 +118,14 @@ DERIVED = {f.name for _, f in flat_fields(ServeConfig) if not has_flag(f)}  # se
 
 def read_config(path: str) -> dict[str, Any]:
     """The settings in a ``--config`` YAML file, each checked against its field; CLIError for a mistake."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CLIError(f"--config {path!r}: no such file")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CLIError(f"--config {path!r} is not valid YAML: {_one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise CLIError(f"--config {path!r} must hold a mapping of settings to values")
+        data = read_yaml_mapping(path, "settings")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     try:
         return check_flat(data)
     except ValueError as exc:
-        raise CLIError(f"--config {path!r}: {_one_line(exc)}") from None
+        raise CLIError(f"--config {path!r}: {one_line(exc)}") from None
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -133,11 +137,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     try:
         return ServeConfig.from_flat(values)
     except ValueError as exc:
-        raise CLIError(_one_line(exc)) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+        raise CLIError(one_line(exc)) from None
 
 
 def _checkpoint(path: str | None, what: str) -> Path | None:

@@ -18,7 +18,10 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from reward_models import PRM_FORMATS
 from server.engine import BACKENDS
@@ -299,3 +302,23 @@ def _as_type(hint: Any, value: Any) -> tuple[Any, str]:
         ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
         return (tuple(items) if ok else _WRONG), "a list of strings"
     raise TypeError(f"no check for settings of type {hint}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, as the command lines print their mistakes."""
+    return " ".join(str(exc).split())
+
+
+def read_yaml_mapping(path: str, keys: str) -> dict[str, Any]:
+    """The mapping in the ``--config`` YAML file at ``path`` (``keys``: what its keys are, for the message);
+    ValueError, one line, for a missing file, invalid YAML or anything but a mapping."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--config {path!r}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config {path!r} is not valid YAML: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path!r} must hold a mapping of {keys} to values")
+    return data

@@ -18,11 +18,9 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from server.config import one_line, read_yaml_mapping
 from training.tasks.base import UnknownTaskError
 
 PROG = "ponder train"
@@ -122,7 +120,7 @@ def parse_config(trainer: str, argv: list[str]) -> Any:
     try:
         config, _extra, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     except (ValueError, TypeError, UnknownTaskError) as exc:  # from the config's __post_init__ (or TRL's): a bad value
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     if unused:
         raise ConfigError(f"unrecognized arguments: {' '.join(unused)}")
     return config
@@ -136,21 +134,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config {path!r}: no such file")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path!r} is not valid YAML: {_one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path!r} must hold a mapping of field names to values")
-    return data
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+        return read_yaml_mapping(path, "field names")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
