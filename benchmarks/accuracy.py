@@ -579,6 +579,20 @@ def params_for(args: argparse.Namespace, dataset: str, strategy: str) -> dict[st
     return {**get_task(dataset).default_params.get(spec.name, {}), **args.params.get(strategy, {})}
 
 
+def refuse_without_reward_model(args: argparse.Namespace) -> None:
+    """UsageError, before any engine starts, for a strategy that would need the reward model a run without one
+    lacks: one registered as needing it, or one whose parameters (the task's defaults, ``--param``) value states by
+    it (``value_source: "prm"``)."""
+    for dataset in args.dataset:
+        for strategy in args.strategies:
+            spec, _ = strategies.resolve(strategy)
+            if spec.needs_scorer or params_for(args, dataset, strategy).get("value_source") == "prm":
+                raise UsageError(
+                    f"{strategy} on {dataset} needs a reward model and this run has none; pass --prm, or for a "
+                    f"search --param '{strategy}.value_source=\"self\"'"
+                )
+
+
 @dataclass(frozen=True)
 class Models:
     """What an in-process run loads, and where each choice came from (for the line it prints)."""
@@ -694,6 +708,8 @@ async def run(args: argparse.Namespace, client: Client | None = None) -> list[di
             client = HTTPClient(args.url, args.model_name, args.api_key, timeout=3600.0)
         else:
             models = resolve_models(args)
+            if models.prm is None:
+                refuse_without_reward_model(args)
             print(f"ponder bench accuracy: {models.line()}", file=sys.stderr)
             client = await InProcessClient.start(
                 models.policy, models.prm, args.seed[0], models.kv_cache_gib, args.prm_format

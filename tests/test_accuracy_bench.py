@@ -207,6 +207,18 @@ def test_game24_runs_on_its_own_models_and_search_params_unless_told_otherwise()
     assert accuracy.resolve_models(parsed("--dataset", "game24", "--no-prm")).prm is None
 
 
+def test_a_run_without_a_reward_model_refuses_what_needs_one_before_any_engine_starts(tmp_path, capsys):
+    argv = ["accuracy", "--dataset", "game24", "--no-prm", "--limit", "2", "--output", str(tmp_path / "o")]
+    assert bench_main([*argv, "--strategies", "tree_of_thought"]) == 2  # game24's searches are valued by its PRM
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ponder bench accuracy: ") and "tree_of_thought on game24 needs a reward model" in err
+    assert "\n" not in err and "Traceback" not in err
+    assert bench_main([*argv, "--strategies", "best_of_n"]) == 2  # registered as needing one
+    self_valued = parsed("--dataset", "game24", "--no-prm", "--strategies", "tree_of_thought,self_consistency",
+                         "--param", 'tree_of_thought.value_source="self"')  # fmt: skip
+    accuracy.refuse_without_reward_model(self_valued)  # nothing needs one: no error
+
+
 def test_arith_runs_on_the_default_models_with_no_params_of_its_own():
     args = parsed("--dataset", "arith", "--strategies", "tree_of_thought")
     models = accuracy.resolve_models(args)
