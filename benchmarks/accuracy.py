@@ -61,6 +61,7 @@ from openai import AsyncOpenAI
 from tqdm.auto import tqdm
 
 import strategies
+from benchmarks.servers import shown_path
 from reward_models import PRM_FORMATS, load_scorer_beside
 from server.config import ServerConfig
 from server.default_models import REPO_ROOT, ensure_default_models
@@ -604,16 +605,12 @@ class Models:
     prm_from: str
 
     def line(self) -> str:
-        prm = f"reward model {_shown(self.prm)} ({self.prm_from})" if self.prm else f"no reward model ({self.prm_from})"
-        return f"models: policy {_shown(self.policy)} ({self.policy_from}), {prm}"
-
-
-def _shown(path: str) -> str:
-    """A path relative to the working directory where it lies under it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return path
+        prm = (
+            f"reward model {shown_path(self.prm)} ({self.prm_from})"
+            if self.prm
+            else f"no reward model ({self.prm_from})"
+        )
+        return f"models: policy {shown_path(self.policy)} ({self.policy_from}), {prm}"
 
 
 def _task_model(task: TaskSpec, folder: str, what: str, flag: str) -> str:
@@ -659,7 +656,7 @@ def resolve_models(args: argparse.Namespace) -> Models:
         chosen = (policy, prm)
     if len(wanted) > 1:
         each = "; ".join(
-            f"{', '.join(names)}: {_shown(p or '-')} and {_shown(r) if r else 'no reward model'}"
+            f"{', '.join(names)}: {shown_path(p or '-')} and {shown_path(r) if r else 'no reward model'}"
             for (p, r), names in wanted.items()
         )
         raise UsageError(f"these datasets run on different models ({each}): run them apart, or pass --model and --prm")

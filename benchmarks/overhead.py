@@ -25,7 +25,7 @@ import httpx
 from tqdm import tqdm
 
 from benchmarks.serve import workload_prompts
-from benchmarks.servers import ponder_cmd, running, vllm_cmd
+from benchmarks.servers import check_model_folders, ponder_cmd, running, vllm_cmd
 from reward_models import PRM_FORMATS
 from server.default_models import ensure_default_models
 
@@ -86,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     and exit status 2 (the servers' logs stay in ``--output``)."""
     args = build_parser().parse_args(argv)
     try:
-        for name in ("model", "prm"):
-            folder = getattr(args, name)
-            if folder is not None and not (Path(folder) / "config.json").is_file():
-                raise ValueError(f"--{name} {folder}: not a model folder (no config.json)")
+        check_model_folders(("--model", args.model), ("--prm", args.prm))
         run(args)
     except ValueError as exc:
         print(f"ponder bench overhead: error: {exc}", file=sys.stderr)

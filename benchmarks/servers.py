@@ -122,3 +122,19 @@ def vllm_cmd(model: str, memory_fraction: float, seed: int = 0) -> list[str]:
         engine_dtype("auto"),  # as Ponder's engines run: float32 where bf16 would be emulated (2.3x slower on arith)
         *(["--enforce-eager"] if eager_from_env() else []),  # as Ponder's engines run (PONDER_ENFORCE_EAGER)
     ]
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a report or a log line shows it: relative to the working directory where it lies under it (as
+    given first, so a ``.venv`` symlink stays in the checkout; then with links resolved), else as it is."""
+    for absolute, cwd in ((Path(path).absolute(), Path.cwd()), (Path(path).resolve(), Path.cwd().resolve())):
+        if absolute.is_relative_to(cwd):
+            return str(absolute.relative_to(cwd))
+    return str(path)
+
+
+def check_model_folders(*folders: tuple[str, str | None]) -> None:
+    """ValueError, one line, for a (flag, folder) given that is not a model folder (no ``config.json``)."""
+    for flag, folder in folders:
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise ValueError(f"{flag} {folder}: not a model folder (no config.json)")

@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.servers import check_model_folders, shown_path
+
 TRIAL_TAG = "STARTUP_TRIAL "
 MODES = {"compiled": False, "eager": True}  # mode name -> enforce_eager
 PARTS = ("engines", "decode", "serve")
@@ -64,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(TRIAL_TAG + json.dumps(result), flush=True)
         return 0
     try:
-        for name in ("model", "prm"):
-            folder = getattr(args, name)
-            if folder is not None and not (Path(folder) / "config.json").is_file():
-                raise ValueError(f"--{name} {folder}: not a model folder (no config.json)")
+        check_model_folders(("--model", args.model), ("--prm", args.prm))
         run(args)
     except (ValueError, RuntimeError) as exc:
         print(f"ponder bench startup: error: {str(exc).splitlines()[0]} (logs in {args.output})", file=sys.stderr)
@@ -291,8 +290,8 @@ def run(args: argparse.Namespace) -> None:
         if name not in SERVE_VARIANTS:
             raise ValueError(f"--serve-variants: unknown variant {name!r}; known: {', '.join(SERVE_VARIANTS)}")
     report: dict[str, Any] = {
-        "model": _shown(args.model),  # relative to the working directory where it lies under it
-        "prm": _shown(args.prm),
+        "model": shown_path(args.model),  # relative to the working directory where it lies under it
+        "prm": shown_path(args.prm),
         "compile_cache": args.compile_cache,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "num_samples": args.num_samples,
@@ -341,12 +340,6 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(cache_root, ignore_errors=True)
     save(args, report)
     print((args.output / f"{args.name}.md").read_text())
-
-
-def _shown(path: str) -> str:
-    """``path`` as a report shows it: relative to the working directory when it lies under it."""
-    absolute = Path(path).absolute()  # symlinks kept: .venv/bin/python stays in the checkout
-    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else path
 
 
 def _env(cache: Path, eager: str | None) -> dict[str, str]:
@@ -490,7 +483,7 @@ def serve_run(args: argparse.Namespace, variant: str, cache: Path, *, label: str
         "health_ok_s": healthy,
         "first_answer_s": first_answer,
         "load_average": [load_before, _load()],
-        "cmd": [_shown(part) if part.startswith("/") else part for part in cmd],
+        "cmd": [shown_path(part) if part.startswith("/") else part for part in cmd],
     }
 
 
