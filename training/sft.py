@@ -18,6 +18,12 @@ level uses the same skill, one equation per step, so long chains teach the short
 (``level_weights``) because they give more solution steps per prompt, and the prompt (about 3/4 of each sequence)
 costs compute without carrying loss. Measured on the 2-core CPU, see ``models/default-policy/README.md``.
 
+Format (``--format``): ``plain`` (the default) trains on the reference solution as it is; ``reasoning`` puts its
+steps inside ``<think>``...``</think>`` before the boxed answer, in a seeded mix of full, premature and ``Wait``
+traces (:mod:`training.sft_data`), adds the two tags to the tokenizer as single tokens (the embedding rows of new
+ids start at the mean of the others) and names vLLM's ``deepseek_r1`` parser in ``config.json``
+(``ponder_reasoning_parser``). ``recipes/reasoning-policy.yaml`` builds ``models/reasoning-policy`` this way.
+
 Presets (``--preset``) are bundles of field values, nanoGPT's tiny configs beside the real one: ``default`` is the
 shipped policy (the dataclass defaults), ``small`` a 2-minute run, ``tiny`` a seconds-long smoke test. Explicit
 flags and YAML keys override the preset.
@@ -42,7 +48,15 @@ from server.tiny_models import build_char_tokenizer
 from training.evaluate_policy import evaluate_checkpoint, markdown_table
 from training.plots import plot_loss
 from training.runs import BF16_HELP, plain_value, resume_path, settle_precision
-from training.sft_data import datasets_for, training_problems
+from training.sft_data import (
+    COMPLETION_FORMATS,
+    REASONING_PARSER,
+    THINK_TOKENS,
+    add_think_tokens,
+    datasets_for,
+    plan_reasoning,
+    training_problems,
+)
 from training.tasks import UnknownTaskError, get_task
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -120,6 +134,29 @@ class PolicySFTConfig(SFTConfig):
             "help": "Stepwise labels (`ponder label` output: a folder or .jsonl, several joined by commas) turned "
             "into value-prompt rows: every step prefix of every solution, verdict sure while all its labels are "
             "true, else impossible. Labelled samples of the policy itself teach it to judge its own mistakes."
+        },
+    )
+    format: str = field(
+        default="plain",
+        metadata={
+            "help": "Completion format: plain (the reference solution) or reasoning (its steps inside <think>..."
+            "</think>, then the boxed answer; a mix of full, premature and Wait traces, see --premature_share and "
+            "--wait_share; vLLM's deepseek_r1 parser, named in config.json).",
+            "choices": list(COMPLETION_FORMATS),
+        },
+    )
+    premature_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "--format reasoning: share of rows that stop thinking after k of n steps (k < n, uniform) and "
+            "box the value step k reached (a premature, usually wrong answer)."
+        },
+    )
+    wait_share: float = field(
+        default=0.20,
+        metadata={
+            "help": "--format reasoning: share of rows that stop at the same place, write Wait on its own line in "
+            "place of </think>, then finish every step and box the right answer (what budget forcing asks)."
         },
     )
     num_train_problems: int = field(
@@ -236,6 +273,14 @@ class PolicySFTConfig(SFTConfig):
         missing = [p for p in (self.value_data or "").split(",") if p.strip() and not Path(p.strip()).exists()]
         if missing:
             raise ValueError(f"value_data: no label data at {', '.join(missing)}")
+        if self.format not in COMPLETION_FORMATS:
+            raise ValueError(f"format {self.format!r}: one of {', '.join(COMPLETION_FORMATS)}")
+        if not (0 <= self.premature_share <= 1 and 0 <= self.wait_share <= 1) or (
+            self.premature_share + self.wait_share > 1
+        ):
+            raise ValueError("premature_share and wait_share must lie in [0, 1] and sum to at most 1")
+        if self.format == "reasoning" and (self.value_examples_per_problem or self.value_data):
+            raise ValueError("format reasoning takes no value examples (value_examples_per_problem, value_data)")
         if self.level_weights is not None and len(self.level_weights) != len(self.levels):
             raise ValueError(f"level_weights has {len(self.level_weights)} entries for {len(self.levels)} levels")
         super().__post_init__()
@@ -269,15 +314,35 @@ def build_policy(config: PolicySFTConfig, tokenizer: PreTrainedTokenizerFast) ->
 
 
 def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """The policy ``init_from`` names (in float32, for training) or a fresh one, and its tokenizer."""
+    """The policy ``init_from`` names (in float32, for training) or a fresh one, and its tokenizer; for the
+    reasoning format, with the thinking tags added (:func:`add_reasoning_tokens`)."""
     if not config.init_from:
         tokenizer = build_char_tokenizer()
-        return build_policy(config, tokenizer), tokenizer
-    folder = Path(config.init_from)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"init_from: {folder} holds no model (no config.json)")
-    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(folder)
+        model = build_policy(config, tokenizer)
+    else:
+        folder = Path(config.init_from)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"init_from: {folder} holds no model (no config.json)")
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if config.format == "reasoning":
+        add_reasoning_tokens(model, tokenizer)
+    return model, tokenizer
+
+
+def add_reasoning_tokens(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> tuple[int, int]:
+    """Add ``<think>`` and ``</think>`` to the tokenizer (:func:`training.sft_data.add_think_tokens`), resize the
+    embeddings to the vocabulary padded to a multiple of 32, start the new tokens' input and output rows at the
+    mean of the old tokens' rows, and name the ``deepseek_r1`` parser in the config; the tags' ids."""
+    known = len(tokenizer)
+    ids = add_think_tokens(tokenizer)
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=32, mean_resizing=False)
+    fresh = [i for i in ids if i >= known]
+    with torch.no_grad():
+        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            matrix[fresh] = matrix[:known].mean(dim=0)
+    model.config.ponder_reasoning_parser = REASONING_PARSER
+    return ids
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -309,6 +374,8 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
             str(lv): sum(p.meta.get("level", 0) == lv for p in train_problems) for lv in config.levels
         },
         **data,
+        "format": config.format,
+        **(_reasoning_metrics(config, train_problems, tokenizer) if config.format == "reasoning" else {}),
         "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
         "head_dim": trainer.model.config.hidden_size // trainer.model.config.num_attention_heads,
         "num_hidden_layers": trainer.model.config.num_hidden_layers,
@@ -355,6 +422,16 @@ def save_final(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path
     return path
 
 
+def _reasoning_metrics(config: PolicySFTConfig, problems: list, tokenizer: Any) -> dict[str, Any]:
+    """The reasoning format's facts for metrics.json and the card: the tags' ids, the parser, the realized mix."""
+    plan = plan_reasoning(problems, config.premature_share, config.wait_share, config.seed)
+    return {
+        "reasoning_parser": REASONING_PARSER,
+        "think_token_ids": dict(zip(THINK_TOKENS, tokenizer.convert_tokens_to_ids(list(THINK_TOKENS)), strict=True)),
+        "reasoning_mix": {kind: sum(k == kind for k, _ in plan) for kind in ("full", "premature", "wait")},
+    }
+
+
 def _token_counts(dataset: Any) -> dict[str, int]:
     """Tokens per epoch in the tokenized training set: all of them, and those with a loss (the completions)."""
     total = sum(len(ids) for ids in dataset["input_ids"])
@@ -397,11 +474,56 @@ def model_card(metrics: dict[str, Any]) -> str:
         + (f", validation loss {metrics['final_eval_loss']:.4f}" if metrics.get("final_eval_loss") is not None else ""),
         "",
     ]
+    if metrics.get("format") == "reasoning":
+        lines += _reasoning_card(metrics)
     test = metrics.get("test")
     if test:
         lines += markdown_table(test)
     lines += ["Files: `metrics.json` (every number above and the full config), `loss.png` (the loss curve).", ""]
     return "\n".join(lines)
+
+
+def _reasoning_card(metrics: dict[str, Any]) -> list[str]:
+    config, mix = metrics["config"], metrics["reasoning_mix"]
+    ids = metrics["think_token_ids"]
+    total = max(sum(mix.values()), 1)
+    return [
+        "## Reasoning format: a model built so that thinking length matters",
+        "",
+        "The completion is the reference solution's steps inside thinking tags, then the boxed answer; the model "
+        "writes `<think>` itself (the chat template's generation prompt is unchanged):",
+        "",
+        "```",
+        "<think>",
+        "(1) Add 7: 12 + 7 = 19",
+        "",
+        "(2) Multiply by 3: 19 * 3 = 57",
+        "</think>",
+        "",
+        "\\boxed{57}",
+        "```",
+        "",
+        f"`<think>` is token {ids['<think>']} and `</think>` token {ids['</think>']}: single tokens appended to the "
+        "character vocabulary (added tokens, not special ones, so that decoding with `skip_special_tokens` keeps "
+        "them), their embedding rows started at the mean of the others. `config.json` names vLLM's reasoning parser "
+        f'(`"ponder_reasoning_parser": "{metrics["reasoning_parser"]}"`), which splits the reasoning from the answer.',
+        "",
+        f"The training rows are a seeded mix (seed {metrics['seed']}; `--premature_share "
+        f"{config['premature_share']:g} --wait_share {config['wait_share']:g}`), drawn per problem:",
+        "",
+        f"- **full** ({mix['full']:,} rows, {mix['full'] / total:.0%}): thinks through every step, then boxes the "
+        "right answer;",
+        f"- **premature** ({mix['premature']:,}, {mix['premature'] / total:.0%}): stops thinking after k of the n "
+        "steps (k uniform in 1..n-1) and boxes the value step k reached, a premature answer, usually wrong;",
+        f"- **wait** ({mix['wait']:,}, {mix['wait'] / total:.0%}): stops at the same place but writes `Wait` on its "
+        "own line where `</think>` would be, then does the remaining steps and boxes the right answer.",
+        "",
+        "One-step problems (level 1) cannot stop early and are always full, so the realized shares are a little "
+        "under the configured ones. The model is built on purpose so that ending its thinking early costs accuracy "
+        "and a forced `Wait` (budget forcing, s1: Muennighoff et al. 2025) has something real to recover: a "
+        "premature and a forced trace share their text up to the token after step k, `</think>` or `Wait`.",
+        "",
+    ]
 
 
 def _per_level(metrics: dict[str, Any]) -> str:

@@ -1,5 +1,19 @@
-r"""The data of ``ponder train sft``: TRL rows from a task's reference solutions, the curriculum's problem counts, and
-Tree-of-Thoughts value examples (tokenized by hand, so that only the verdict carries a loss).
+r"""The data of ``ponder train sft``: TRL rows from a task's reference solutions, the curriculum's problem counts,
+Tree-of-Thoughts value examples (tokenized by hand, so that only the verdict carries a loss), and the reasoning
+format (``--format reasoning``): the solution's steps inside thinking tags before the boxed answer.
+
+The reasoning format is DeepSeek-R1's, read by vLLM's own ``deepseek_r1`` reasoning parser::
+
+    <think>\n(1) Add 7: 12 + 7 = 19\n\n(2) Multiply by 3: 19 * 3 = 57\n</think>\n\n\\boxed{57}
+
+``<think>`` and ``</think>`` are single tokens (:func:`add_think_tokens`), and the model writes ``<think>`` itself
+(the chat template's generation prompt is unchanged). So that thinking length matters, the rows are a seeded mix
+(:func:`plan_reasoning`): most think through every step (``full``); ``premature_share`` stop thinking after k of
+the n steps (1 <= k < n) and box the value step k reached, a premature, usually wrong answer (``premature``);
+``wait_share`` stop at the same place, but write ``Wait`` on its own line where ``</think>`` would be and go on
+with the remaining steps to the right answer (``wait``), which is what budget forcing (s1, Muennighoff et al.
+2025: ``</think>`` replaced by ``Wait`` below a minimum) asks of the model. A problem of one step, or whose step k
+states no equation to read a value from, is always ``full``.
 """
 
 from __future__ import annotations
@@ -12,6 +26,13 @@ from strategies.search import value_query
 from training.evaluate_policy import chat_prompt
 from training.label import load_rows
 from training.tasks import Problem, TaskSpec, get_task
+from training.tasks.arith import parse_equation
+
+THINK_START, THINK_END, WAIT = "<think>", "</think>", "Wait"
+THINK_TOKENS = (THINK_START, THINK_END)
+REASONING_PARSER = "deepseek_r1"  # vLLM's parser for <think>...</think>; config.json's ponder_reasoning_parser
+COMPLETION_FORMATS = ("plain", "reasoning")
+REASONING_KINDS = ("full", "premature", "wait")
 
 
 class DataConfig(Protocol):
@@ -27,6 +48,9 @@ class DataConfig(Protocol):
     bare_question_share: float
     value_examples_per_problem: int
     value_data: str | None
+    format: str
+    premature_share: float
+    wait_share: float
 
 
 def sft_rows(
@@ -55,6 +79,104 @@ def sft_rows(
         }
         for p in problems
     ]
+
+
+def add_think_tokens(tokenizer: Any) -> tuple[int, int]:
+    """Add ``<think>`` and ``</think>`` to ``tokenizer`` as single tokens, where it lacks them; their ids.
+
+    They are added tokens but not special ones, as in DeepSeek-R1's and Qwen3's tokenizers: decoding with
+    ``skip_special_tokens`` (vLLM's default) keeps them in the text, where the reasoning parser looks for them.
+    Appended after the vocabulary, they leave every other id as it was (a trained policy's embeddings still fit).
+
+    >>> from server.tiny_models import build_char_tokenizer
+    >>> add_think_tokens(build_char_tokenizer())
+    (104, 105)
+    """
+    missing = [token for token in THINK_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=False)
+    start, end = tokenizer.convert_tokens_to_ids(list(THINK_TOKENS))
+    return start, end
+
+
+def split_solution(solution: str) -> tuple[list[str], str]:
+    r"""A reference solution's steps and its final answer line (the last blank-line part, with ``\boxed{}``).
+
+    >>> split_solution("(1) Add 3: 4 + 3 = 7\n\n\\boxed{7}")
+    (['(1) Add 3: 4 + 3 = 7'], '\\boxed{7}')
+    """
+    *steps, answer = solution.split("\n\n")
+    if "\\boxed{" not in answer or not steps:
+        raise ValueError(f"not steps then a boxed answer: {solution!r}")
+    return steps, answer
+
+
+def reasoning_solution(solution: str, kind: str = "full", stop_after: int = 0) -> str:
+    r"""A reference solution in the reasoning format, as ``kind`` (see the module docstring) stopping after step
+    ``stop_after`` (``premature`` and ``wait``); ValueError where that step states no value to box.
+
+    >>> solution = "(1) Add 3: 4 + 3 = 7\n\n(2) Add 1: 7 + 1 = 8\n\n\\boxed{8}"
+    >>> print(reasoning_solution(solution))
+    <think>
+    (1) Add 3: 4 + 3 = 7
+    <BLANKLINE>
+    (2) Add 1: 7 + 1 = 8
+    </think>
+    <BLANKLINE>
+    \boxed{8}
+    >>> reasoning_solution(solution, "premature", 1)
+    '<think>\n(1) Add 3: 4 + 3 = 7\n</think>\n\n\\boxed{7}'
+    >>> reasoning_solution(solution, "wait", 1)
+    '<think>\n(1) Add 3: 4 + 3 = 7\nWait\n\n(2) Add 1: 7 + 1 = 8\n</think>\n\n\\boxed{8}'
+    """
+    steps, answer = split_solution(solution)
+    if kind == "full":
+        return f"{THINK_START}\n" + "\n\n".join(steps) + f"\n{THINK_END}\n\n{answer}"
+    if kind not in REASONING_KINDS or not 1 <= stop_after < len(steps):
+        raise ValueError(f"kind {kind!r} stopping after step {stop_after} of {len(steps)}")
+    head = f"{THINK_START}\n" + "\n\n".join(steps[:stop_after]) + "\n"
+    if kind == "wait":
+        return head + f"{WAIT}\n\n" + "\n\n".join(steps[stop_after:]) + f"\n{THINK_END}\n\n{answer}"
+    equation = parse_equation(steps[stop_after - 1])
+    if equation is None:
+        raise ValueError(f"step {stop_after} states no value to box: {steps[stop_after - 1]!r}")
+    return head + f"{THINK_END}\n\n\\boxed{{{equation[3]}}}"
+
+
+def plan_reasoning(
+    problems: list[Problem], premature_share: float, wait_share: float, seed: int, salt: str = "train"
+) -> list[tuple[str, int]]:
+    """Each problem's ``(kind, stop_after)`` in the reasoning mix, seeded: ``premature`` with chance
+    ``premature_share``, ``wait`` with ``wait_share``, else ``full`` (stop_after 0); the step to stop after is
+    uniform in 1..n-1. A problem that cannot stop early (one step, or no value at the step drawn) is ``full``."""
+    rng = random.Random(f"reasoning/{salt}/{seed}")
+    plan = []
+    for problem in problems:
+        steps, _ = split_solution(problem.solution or "")
+        draw, stop_after = rng.random(), rng.randint(1, max(len(steps) - 1, 1))
+        kind = "premature" if draw < premature_share else "wait" if draw < premature_share + wait_share else "full"
+        if len(steps) < 2 or (kind == "premature" and parse_equation(steps[stop_after - 1]) is None):
+            kind = "full"
+        plan.append((kind, stop_after if kind != "full" else 0))
+    return plan
+
+
+def reasoning_rows(
+    task: TaskSpec,
+    problems: list[Problem],
+    premature_share: float,
+    wait_share: float,
+    bare_share: float = 0.0,
+    seed: int = 0,
+    salt: str = "train",
+) -> tuple[list[dict[str, list[dict[str, str]]]], dict[str, int]]:
+    """:func:`sft_rows` with each completion in the reasoning format of :func:`plan_reasoning`'s mix; the rows
+    and how many of each kind."""
+    rows = sft_rows(task, problems, bare_share, seed)
+    plan = plan_reasoning(problems, premature_share, wait_share, seed, salt)
+    for row, problem, (kind, stop_after) in zip(rows, problems, plan, strict=True):
+        row["completion"][0]["content"] = reasoning_solution(problem.solution or "", kind, stop_after)
+    return rows, {kind: sum(k == kind for k, _ in plan) for kind in REASONING_KINDS}
 
 
 def level_counts(total: int, weights: list[float]) -> list[int]:
@@ -150,6 +272,12 @@ def datasets_for(
     # deferred import: datasets (heavy) only when rows are built
     from datasets import Dataset
 
+    if config.format == "reasoning":  # no value examples in this format (PolicySFTConfig refuses them)
+        rows, _ = reasoning_rows(
+            task, train, config.premature_share, config.wait_share, config.bare_question_share, config.seed
+        )
+        val_rows, _ = reasoning_rows(task, val, config.premature_share, config.wait_share, seed=config.seed, salt="val")
+        return Dataset.from_list(rows), Dataset.from_list(val_rows) if val else None
     rows = sft_rows(task, train, config.bare_question_share, config.seed)
     if not config.value_examples_per_problem and not config.value_data:
         return Dataset.from_list(rows), Dataset.from_list(sft_rows(task, val)) if val else None
