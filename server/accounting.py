@@ -8,9 +8,11 @@ engine, and the request is cancelled through one id prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from strategies.base import Engine, Sample, SamplingSpec, Scorer
 
@@ -57,11 +59,18 @@ class Ledger:
 
 
 class CountingEngine:
-    """An :class:`Engine` that records calls and tokens in a :class:`Ledger` under one request id."""
+    """An :class:`Engine` that records calls and tokens in a :class:`Ledger` under one request id, and sets the
+    request's own sampling ``options`` (:mod:`server.request_fields`) on every call a strategy makes."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, request_id: str) -> None:
+    def __init__(
+        self, engine: Engine, ledger: Ledger, request_id: str, options: Mapping[str, Any] | None = None
+    ) -> None:
         self._engine, self.ledger, self.request_id = engine, ledger, request_id
+        self.options = dict(options or {})
         self._calls = 0
+
+    def _spec(self, spec: SamplingSpec) -> SamplingSpec:
+        return dataclasses.replace(spec, options={**self.options, **spec.options}) if self.options else spec
 
     def _sub_id(self) -> str:
         self._calls += 1
@@ -72,7 +81,7 @@ class CountingEngine:
         self.ledger.engine_calls += 1
         self.ledger.engine_requests += len(prompts)
         try:
-            outputs = await self._engine.generate(prompts, spec, self._sub_id())
+            outputs = await self._engine.generate(prompts, self._spec(spec), self._sub_id())
         finally:
             self.ledger.reserved -= reserved
         # A greedy call may return one Sample object standing for all n identical samples (vLLM refuses greedy
@@ -87,7 +96,7 @@ class CountingEngine:
         self.ledger.engine_requests += 1
         seen = 0
         try:
-            async for delta in self._engine.stream(prompt, spec, self._sub_id()):
+            async for delta in self._engine.stream(prompt, self._spec(spec), self._sub_id()):
                 self.ledger.completion_tokens += delta.num_tokens - seen
                 seen = delta.num_tokens
                 yield delta

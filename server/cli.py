@@ -23,13 +23,12 @@ import typing
 from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from reward_models import load_scorer_beside, reads_policy_itself
 from reward_models.hardware import scorer_cpu_bind
-from server.app import Loader, create_app
 from server.config import (
     EngineConfig,
     ServeConfig,
@@ -44,6 +43,9 @@ from server.config import (
 from server.default_models import ensure_default_models
 from server.engine import ServedEngine, get_backend
 from strategies.base import Scorer
+
+if TYPE_CHECKING:  # server.app imports vLLM (its request models): only `serve` needs it, not a mistyped flag
+    from server.app import Loader
 
 log = logging.getLogger("ponder")
 
@@ -216,6 +218,8 @@ def serve(args: argparse.Namespace) -> None:
     assert policy is not None  # a remote backend without a tokenizer folder is refused by EngineConfig
     name = engine.served_model_name or (policy.name if get_backend(engine.backend).local else engine.remote_model)
     server_config = dataclasses.replace(config.server, model_name=name, reward_model_name=prm.name if prm else None)
+    from server.app import create_app  # deferred: see the TYPE_CHECKING import
+
     app = create_app(server_config, loader=_loader(config, policy, prm))
     server = uvicorn.Server(
         uvicorn.Config(

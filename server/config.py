@@ -68,9 +68,28 @@ class ServerConfig:
         metavar="KEY",
     )
     log_prompts: bool = _option(False, "log messages and outputs with each request")
+    enable_auto_tool_choice: bool = _option(
+        False, "vLLM's flag: let the model call tools on its own (tool_choice auto); needs --tool-call-parser"
+    )
+    tool_call_parser: str | None = _option(
+        None, "vLLM's tool-call parser that reads the model's tool calls (e.g. hermes for Qwen3)", metavar="NAME"
+    )
+    trust_request_chat_template: bool = _option(
+        False, "vLLM's flag: accept a chat_template sent in a request (refused otherwise)"
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser NAME")
+        if self.tool_call_parser:
+            from vllm.tool_parsers import ToolParserManager
+
+            known = ToolParserManager.list_registered()
+            if self.tool_call_parser not in known:
+                raise ValueError(
+                    f"--tool-call-parser {self.tool_call_parser!r} is not one of vLLM's: {', '.join(known)}"
+                )
         if self.max_concurrent_requests < 1:
             raise ValueError("--max-concurrent-requests must be at least 1")
         if self.request_timeout <= 0:
@@ -135,9 +154,23 @@ class EngineConfig:
         metavar="CORES",
     )
     seed: int = _option(0, "the engines' seed")
+    reasoning_parser: str | None = _option(
+        None,
+        "vLLM's reasoning parser that sets a thinking model's reasoning apart (e.g. qwen3, deepseek_r1); default: the "
+        "checkpoint's ponder_reasoning_parser in its config.json, else none",
+        metavar="NAME",
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.reasoning_parser:
+            from vllm.reasoning import ReasoningParserManager
+
+            known = ReasoningParserManager.list_registered()
+            if self.reasoning_parser not in known:
+                raise ValueError(
+                    f"--reasoning-parser {self.reasoning_parser!r} is not one of vLLM's: {', '.join(known)}"
+                )
         if not 0 < self.memory_fraction < 1 or not 0 < self.prm_memory_fraction < 1:
             raise ValueError("--memory-fraction and --prm-memory-fraction must be between 0 and 1")
         if self.tensor_parallel_size < 1:

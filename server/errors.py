@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.exceptions import VLLMClientError
 
 from server.protocol import ErrorDetail, ErrorResponse
 from strategies.errors import EngineError, ScorerError
@@ -69,6 +70,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return envelope(message, status=400, type="invalid_request_error", param=param)
 
 
+async def _vllm_validation_error(_: Request, exc: VLLMClientError) -> JSONResponse:
+    """vLLM's own request checks (its request models raise these from their validators): a 400, as vLLM answers."""
+    message = " ".join(str(exc).split())
+    return envelope(message, status=400, type="invalid_request_error", param=getattr(exc, "parameter", None))
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return envelope(str(exc.detail), status=exc.status_code, type=kind, headers=getattr(exc, "headers", None))
@@ -94,6 +101,7 @@ async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(VLLMClientError, _vllm_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(ScorerError, _scorer_error)

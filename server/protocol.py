@@ -1,8 +1,10 @@
 """The OpenAI chat-completions schema, as pydantic models, plus Ponder's extensions in one marked block.
 
-Fields follow the order of OpenAI's API reference. Request fields that OpenAI defines but Ponder does not act on
-(``tools``, ``response_format``, ...) are accepted and ignored, as vLLM's server does with unsupported extras;
-fields nobody defines are refused (400), so a typo does not pass silently.
+The request is vLLM's own ``ChatCompletionRequest`` (``vllm.entrypoints.openai.chat_completion.protocol``): every field
+vLLM's server accepts is accepted here with vLLM's meaning and validation, and :mod:`server.request_fields` maps them
+to the engine in one place. Fields nobody defines are refused (400), so a typo does not pass silently; vLLM's server
+only logs them. Responses follow OpenAI's shapes, with ``message.reasoning`` as vLLM 0.32 has it and Ponder's
+``ponder`` object.
 """
 
 from __future__ import annotations
@@ -11,67 +13,59 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VLLMChatCompletionRequest
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        """The message's text; a list of content parts keeps its text parts."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+def message_text(message: Any) -> str:
+    """A request message's text; a list of content parts keeps its text parts."""
+    content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") in ("text", None)
+    )
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+class PonderFields(BaseModel):
+    """Ponder's extensions, shared by every endpoint (send with ``extra_body`` from the official openai client)."""
 
-
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    model: str | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1)
-    presence_penalty: float | None = None
-    response_format: dict[str, Any] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # what the engine can carry
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    user: str | None = None
-
-    # --- Ponder extensions (send with `extra_body` from the official openai client) ---
     strategy: str = Field(default="none", description="Reasoning strategy; GET /v1/models lists them.")
     strategy_params: dict[str, Any] = Field(
         default_factory=dict,
         description="Parameters of the strategy, validated against its config; unknown keys are a 400.",
     )
 
-    @field_validator("stop")
+
+class ChatCompletionRequest(VLLMChatCompletionRequest, PonderFields):
+    """vLLM's chat request, unknown fields refused, plus OpenAI's ``metadata``/``store`` and Ponder's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Any] = Field(min_length=1)  # vLLM's message types, validated by the parent's validators
+    n: int = Field(default=1, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None  # OpenAI: tags for the caller's own records; Ponder logs nothing of it
+    store: bool | None = None  # OpenAI stored completions; Ponder keeps none, so only false (or absent) is accepted
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
-        return [value] if isinstance(value, str) else value
+    def _vllm_checks_as_errors(cls, data: Any, handler: Any) -> Any:
+        """vLLM's own checks assume the fields' types (``messages: null`` raises TypeError inside them): a body of
+        the wrong shape is a validation error (400), never a 500."""
+        try:
+            return handler(data)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed request body: {' '.join(str(exc).split())}") from None
 
     def token_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        # vars: reading max_tokens as an attribute warns (vLLM marks it deprecated, as OpenAI does)
+        return self.max_completion_tokens or vars(self).get("max_tokens")
 
 
 class Usage(BaseModel):
@@ -80,15 +74,42 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning: str | None = None  # a reasoning model's thinking (vLLM 0.32's field), with --reasoning-parser
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -119,15 +140,29 @@ class ChatCompletionResponse(BaseModel):
     ponder: PonderInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import strategies
 from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger, NodeCapExceededError
@@ -23,18 +23,30 @@ from server.config import ServerConfig
 from server.engine import ServedEngine
 from server.errors import APIError
 from server.metrics import Metrics
+from server.output import OutputParsing, Parsed, RequestReader
 from server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
     PonderInfo,
     ResponseMessage,
+    TokenLogprobOut,
+    ToolCall,
+    TopLogprob,
     Usage,
+    message_text,
 )
+from server.request_fields import engine_options, refusals, whole_sample_refusal
 from strategies.base import (
+    Candidate,
+    Engine,
     InvalidRequestError,
     Sample,
     SamplingSpec,
@@ -42,23 +54,15 @@ from strategies.base import (
     StrategyConfig,
     StrategyResult,
     Task,
+    TokenLogprob,
     sampling_temperature,
 )
+from strategies.budget_forcing import BudgetForcing
 from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.requests")
 
-# OpenAI request fields Ponder does not implement: refused rather than silently ignored.
-UNSUPPORTED = (
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "frequency_penalty",
-    "presence_penalty",
-)
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 KEEPALIVE_SECONDS = 5.0  # SSE comment cadence while a strategy searches: keeps proxies from timing out
 
 
@@ -66,21 +70,29 @@ KEEPALIVE_SECONDS = 5.0  # SSE comment cadence while a strategy searches: keeps 
 class Prepared:
     """A validated request, ready to run."""
 
-    request: ChatCompletionRequest
+    request: Any  # the endpoint's request model (chat, completions, responses), after vLLM's parsers adjusted it
     spec: strategies.StrategySpec
     config: StrategyConfig
     task: Task
     prompt_tokens: int
     ledger: Ledger
     deadline: float  # time.monotonic() after which the request's work is aborted
+    reader: RequestReader | None = None  # with reasoning or tool parsers, or a JSON answer: how samples are read
 
 
 class ChatService:
     def __init__(self, engine: ServedEngine, scorer: Scorer | None, config: ServerConfig, metrics: Metrics) -> None:
         self.engine, self.scorer, self.config, self.metrics = engine, scorer, config, metrics
+        self.parsing = OutputParsing(
+            engine.tokenizer,
+            reasoning_parser=getattr(engine, "reasoning_parser", None),
+            tool_call_parser=config.tool_call_parser,
+            enable_auto_tool_choice=config.enable_auto_tool_choice,
+        )
 
     # ---- validation -------------------------------------------------------------------------------------------
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        """Check a chat request, render its messages and bind its strategy."""
         if len(request.messages) > self.config.max_messages:
             raise APIError(
                 f"{len(request.messages)} messages are above this server's cap of "
@@ -88,12 +100,28 @@ class ChatService:
                 param="messages",
                 code="above_cap",
             )
-        for name in UNSUPPORTED:
-            if getattr(request, name) not in (None, False, 0, 0.0):
-                raise APIError(f"{name} is not supported by Ponder", param=name, code="unsupported_parameter")
+        request = self._with_parsers(request)
+        prompt, question = self._render(request)
+        return self.prepare_prompt(request, prompt, question)
+
+    def prepare_prompt(self, request: Any, prompt: str, question: str) -> Prepared:
+        """Bind a request whose prompt is rendered: its strategy, its sampling options, its budget and reader.
+
+        ``request`` is any of the endpoints' request models; the fields it has are read with vLLM's meaning."""
+        if getattr(request, "store", None):
+            raise APIError("Ponder keeps no completions or responses; send store: false or leave it out", param="store")
+        refused = refusals(request)
+        if refused is not None:
+            name, why = refused
+            raise APIError(f"{name} is not supported by Ponder: {why}", param=name, code="unsupported_parameter")
         spec = self._strategy(request.strategy)
         config = self._strategy_config(spec, request)
-        prompt, question = self._render(request)
+        structured = _structured_outputs(request)
+        options = engine_options(request, structured)
+        self._check_options(spec, config, options)
+        tools_on = bool(getattr(request, "tools", None)) and getattr(request, "tool_choice", None) != "none"
+        json_answer = structured is not None and not tools_on and bool(structured.json_object or structured.json)
+        reader = self.parsing.reader(request, json_answer=json_answer)
         prompt_tokens = self.engine.count_tokens(prompt)
         max_tokens = self._max_tokens(request, prompt_tokens)
         task = Task(
@@ -101,15 +129,75 @@ class ChatService:
             question=question,
             max_tokens=max_tokens,
             temperature=request.temperature,
-            top_p=request.top_p,
-            stop=tuple(request.stop or ()),
+            top_p=request.top_p if request.top_p is not None else 1.0,
+            stop=tuple(_stop_list(request.stop)),
             seed=request.seed,
             request_id=f"ponder-{uuid.uuid4().hex[:16]}",
+            options=options,
+            logprobs=_logprobs_asked(request),
+            reader=reader,
         )
         ledger = Ledger(token_budget=config.max_total_tokens, node_budget=self.config.max_tree_nodes)
+        deadline = time.monotonic() + self.config.request_timeout
         return Prepared(
-            request, spec, config, task, prompt_tokens, ledger, deadline=time.monotonic() + self.config.request_timeout
+            request,
+            spec,
+            config,
+            task,
+            prompt_tokens,
+            ledger,
+            deadline,
+            reader if isinstance(reader, RequestReader) else None,
         )
+
+    def _with_parsers(self, request: ChatCompletionRequest) -> ChatCompletionRequest:
+        """The request as vLLM's parsers adjust it (a forced tool call becomes a JSON-schema constraint)."""
+        tools_on = bool(request.tools) and request.tool_choice != "none"
+        if tools_on and self.parsing.tool_call_parser is None:
+            raise APIError(
+                f"tool_choice {_choice_name(request.tool_choice)!r} needs a tool-call parser: start the server with "
+                "--enable-auto-tool-choice --tool-call-parser NAME (vLLM's parsers, e.g. hermes)",
+                param="tool_choice",
+            )
+        if tools_on and request.tool_choice == "auto" and not self.parsing.enable_auto_tool_choice:
+            raise APIError(
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                param="tool_choice",
+            )
+        parser = self.parsing.parser(request)
+        if parser is None:
+            return request
+        try:
+            return parser.adjust_request(request)
+        except ValueError as exc:
+            raise APIError(f"the request's tools cannot be used: {_one_line(exc)}", param="tools") from None
+
+    def _check_options(self, spec: strategies.StrategySpec, config: StrategyConfig, options: dict[str, Any]) -> None:
+        """Refuse what this strategy or this server cannot honour, before anything runs."""
+        if config.in_steps:
+            refused = whole_sample_refusal(options)
+            if refused is not None:
+                name, why = refused
+                raise APIError(
+                    f"{name} cannot apply to strategy {spec.name!r}: {why}; use a strategy that samples whole "
+                    "solutions (none, best_of_n, self_consistency, weighted_best_of_n)",
+                    param="response_format" if name == "structured_outputs" else name,
+                    code="unsupported_parameter",
+                )
+        thinking = config.min_thinking_tokens or options.get("thinking_token_budget") is not None
+        if thinking and self.parsing.end_marker is None:
+            name = "strategy_params.min_thinking_tokens" if config.min_thinking_tokens else "thinking_token_budget"
+            raise APIError(
+                f"{name} needs a reasoning model: start the server with --reasoning-parser NAME (or serve a "
+                "checkpoint that names one)",
+                param=name,
+            )
+        check = getattr(self.engine, "check_options", None)
+        if check is not None:
+            try:
+                check(options)
+            except InvalidRequestError as exc:
+                raise APIError(str(exc), code="invalid_parameter") from None
 
     def _strategy(self, name: str) -> strategies.StrategySpec:
         try:
@@ -127,7 +215,7 @@ class ChatService:
     def _strategy_config(self, spec: strategies.StrategySpec, request: ChatCompletionRequest) -> StrategyConfig:
         params = dict(request.strategy_params)
         known = {f.name for f in dataclasses.fields(spec.config_cls)}
-        if request.n > 1:
+        if (getattr(request, "n", 1) or 1) > 1:
             n_param = spec.config_cls.n_param
             if n_param is None:
                 takers = " or ".join(repr(s.name) for s in strategies.available() if s.config_cls.n_param)
@@ -189,16 +277,32 @@ class ChatService:
         return config
 
     def _render(self, request: ChatCompletionRequest) -> tuple[str, str]:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
-        ]
-        prefill = messages[-1]["role"] == "assistant"
-        try:
-            prompt = self.engine.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+        """The prompt, as vLLM's server renders it (tools, template kwargs, reasoning_effort), and the question."""
+        messages = [_template_message(m) for m in request.messages]
+        if request.chat_template and not self.config.trust_request_chat_template:
+            raise APIError(
+                "chat_template in a request is refused unless the server trusts it (--trust-request-chat-template), "
+                "as vLLM's server does",
+                param="chat_template",
             )
+        chat = request.build_chat_params(None, "auto")
+        kwargs = dict(chat.chat_template_kwargs)
+        explicit = {"add_generation_prompt", "continue_final_message"} & request.model_fields_set
+        if not explicit:  # an assistant message last, with neither flag sent: the reply continues it (prefill)
+            prefill = messages[-1]["role"] == "assistant"
+            kwargs |= {"add_generation_prompt": not prefill, "continue_final_message": prefill}
+        if request.tools:
+            kwargs["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+        if request.documents:
+            kwargs["documents"] = request.documents
+        if chat.chat_template:
+            kwargs["chat_template"] = chat.chat_template
+        try:
+            prompt = self.engine.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         except Exception as exc:  # a template that refuses these roles or their order (jinja raise_exception)
-            raise APIError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
+            raise APIError(
+                f"the model's chat template rejected the messages: {_one_line(exc)}", param="messages"
+            ) from None
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError:
@@ -208,9 +312,9 @@ class ChatService:
                 code="invalid_text",
             ) from None
         users = [m["content"] for m in messages if m["role"] == "user"]
-        return prompt, users[-1] if users else messages[-1]["content"]
+        return prompt, users[-1] if users else messages[-1]["content"] or ""
 
-    def _max_tokens(self, request: ChatCompletionRequest, prompt_tokens: int) -> int:
+    def _max_tokens(self, request: Any, prompt_tokens: int) -> int:
         room = self.engine.max_model_len - prompt_tokens
         if room < 1:
             raise APIError(
@@ -220,6 +324,8 @@ class ChatService:
                 code="context_length_exceeded",
             )
         asked = request.token_limit()
+        if asked is not None and asked < 1:
+            raise APIError(f"max_tokens must be at least 1, got {asked}", param="max_tokens")
         if asked is None:
             return min(room, self.config.default_max_tokens)
         if asked > room:
@@ -236,7 +342,10 @@ class ChatService:
         """Run the request's strategy within its deadline; typed failures become API errors."""
         try:
             async with asyncio.timeout_at(_loop_time(job.deadline)):
-                return await self._run_strategy(job)
+                result = await self._run_strategy(job)
+                if job.task.logprobs is not None:
+                    await self._fill_logprobs(job, result.choices)
+                return result
         except TimeoutError:
             raise self._deadline_error() from None
 
@@ -247,11 +356,25 @@ class ChatService:
             code="deadline_exceeded",
         )
 
+    def _engine_for(self, job: Prepared, engine: Engine) -> Engine:
+        """The engine a strategy sees: counted, with the request's options, and with budget forcing if asked."""
+        counted: Engine = CountingEngine(engine, job.ledger, job.task.request_id, job.task.options)
+        if not job.config.min_thinking_tokens:
+            return counted
+        assert self.parsing.end_marker is not None  # checked in prepare
+        tokenizer = self.engine.tokenizer
+        return BudgetForcing(
+            counted,
+            end_marker=self.parsing.end_marker,
+            min_thinking_tokens=job.config.min_thinking_tokens,
+            count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        )
+
     async def _run_strategy(self, job: Prepared) -> StrategyResult:
         engine, scorer = self.engine, self.scorer
         if scorer is not None and hasattr(scorer, "session"):  # the policy as its own PRM: steps read from samples
             engine, scorer = scorer.session(job.task, engine)
-        engine = CountingEngine(engine, job.ledger, job.task.request_id)
+        engine = self._engine_for(job, engine)
         scorer = CountingScorer(scorer, job.ledger, job.task.request_id) if scorer else None
         try:
             return await job.spec.fn(job.task, job.config, engine, scorer)
@@ -265,6 +388,17 @@ class ChatService:
             await self.engine.abort(job.task.request_id)
             self.metrics.aborted.labels(job.spec.name).inc()
             raise
+
+    async def _fill_logprobs(self, job: Prepared, choices: list[Candidate]) -> None:
+        """Every chosen answer's token logprobs: its own when it is one sample drawn with them, else read by the
+        policy over the prompt and the answer (a search's chosen path joins several engine calls)."""
+        top = job.task.logprobs or 0
+        for choice in choices:
+            if choice.logprobs is None:
+                try:
+                    choice.logprobs = tuple(await self.engine.score_text(job.task.prompt, choice.text, top))
+                except InvalidRequestError as exc:
+                    raise APIError(str(exc), param="logprobs", code="invalid_request") from None
 
     def info(self, job: Prepared, result: StrategyResult) -> PonderInfo:
         trace = job.config.return_trace
@@ -283,11 +417,38 @@ class ChatService:
         done = job.ledger.completion_tokens
         return Usage(prompt_tokens=job.prompt_tokens, completion_tokens=done, total_tokens=job.prompt_tokens + done)
 
+    def parse(self, job: Prepared, text: str) -> Parsed:
+        """A chosen answer read for the response: reasoning apart (dropped with include_reasoning false), content,
+        tool calls."""
+        parsed = job.reader.parse(text) if job.reader is not None else Parsed(None, text)
+        if not getattr(job.request, "include_reasoning", True):
+            parsed.reasoning = None
+        return parsed
+
+    def finish_reason(self, job: Prepared, candidate: Candidate, parsed: Parsed) -> str:
+        """OpenAI's: ``tool_calls`` when the answer calls tools (``stop`` for a named tool choice), else the
+        sample's own."""
+        named = isinstance(getattr(job.request, "tool_choice", None), BaseModel)
+        return "tool_calls" if parsed.tool_calls and not named else candidate.finish_reason
+
     def respond(self, job: Prepared, result: StrategyResult) -> ChatCompletionResponse:
-        choices = [
-            Choice(index=i, message=ResponseMessage(content=c.text), finish_reason=c.finish_reason)
-            for i, c in enumerate(result.choices)
-        ]
+        choices = []
+        for i, candidate in enumerate(result.choices):
+            parsed = self.parse(job, candidate.text)
+            message = ResponseMessage(
+                content=parsed.content if parsed.content or not parsed.tool_calls else None,
+                reasoning=parsed.reasoning,
+                tool_calls=[_tool_call(call) for call in parsed.tool_calls],
+            )
+            logprobs = _choice_logprobs(candidate.logprobs) if job.task.logprobs is not None else None
+            choices.append(
+                Choice(
+                    index=i,
+                    message=message,
+                    logprobs=logprobs,
+                    finish_reason=self.finish_reason(job, candidate, parsed),
+                )
+            )
         return ChatCompletionResponse(
             model=self.config.model_name, choices=choices, usage=self.usage(job), ponder=self.info(job, result)
         )
@@ -307,13 +468,20 @@ class ChatService:
             "latency_s": round(elapsed, 4),
         }
         if self.config.log_prompts:
-            line["messages"] = [m.model_dump(include={"role", "content"}) for m in job.request.messages]
+            messages = getattr(job.request, "messages", None)
+            line["messages" if messages is not None else "prompt"] = messages or job.task.prompt
             line["outputs"] = [c.text for c in result.choices] if result else None
-        log.info(json.dumps(line))
+        log.info(json.dumps(line, default=str))
 
     # ---- streaming --------------------------------------------------------------------------------------------
+    def streams_tokens(self, job: Prepared) -> bool:
+        """Whether the engine's tokens go out as they come: one plain sample, and no tool calls to parse whole."""
+        tools_on = bool(getattr(job.request, "tools", None)) and getattr(job.request, "tool_choice", None) != "none"
+        return job.config.streams_tokens and job.config.samples_per_call()[0] == 1 and not tools_on
+
     async def stream(self, job: Prepared) -> AsyncIterator[str]:
-        """SSE frames: a role chunk, content chunks, a finish chunk, the usage chunk if asked, ``[DONE]``."""
+        """SSE frames: a role chunk, reasoning/content/tool-call chunks, a finish chunk, the usage chunk if asked,
+        ``[DONE]``."""
         started = time.perf_counter()
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -326,23 +494,25 @@ class ChatService:
         status, result = 200, None
         try:
             yield frame([ChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
-            if job.config.streams_tokens and job.config.samples_per_call()[0] == 1:
-                async for piece in self._stream_tokens(job):  # real token streaming, as vLLM does
-                    if piece.text:
-                        yield frame([ChunkChoice(index=0, delta=DeltaMessage(content=piece.text))])
-                    if piece.finish_reason:
-                        yield frame([ChunkChoice(index=0, delta=DeltaMessage(), finish_reason=piece.finish_reason)])
+            if self.streams_tokens(job):
+                async for delta, logprobs, finish in self.token_deltas(job):
+                    if delta.content is not None or delta.reasoning is not None:
+                        yield frame([ChunkChoice(index=0, delta=delta, logprobs=logprobs)])
+                    if finish:
+                        yield frame([ChunkChoice(index=0, delta=DeltaMessage(), finish_reason=finish)])
             else:
                 async for item in self._run_with_keepalive(job):
                     if isinstance(item, str):
                         yield item
                     else:
                         result = item
-                for i, choice in enumerate(result.choices):
+                for i, candidate in enumerate(result.choices):
                     if i:
                         yield frame([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-                    yield frame([ChunkChoice(index=i, delta=DeltaMessage(content=choice.text))])
-                    yield frame([ChunkChoice(index=i, delta=DeltaMessage(), finish_reason=choice.finish_reason)])
+                    for delta, logprobs in self._whole_deltas(job, candidate):
+                        yield frame([ChunkChoice(index=i, delta=delta, logprobs=logprobs)])
+                    finish = self.finish_reason(job, candidate, self.parse(job, candidate.text))
+                    yield frame([ChunkChoice(index=i, delta=DeltaMessage(), finish_reason=finish)])
             options = job.request.stream_options
             if options and options.include_usage:
                 info = self.info(job, result) if result else None
@@ -361,8 +531,44 @@ class ChatService:
         finally:
             self.record(job, status, started, result)
 
+    def _whole_deltas(self, job: Prepared, candidate: Candidate) -> list[tuple[DeltaMessage, ChoiceLogprobs | None]]:
+        """A finished answer as stream deltas: its reasoning, its content (with its logprobs), its tool calls."""
+        parsed = self.parse(job, candidate.text)
+        logprobs = _choice_logprobs(candidate.logprobs) if job.task.logprobs is not None else None
+        out: list[tuple[DeltaMessage, ChoiceLogprobs | None]] = []
+        if parsed.reasoning:
+            out.append((DeltaMessage(reasoning=parsed.reasoning), None))
+        if parsed.content or not parsed.tool_calls:
+            out.append((DeltaMessage(content=parsed.content or ""), logprobs))
+        if parsed.tool_calls:
+            calls = [
+                DeltaToolCall(
+                    index=k,
+                    id=_tool_call(call).id,
+                    type="function",
+                    function=DeltaFunctionCall(name=call["name"], arguments=call["arguments"]),
+                )
+                for k, call in enumerate(parsed.tool_calls)
+            ]
+            out.append((DeltaMessage(tool_calls=calls), logprobs if not parsed.content else None))
+        return out
+
+    async def token_deltas(
+        self, job: Prepared
+    ) -> AsyncIterator[tuple[DeltaMessage, ChoiceLogprobs | None, str | None]]:
+        """The engine's tokens as they come, split into reasoning and content deltas, with the finish reason last."""
+        text, said = "", Parsed("", "")
+        async for piece in self._stream_tokens(job):
+            text += piece.text
+            if job.reader is None:
+                delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
+            else:
+                delta, said = _split_delta(self.parse(job, text), said)
+            logprobs = _choice_logprobs(piece.logprobs) if job.task.logprobs is not None and piece.logprobs else None
+            yield delta, logprobs, piece.finish_reason
+
     async def _stream_tokens(self, job: Prepared) -> AsyncIterator[Sample]:
-        engine = CountingEngine(self.engine, job.ledger, job.task.request_id)
+        engine = self._engine_for(job, self.engine)
         spec = SamplingSpec(
             n=1,
             temperature=sampling_temperature(job.config, job.task, default=1.0),
@@ -370,6 +576,7 @@ class ChatService:
             max_tokens=min(job.task.max_tokens, job.config.max_total_tokens or job.task.max_tokens),
             stop=job.task.stop,
             seed=job.task.seed,
+            logprobs=job.task.logprobs,
         )
         try:
             async for piece in engine.stream(job.task.prompt, spec, job.task.request_id):
@@ -378,6 +585,8 @@ class ChatService:
                     self.metrics.aborted.labels(job.spec.name).inc()
                     raise self._deadline_error()
                 yield piece
+        except InvalidRequestError as exc:
+            raise APIError(str(exc), code="invalid_request") from None
         except asyncio.CancelledError:
             await self.engine.abort(job.task.request_id)
             self.metrics.aborted.labels(job.spec.name).inc()
@@ -397,6 +606,98 @@ class ChatService:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def _split_delta(parsed: Parsed, said: Parsed) -> tuple[DeltaMessage, Parsed]:
+    """What the text read so far adds to what was already sent, as a delta; and what has been sent now."""
+    reasoning = _added(parsed.reasoning, said.reasoning)
+    content = _added(parsed.content, said.content)
+    sent = Parsed((said.reasoning or "") + (reasoning or ""), (said.content or "") + (content or ""))
+    return DeltaMessage(reasoning=reasoning, content=content), sent
+
+
+def _added(now: str | None, sent: str | None) -> str | None:
+    """The part of ``now`` past ``sent`` (None: nothing new, or ``now`` no longer extends what was sent)."""
+    now, sent = now or "", sent or ""
+    return now[len(sent) :] if len(now) > len(sent) and now.startswith(sent) else None
+
+
+def _tool_call(call: dict[str, Any]) -> ToolCall:
+    call_id = call.get("id") or f"chatcmpl-tool-{uuid.uuid5(uuid.NAMESPACE_OID, repr(call)).hex}"
+    call["id"] = call_id  # the same id in every rendering of this answer (response, stream)
+    return ToolCall(id=call_id, function=FunctionCall(name=call["name"], arguments=call["arguments"]))
+
+
+def _choice_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> ChoiceLogprobs:
+    """Token logprobs in OpenAI's shape."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode("utf-8")),
+                top_logprobs=[TopLogprob(token=k, logprob=v, bytes=list(k.encode("utf-8"))) for k, v in t.top],
+            )
+            for t in tokens or ()
+        ]
+    )
+
+
+def _structured_outputs(request: Any) -> Any:
+    """The request's output constraint as vLLM normalises it (response_format, structured_outputs, a forced tool)."""
+    extract = getattr(request, "extract_structured_outputs", None)
+    return extract() if extract is not None else None
+
+
+def _logprobs_asked(request: Any) -> int | None:
+    """How many alternatives per token the client wants with its logprobs; None when it wants none."""
+    asked = getattr(request, "logprobs", None)
+    if asked is None or asked is False:
+        return None
+    if asked is True:
+        return int(getattr(request, "top_logprobs", 0) or 0)
+    return int(asked)  # /v1/completions: logprobs is the number of alternatives
+
+
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or ())
+
+
+def _choice_name(choice: Any) -> str:
+    return choice if isinstance(choice, str) else "named function"
+
+
+def _template_message(message: Any) -> dict[str, Any]:
+    """A request message as chat templates read it: text content, developer as system, tool-call arguments as
+    mappings (as vLLM's server passes them)."""
+    if isinstance(message, BaseModel):
+        message = message.model_dump(exclude_none=True)
+    if not isinstance(message, dict):
+        raise APIError("every message must be an object with a role", param="messages")
+    message = dict(message)
+    role = message.get("role")
+    if role not in ROLES:
+        raise APIError(f"unknown message role {role!r}; roles: {', '.join(ROLES)}", param="messages")
+    out = {k: v for k, v in message.items() if v is not None}
+    out["role"] = "system" if role == "developer" else role
+    out["content"] = message_text(message)
+    calls = []
+    for call in message.get("tool_calls") or ():
+        call = dict(call)
+        function = dict(call.get("function") or {})
+        if isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"])
+            except ValueError:
+                raise APIError("a tool call's arguments are not valid JSON", param="messages") from None
+        calls.append(call | {"function": function})
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _error_event(message: str, type: str, param: str | None, code: str | None) -> str:

@@ -9,7 +9,7 @@ math-verify's own timeouts use signals, which fail off the main thread, so they 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)", re.IGNORECASE)
@@ -93,14 +93,15 @@ def equivalent(a: str, b: str) -> bool:
         return False
 
 
-def cluster(answers: Sequence[str | None]) -> list[list[int]]:
-    """Group indices of equivalent answers (None answers are left out), largest group first, ties by first seen."""
+def cluster(answers: Sequence[str | None], same: Callable[[str, str], bool] = equivalent) -> list[list[int]]:
+    """Group indices of answers that are ``same`` (None answers are left out), largest group first, ties by first
+    seen."""
     groups: list[tuple[str, list[int]]] = []
     for i, answer in enumerate(answers):
         if answer is None:
             continue
         for representative, members in groups:
-            if equivalent(representative, answer):
+            if same(representative, answer):
                 members.append(i)
                 break
         else:

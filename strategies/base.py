@@ -8,9 +8,11 @@ calls and generated tokens are counted in one place and no strategy has to count
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from strategies.answers import equivalent, extract_answer
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -34,6 +36,18 @@ class SamplingSpec:
     stop: tuple[str, ...] = ()  # strings that end a sample; kept in the text (step delimiters)
     seed: int | None = None
     logprobs: int | None = None  # top-k logprobs per token; None: none
+    # the request's own sampling fields, by vLLM's SamplingParams names (top_k, min_p, structured_outputs, ...):
+    # opaque to strategies; the server sets them on every engine call of a request, and the engine applies them
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # (token, log-probability), most likely first
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class Sample:
     cumulative_logprob: float | None = None
     # with SamplingSpec.logprobs set: each token's (end offset in text, log-probability); None where not known
     token_logprobs: tuple[tuple[int, float], ...] | None = None
+    # with SamplingSpec.logprobs set: each token, in OpenAI's terms (the client's logprobs); None where not asked
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @runtime_checkable
@@ -80,6 +96,42 @@ class Scorer(Protocol):
         ...
 
 
+class AnswerReader(Protocol):
+    """How a strategy reads a sample: the answer votes compare, and the text reward models judge.
+
+    The server builds one per request: a reasoning model's thinking is set apart, a structured-output request's
+    answer is its JSON in canonical form, a tool-calling one's is its tool calls; :class:`MathReader` otherwise."""
+
+    def answer(self, text: str) -> str | None:
+        """What a vote compares (None: the sample states no answer)."""
+        ...
+
+    def same(self, a: str, b: str) -> bool:
+        """Whether two answers from :meth:`answer` are the same."""
+        ...
+
+    def reward_text(self, text: str) -> str:
+        """The text a reward model reads: the steps, wherever the model wrote them, without markup."""
+        ...
+
+
+class MathReader:
+    """Plain text with a final answer: the last boxed value, \"the answer is\" or the last number, compared as
+    mathematical objects (:mod:`strategies.answers`)."""
+
+    def answer(self, text: str) -> str | None:
+        return extract_answer(text)
+
+    def same(self, a: str, b: str) -> bool:
+        return equivalent(a, b)
+
+    def reward_text(self, text: str) -> str:
+        return text
+
+
+MATH_READER = MathReader()
+
+
 @dataclass(frozen=True)
 class Task:
     """What the client asked for, already rendered for the policy."""
@@ -92,6 +144,9 @@ class Task:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     request_id: str = "req"
+    options: Mapping[str, Any] = field(default_factory=dict)  # the request's sampling fields (SamplingSpec.options)
+    logprobs: int | None = None  # the client asked for logprobs with this many alternatives per token; None: not
+    reader: AnswerReader = MATH_READER
 
 
 @dataclass(frozen=True)
@@ -107,14 +162,22 @@ class StrategyConfig:
     budget_param: ClassVar[str | None] = None  # the parameter a budget N sets; None: the strategy takes no N
     n_param: ClassVar[str | None] = None  # the parameter the OpenAI `n` sets, each sample its own choice; None: n=1
     streams_tokens: ClassVar[bool] = False  # True: drawing one sample, it is plain sampling, streamed token by token
+    # True: a solution is drawn in steps, each step its own engine call continuing the text so far; a constraint on a
+    # whole sample (structured outputs, a forced tool call, min_tokens) cannot apply to it
+    in_steps: ClassVar[bool] = False
 
     temperature: float | None = None  # None: the request's temperature, else the strategy's default
     max_total_tokens: int | None = None  # hard budget on all tokens generated for the request; None: server cap
     return_trace: bool = False  # return every candidate with its scores in the response's `ponder` object
+    # budget forcing (Muennighoff et al. 2025, s1): a sample that ends its thinking before this many tokens has the
+    # end replaced by "Wait" and goes on; None: off. Needs a reasoning model (ponder serve --reasoning-parser)
+    min_thinking_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
             raise ValueError("temperature must be between 0 and 2")
+        if self.min_thinking_tokens is not None and self.min_thinking_tokens < 0:
+            raise ValueError("min_thinking_tokens must not be negative")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError("max_total_tokens must be at least 1")
 
@@ -137,6 +200,7 @@ class Candidate:
     score: float | None = None  # aggregated reward, or vote share for self-consistency
     answer: str | None = None  # extracted final answer, when the strategy extracts one
     chosen: bool = False
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the sample's own, when it is one sample drawn with them
 
     def to_dict(self) -> dict[str, Any]:
         return {

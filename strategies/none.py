@@ -53,7 +53,8 @@ async def none(task: Task, config: NoneConfig, engine: Engine, scorer: Scorer | 
         max_tokens=per_sample_budget(config, task, config.num_samples),
         stop=task.stop,
         seed=task.seed,
+        logprobs=task.logprobs,
     )
     (samples,) = await engine.generate([task.prompt], spec, task.request_id)
-    choices = [Candidate(s.text, s.num_tokens, s.finish_reason, chosen=True) for s in samples]
+    choices = [Candidate(s.text, s.num_tokens, s.finish_reason, chosen=True, logprobs=s.logprobs) for s in samples]
     return StrategyResult(choices=choices, candidates=choices)

@@ -66,9 +66,10 @@ async def draw(task: Task, config: SamplingConfig, engine: Engine) -> list[Candi
         max_tokens=per_sample_budget(config, task, config.num_samples),
         stop=task.stop,
         seed=task.seed,
+        logprobs=task.logprobs,
     )
     (samples,) = await engine.generate([task.prompt], spec, task.request_id)
-    return [Candidate(s.text, s.num_tokens, s.finish_reason) for s in samples]
+    return [Candidate(s.text, s.num_tokens, s.finish_reason, logprobs=s.logprobs) for s in samples]
 
 
 def split_steps(text: str, delimiter: str) -> list[str]:
@@ -82,7 +83,7 @@ def split_steps(text: str, delimiter: str) -> list[str]:
 
 async def score(task: Task, config: ScoredConfig, candidates: list[Candidate], scorer: Scorer) -> None:
     """Fill ``step_scores`` and ``score`` of every candidate with one batched reward-model call."""
-    items = [(task.question, split_steps(c.text, config.step_delimiter)) for c in candidates]
+    items = [(task.question, split_steps(task.reader.reward_text(c.text), config.step_delimiter)) for c in candidates]
     all_scores = await scorer.score(items, task.request_id)
     how = resolve_aggregation(config.aggregation, scorer)
     for candidate, step_scores in zip(candidates, all_scores, strict=True):

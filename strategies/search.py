@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from strategies import checks
 from strategies.aggregation import aggregate_scores, resolve_aggregation
-from strategies.answers import cluster, extract_answer
+from strategies.answers import cluster, equivalent
 from strategies.base import (
     Candidate,
     Engine,
@@ -76,6 +76,8 @@ def self_value(verdicts: list[str]) -> tuple[float, dict[str, int]]:
 @dataclass(frozen=True)
 class SearchConfig(ScoredConfig):
     """Parameters of the step-level searches."""
+
+    in_steps: ClassVar[bool] = True
 
     max_depth: int = 40  # steps per solution at most; the step at max_depth runs to EOS (search-and-learn: 40)
 
@@ -375,11 +377,11 @@ class Searcher:
                 n.finish_reason or "length",
                 list(n.step_scores),
                 n.score,
-                extract_answer(n.prefix),
+                self.task.reader.answer(n.prefix),
             )
             for n in finals
         ]
-        best, answers = choose(candidates, how)
+        best, answers = choose(candidates, how, self.task.reader.same)
         candidates[best].chosen = True
         finals[best].info["chosen"] = True
         out = {"answers": answers} if answers else {}
@@ -388,7 +390,11 @@ class Searcher:
         return StrategyResult(choices=[candidates[best]], candidates=candidates, extra=out)
 
 
-def choose(candidates: Sequence[Candidate], how: Literal["vote", "score"]) -> tuple[int, list[dict[str, Any]]]:
+def choose(
+    candidates: Sequence[Candidate],
+    how: Literal["vote", "score"],
+    same: Callable[[str, str], bool] = equivalent,
+) -> tuple[int, list[dict[str, Any]]]:
     """The index of the chosen candidate and, for ``vote``, the weight of every answer.
 
     ``vote`` is weighted best-of-N as in ``weighted_best_of_n`` (Li et al. 2023): it falls back to the best score
@@ -397,7 +403,7 @@ def choose(candidates: Sequence[Candidate], how: Literal["vote", "score"]) -> tu
     by_score = max(range(len(candidates)), key=lambda i: candidates[i].score or 0.0)
     if how == "score":
         return by_score, []
-    groups = cluster([c.answer for c in candidates])
+    groups = cluster([c.answer for c in candidates], same)
     if not groups:
         return by_score, []
     totals = [sum(candidates[i].score or 0.0 for i in members) for members in groups]

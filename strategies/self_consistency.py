@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strategies import register
-from strategies.answers import cluster, extract_answer
+from strategies.answers import cluster
 from strategies.base import Engine, Scorer, StrategyResult, Task
 from strategies.sampling import SamplingConfig, draw
 
@@ -30,8 +30,8 @@ async def self_consistency(
     """N samples, majority vote over their equivalent final answers."""
     candidates = await draw(task, config, engine)
     for candidate in candidates:
-        candidate.answer = extract_answer(candidate.text)
-    groups = cluster([c.answer for c in candidates])
+        candidate.answer = task.reader.answer(candidate.text)
+    groups = cluster([c.answer for c in candidates], task.reader.same)
     for members in groups:
         for i in members:
             candidates[i].score = len(members) / len(candidates)  # vote share

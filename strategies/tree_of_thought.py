@@ -44,6 +44,7 @@ DEFAULT_WIDTH = 5  # b: ToT's n_select_sample for Game of 24
 @dataclass(frozen=True)
 class TreeOfThoughtConfig(StrategyConfig):
     budget_param: ClassVar[str | None] = "num_samples"
+    in_steps: ClassVar[bool] = True
 
     search: Literal["bfs", "dfs"] = "bfs"
     num_samples: int | None = None  # b: states kept per BFS level; None: `breadth`, else DEFAULT_WIDTH

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strategies import register
-from strategies.answers import cluster, extract_answer
+from strategies.answers import cluster
 from strategies.base import Engine, Scorer, StrategyResult, Task
 from strategies.sampling import ScoredConfig, draw, score
 
@@ -33,8 +33,8 @@ async def weighted_best_of_n(
     candidates = await draw(task, config, engine)
     await score(task, config, candidates, scorer)
     for candidate in candidates:
-        candidate.answer = extract_answer(candidate.text)
-    groups = cluster([c.answer for c in candidates])
+        candidate.answer = task.reader.answer(candidate.text)
+    groups = cluster([c.answer for c in candidates], task.reader.same)
     totals = [sum(candidates[i].score or 0.0 for i in members) for members in groups]
     pool = groups[max(range(len(groups)), key=totals.__getitem__)] if groups else range(len(candidates))
     best = candidates[max(pool, key=lambda i: candidates[i].score or 0.0)]

@@ -47,7 +47,7 @@ async def test_best_of_n_response_schema_usage_and_trace():
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": SOLUTIONS[0]},
+            "message": {"role": "assistant", "content": SOLUTIONS[0], "reasoning": None, "tool_calls": []},
             "logprobs": None,
             "finish_reason": "stop",
         }
@@ -114,7 +114,18 @@ async def test_none_with_n_returns_n_choices():
         ({"max_tokens": 5000}, "max_tokens", "context"),
         ({"max_tokens": 0}, "max_tokens", ""),
         ({"temperature": 7}, "temperature", ""),
-        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function", "Field required"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tool_choice",
+            "needs a tool-call parser",
+        ),
+        ({"tools": []}, "tools", "must not be an empty array"),
+        ({"store": True}, "store", "keeps no completions"),
+        ({"use_beam_search": True}, "use_beam_search", "strategy 'beam_search'"),
+        ({"strategy": "beam_search", "response_format": {"type": "json_object"}}, "response_format", "in steps"),
+        ({"strategy_params": {"min_thinking_tokens": 10}}, "strategy_params.min_thinking_tokens", "reasoning"),
+        ({"messages": None}, None, "malformed request body"),
         ({"messages": []}, "messages", ""),
         ({"stream_option": {}}, "stream_option", "extra"),
     ],

@@ -13,10 +13,13 @@ imported only when the server starts that engine. A new backend is one file with
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from strategies.base import Engine, Scorer
+from strategies.base import Engine, Scorer, TokenLogprob
 
 if TYPE_CHECKING:  # server.config reads BACKENDS for --backend's choices
     from server.config import EngineConfig
@@ -27,8 +30,17 @@ class ServedEngine(Engine, Protocol):
 
     tokenizer: Any  # a Hugging Face tokenizer; apply_chat_template renders requests
     max_model_len: int
+    reasoning_parser: str | None  # vLLM's parser of the model's thinking, if it thinks
 
     def count_tokens(self, text: str) -> int: ...
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise InvalidRequestError for request options the engine would refuse."""
+        ...
+
+    async def score_text(self, prompt: str, text: str, top: int) -> list[TokenLogprob]:
+        """The log-probability of each token of ``text`` after ``prompt``, with ``top`` alternatives each."""
+        ...
 
     def healthy(self) -> bool: ...
 
@@ -86,3 +98,16 @@ def get_backend(name: str) -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}") from None
+
+
+def checkpoint_reasoning_parser(folder: str | Path | None) -> str | None:
+    """The reasoning parser a checkpoint names (``ponder_reasoning_parser`` in its ``config.json``), as a reward model
+    names its format; None when it names none."""
+    if folder is None:
+        return None
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("ponder_reasoning_parser") if isinstance(config, dict) else None
+    return name if isinstance(name, str) and name else None

@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from server.config import EngineConfig
-from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
+from server.engine import checkpoint_reasoning_parser
+from server.request_fields import json_options
+from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec, TokenLogprob
 from strategies.errors import EngineError, EngineUnavailableError
 
 Json = dict[str, Any]
@@ -44,11 +46,13 @@ class OpenAIEngine:
         timeout: float = 600.0,  # seconds per connect / read; a long generation sends nothing until it ends
         max_model_len: int = 4096,
         transport: httpx.AsyncBaseTransport | None = None,  # tests inject a fake server here
+        reasoning_parser: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_name = model
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.reasoning_parser = reasoning_parser  # the text comes back whole; Ponder's server sets the thinking apart
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -68,13 +72,15 @@ class OpenAIEngine:
         # deferred import: torch/transformers only on this path
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(config.tokenizer or config.model))
+        folder = config.tokenizer or config.model
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
         return cls(
             str(config.base_url),
             str(config.remote_model),
             tokenizer,
             api_key=config.remote_api_key,
             max_model_len=config.max_model_len or 4096,
+            reasoning_parser=config.reasoning_parser or checkpoint_reasoning_parser(folder),
         )
 
     # --- Engine protocol ---
@@ -140,6 +146,34 @@ class OpenAIEngine:
 
     # --- what the server asks of an engine ---
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """The remote server validates the options itself (its 400 comes back as an engine error)."""
+
+    async def score_text(self, prompt: str, text: str, top: int) -> list[TokenLogprob]:
+        """Each token of ``text`` after ``prompt``: the remote's ``echo`` with ``logprobs`` over prompt + text, the
+        tokens past the prompt's characters kept."""
+        body: Json = {
+            "model": self.model_name,
+            "prompt": prompt + text,
+            "max_tokens": 1,
+            "echo": True,
+            "logprobs": top,
+        }
+        if self._has_bos(prompt):
+            body["add_special_tokens"] = False
+        payload = await self._post(body)
+        logprobs = (payload.get("choices") or [{}])[0].get("logprobs") or {}
+        tokens = logprobs.get("tokens") or []
+        offsets = logprobs.get("text_offset") or []
+        values = logprobs.get("token_logprobs") or []
+        tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+        end = len(prompt + text)
+        return [
+            TokenLogprob(token, value or 0.0, tuple(sorted((alts or {}).items(), key=lambda kv: -kv[1]))[:top])
+            for token, offset, value, alts in zip(tokens, offsets, values, tops, strict=False)
+            if len(prompt) <= offset < end
+        ]
+
     def num_running(self) -> int:
         """In-flight HTTP requests (one per generate or stream call)."""
         return len(self._inflight)
@@ -184,7 +218,7 @@ class OpenAIEngine:
             body["seed"] = spec.seed
         if spec.logprobs is not None:
             body["logprobs"] = spec.logprobs
-        return body
+        return body | json_options(spec.options)
 
     def _start(self, request_id: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -266,7 +300,7 @@ class OpenAIEngine:
             num_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
             num_tokens += int(finish == "stop" and stop is None)
         logprob = sum(lp for lp in logprobs.get("token_logprobs") or [] if lp is not None) if tokens else None
-        return Sample(text, num_tokens, finish, stop, logprob)
+        return Sample(text, num_tokens, finish, stop, logprob, logprobs=_completion_logprobs(logprobs))
 
 
 def _finish(choice: Json) -> FinishReason:
@@ -287,3 +321,16 @@ def _message(body: Any) -> str:
         return str(body)
     error = body.get("error", body)
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
+
+
+def _completion_logprobs(logprobs: Json) -> tuple[TokenLogprob, ...] | None:
+    """A /v1/completions choice's ``logprobs`` (tokens, token_logprobs, top_logprobs) as :class:`TokenLogprob`."""
+    tokens = logprobs.get("tokens")
+    if tokens is None:
+        return None
+    values = logprobs.get("token_logprobs") or [0.0] * len(tokens)
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return tuple(
+        TokenLogprob(token, value or 0.0, tuple(sorted((alts or {}).items(), key=lambda kv: -kv[1])))
+        for token, value, alts in zip(tokens, values, tops, strict=False)
+    )

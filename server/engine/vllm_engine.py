@@ -11,9 +11,10 @@ The vLLM engine core runs in a child process started by spawn: scripts that buil
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from vllm import SamplingParams
@@ -23,7 +24,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from reward_models.vllm_runtime import encode_prompt, engine_args, engine_input, start_llm, stop_llm, translate_errors
 from server.config import EngineConfig
-from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec
+from server.engine import checkpoint_reasoning_parser
+from strategies.base import FinishReason, InvalidRequestError, Sample, SamplingSpec, TokenLogprob
 
 log = logging.getLogger("ponder.engine")
 
@@ -31,9 +33,10 @@ log = logging.getLogger("ponder.engine")
 class VLLMEngine:
     """The policy model served by an in-process vLLM ``AsyncLLM``."""
 
-    def __init__(self, llm: AsyncLLM, model_name: str) -> None:
+    def __init__(self, llm: AsyncLLM, model_name: str, reasoning_parser: str | None = None) -> None:
         self._llm = llm
         self.model_name = model_name
+        self.reasoning_parser = reasoning_parser  # vLLM's parser for the thinking (server.output reads with it)
         self.tokenizer = llm.get_tokenizer()  # the HF tokenizer: chat templates and token counts
         self.max_model_len: int = llm.model_config.max_model_len
         self._live: set[str] = set()  # ids of our vLLM requests that have not finished
@@ -55,10 +58,22 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
         enforce_eager: bool | None = None,
+        reasoning_parser: str | None = None,
     ) -> VLLMEngine:
         """Start the engine; the loop keeps running while vLLM loads (~25-45 s for a tiny model on 2 CPU cores).
 
-        ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`reward_models.hardware.eager_from_env`)."""
+        ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`reward_models.hardware.eager_from_env`).
+        ``reasoning_parser``: vLLM's parser of the model's thinking (None: the checkpoint's, if it names one); the
+        engine gets it too, for ``thinking_token_budget`` and for structured outputs that start after the thinking."""
+        reasoning_parser = reasoning_parser or checkpoint_reasoning_parser(model)
+        thinking: dict[str, Any] = {}
+        if reasoning_parser:
+            from vllm.config import ReasoningConfig
+
+            thinking = {
+                "reasoning_parser": reasoning_parser,
+                "reasoning_config": ReasoningConfig(reasoning_parser=reasoning_parser),
+            }
         args = engine_args(
             model,
             kv_cache_gib=kv_cache_gib,
@@ -68,9 +83,10 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             enable_prefix_caching=True,
+            **thinking,
             **({} if enforce_eager is None else {"enforce_eager": enforce_eager}),
         )
-        return cls(await start_llm(args), model_name=model)
+        return cls(await start_llm(args), model_name=model, reasoning_parser=reasoning_parser)
 
     @classmethod
     async def from_config(cls, config: EngineConfig) -> VLLMEngine:
@@ -82,6 +98,7 @@ class VLLMEngine:
             seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size,
             enforce_eager=config.enforce_eager,  # None: the engines' default
+            reasoning_parser=config.reasoning_parser,
         )
 
     # ---- Engine protocol ---------------------------------------------------------------------------------------
@@ -112,7 +129,12 @@ class VLLMEngine:
                 num_tokens += len(completion.token_ids)
                 finish = _finish_reason(completion) if output.finished else None
                 yield Sample(
-                    completion.text, num_tokens, finish, _stop_string(completion), completion.cumulative_logprob
+                    completion.text,
+                    num_tokens,
+                    finish,
+                    _stop_string(completion),
+                    completion.cumulative_logprob,
+                    logprobs=openai_logprobs(completion, spec.logprobs),
                 )
 
     async def abort(self, request_id: str) -> None:
@@ -122,6 +144,30 @@ class VLLMEngine:
             await self._llm.abort(doomed)
 
     # ---- server-facing ----------------------------------------------------------------------------------------
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse a request's sampling options vLLM would refuse (InvalidRequestError), before anything runs."""
+        self._sampling_params(SamplingSpec(max_tokens=1, options=options), 1, RequestOutputKind.FINAL_ONLY)
+
+    async def score_text(self, prompt: str, text: str, top: int) -> list[TokenLogprob]:
+        """The log-probability of every token of ``text`` after ``prompt``, with ``top`` alternatives each: one
+        prefill with vLLM's ``prompt_logprobs`` (the raw distribution, as sampled logprobs are reported)."""
+        head = encode_prompt(self.tokenizer, prompt)
+        tail = self.tokenizer.encode(text, add_special_tokens=False)
+        if not tail:
+            return []
+        ids = head + tail
+        if len(ids) >= self.max_model_len:
+            raise InvalidRequestError(f"the answer fills the model's context of {self.max_model_len} tokens")
+        params = SamplingParams(
+            max_tokens=1, prompt_logprobs=top, detokenize=True, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        final = None
+        with translate_errors("policy"):
+            async for output in self._run(ids, params, f"logprobs-{id(params)}"):
+                final = output
+        rows = (final.prompt_logprobs or [])[len(head) :] if final else []
+        return [_token_logprob(token, row, top) for token, row in zip(tail, rows, strict=False)]
+
     def num_running(self) -> int:
         """Our vLLM requests (one per prompt of each call) not yet finished."""
         return len(self._live)
@@ -145,19 +191,35 @@ class VLLMEngine:
         room = self.max_model_len - prompt_len
         if room < 1:
             raise InvalidRequestError(f"the prompt is {prompt_len} tokens; the model's context is {self.max_model_len}")
+        return self._sampling_params(spec, room, kind)
+
+    def _sampling_params(self, spec: SamplingSpec, room: int, kind: RequestOutputKind) -> SamplingParams:
+        """vLLM's sampling parameters: the strategy's own for this call over the request's options (copied: vLLM
+        may rewrite a structured-output constraint in place)."""
+        options = {k: dataclasses.replace(v) if dataclasses.is_dataclass(v) else v for k, v in spec.options.items()}
         greedy = spec.temperature == 0.0  # vLLM refuses n > 1 here; the n samples would be identical anyway
         with translate_errors("policy"):
-            return SamplingParams(
-                n=1 if greedy else spec.n,
-                temperature=spec.temperature,
-                top_p=spec.top_p,
-                max_tokens=min(spec.max_tokens, room),
-                stop=list(spec.stop),
-                include_stop_str_in_output=True,
-                seed=spec.seed,
-                logprobs=spec.logprobs,
-                output_kind=kind,
-            )
+            try:
+                return self._build_params(spec, room, kind, greedy, options)
+            except ValueError as exc:  # vLLM's validation of a value the client sent
+                raise InvalidRequestError(" ".join(str(exc).split())) from None
+
+    @staticmethod
+    def _build_params(
+        spec: SamplingSpec, room: int, kind: RequestOutputKind, greedy: bool, options: dict[str, Any]
+    ) -> SamplingParams:
+        return SamplingParams(
+            **options,
+            n=1 if greedy else spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=min(spec.max_tokens, room),
+            stop=list(spec.stop),
+            include_stop_str_in_output=True,
+            seed=spec.seed,
+            logprobs=spec.logprobs,
+            output_kind=kind,
+        )
 
     async def _generate_one(self, ids: list[int], params: SamplingParams, request_id: str, n: int) -> list[Sample]:
         final = None
@@ -167,7 +229,13 @@ class VLLMEngine:
         completions = sorted(final.outputs, key=lambda c: c.index) if final else []
         samples = [
             Sample(
-                c.text, len(c.token_ids), _finish_reason(c), _stop_string(c), c.cumulative_logprob, token_logprobs(c)
+                c.text,
+                len(c.token_ids),
+                _finish_reason(c),
+                _stop_string(c),
+                c.cumulative_logprob,
+                token_logprobs(c),
+                openai_logprobs(c, params.logprobs),
             )
             for c in completions
         ]
@@ -215,3 +283,23 @@ def token_logprobs(completion: CompletionOutput) -> tuple[tuple[int, float], ...
         return None
     ends = itertools.accumulate(len(piece) for piece in pieces)
     return tuple((min(end, len(text)), value) for end, value in zip(ends, values, strict=True))
+
+
+def openai_logprobs(completion: CompletionOutput, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """The sampled tokens with their log-probabilities and ``top`` alternatives each (the client's logprobs)."""
+    if top is None or completion.logprobs is None:
+        return None
+    return tuple(
+        _token_logprob(token, row, top) for token, row in zip(completion.token_ids, completion.logprobs, strict=False)
+    )
+
+
+def _token_logprob(token: int, row: Any, top: int) -> TokenLogprob:
+    """One position of vLLM's logprobs (``{token id: Logprob}``) as a :class:`TokenLogprob`."""
+    row = row or {}
+    chosen = row.get(token)
+    ranked = sorted(row.values(), key=lambda entry: entry.rank if entry.rank is not None else 1 << 30)
+    alternatives = tuple((entry.decoded_token or "", entry.logprob) for entry in ranked[:top])
+    if chosen is None:
+        return TokenLogprob("", float("-inf"), alternatives)
+    return TokenLogprob(chosen.decoded_token or "", chosen.logprob, alternatives)
