@@ -8,10 +8,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.base import Sample, SamplingSpec
+from strategies.base import Sample, SamplingSpec, TokenLogprob
 
 Script = Callable[[str, int], str]  # (prompt, sample index) -> completion text
 ARITH_QUESTION = re.compile(r"Start with .*?What is the result\?")
+
+
+def word_logprobs(text: str, top: int, start: int = 0) -> tuple[TokenLogprob, ...]:
+    """The fake logprobs: each word (with the space before it) a token of log-probability -(position + 1) / 10."""
+    words = text.split(" ")
+    pieces = [w if i + start == 0 else " " + w for i, w in enumerate(words)]
+    return tuple(
+        TokenLogprob(piece, -(start + i + 1) / 10, tuple((f"alt{k}", -float(k + 1)) for k in range(top)))
+        for i, piece in enumerate(pieces)
+    )
+
+
+def _logprobs(text: str, spec: SamplingSpec) -> tuple[TokenLogprob, ...] | None:
+    return None if spec.logprobs is None else word_logprobs(text, spec.logprobs)
 
 
 def tokens(text: str) -> int:
@@ -22,7 +36,9 @@ def tokens(text: str) -> int:
 class FakeTokenizer:
     """Renders chat messages as ``<role>: content`` lines and ends with ``assistant:`` for the reply."""
 
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, continue_final_message=False):
+    def apply_chat_template(
+        self, messages, tokenize=False, add_generation_prompt=True, continue_final_message=False, **template_kwargs
+    ):
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         if add_generation_prompt:
             lines.append("assistant:")
@@ -50,9 +66,14 @@ class FakeEngine:
     _waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list, repr=False)
     shut_down: bool = False
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    reasoning_parser: str | None = None
 
     def count_tokens(self, text: str) -> int:
         return tokens(text)
+
+    async def score_text(self, prompt: str, text: str, top: int) -> list[TokenLogprob]:
+        """Each word of ``text`` with log-probability -(its position + 1) / 10, and ``top`` made-up alternatives."""
+        return list(word_logprobs(text, top))
 
     def healthy(self) -> bool:
         return True
@@ -69,8 +90,9 @@ class FakeEngine:
         finish = "length" if len(words) > spec.max_tokens else "stop"
         for stop in spec.stop:  # cut at the first stop string, keeping it, as vLLM does with include_stop_str
             if stop in text:
-                return Sample(text[: text.index(stop) + len(stop)], tokens(text[: text.index(stop)]), "stop", stop)
-        return Sample(text, tokens(text), finish)
+                cut = text[: text.index(stop) + len(stop)]
+                return Sample(cut, tokens(text[: text.index(stop)]), "stop", stop, logprobs=_logprobs(cut, spec))
+        return Sample(text, tokens(text), finish, logprobs=_logprobs(text, spec))
 
     async def generate(self, prompts: Sequence[str], spec: SamplingSpec, request_id: str) -> list[list[Sample]]:
         self.calls.append((list(prompts), spec))
@@ -92,7 +114,13 @@ class FakeEngine:
                     await self._pass_gate()  # a stream under way: its first word is out
                 last = k == len(words) - 1
                 so_far = " ".join(words[: k + 1])
-                yield Sample(word if k == 0 else " " + word, tokens(so_far), full.finish_reason if last else None)
+                piece = word if k == 0 else " " + word
+                yield Sample(
+                    piece,
+                    tokens(so_far),
+                    full.finish_reason if last else None,
+                    logprobs=None if spec.logprobs is None else word_logprobs(word, spec.logprobs, start=k),
+                )
         finally:
             self._ended()
 
