@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 import strategies
+from server.completions import CompletionRequest, CompletionResponse, Completions
 from server.config import ServerConfig
 from server.engine import ServedEngine, ServedScorer
 from server.errors import APIError, install_error_handlers
@@ -31,6 +32,7 @@ from server.protocol import (
     ModelList,
     StrategyCard,
 )
+from server.responses import PonderResponse, Responses, ResponsesRequest, no_stored_response
 from server.serving import ChatService
 from strategies.base import Scorer
 
@@ -175,7 +177,68 @@ def create_app(
         finally:
             service.record(job, status, started, result)
 
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=_with_stream(ERROR_RESPONSES))
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        endpoint = Completions(service_of(request))
+        return await answer(request, endpoint, endpoint.prepare(body), body.stream)
+
+    @app.post(
+        "/v1/responses",
+        response_model=PonderResponse,
+        response_model_exclude_unset=True,
+        responses=_with_stream(ERROR_RESPONSES),
+    )
+    async def responses(body: ResponsesRequest, request: Request) -> Any:
+        endpoint = Responses(service_of(request))
+        return await answer(request, endpoint, endpoint.prepare(body), body.stream)
+
+    @app.get("/v1/responses/{response_id}", responses=NOT_KEPT)
+    @app.delete("/v1/responses/{response_id}", responses=NOT_KEPT)
+    @app.post("/v1/responses/{response_id}/cancel", responses=NOT_KEPT)
+    @app.get("/v1/responses/{response_id}/input_items", responses=NOT_KEPT)
+    async def stored_response(response_id: str) -> Response:
+        raise no_stored_response(response_id)
+
+    async def answer(request: Request, endpoint: Completions | Responses, job: Any, stream: bool | None) -> Any:
+        """A prepared completions or responses request, admitted, run and answered as chat_completions does."""
+        if admission.full():
+            metrics.rejected.inc()
+            raise admission.busy()
+        if stream:
+            return StreamingResponse(_tracked(metrics, admission, endpoint.stream(job)), media_type="text/event-stream")
+        started, status, result = time.perf_counter(), 200, None
+        try:
+            async with admission.slot():
+                metrics.in_flight.inc()
+                try:
+                    result = await _unless_disconnected(request, endpoint.run(job))
+                finally:
+                    metrics.in_flight.dec()
+            return endpoint.respond(job, result)
+        except APIError as exc:
+            status = exc.status
+            raise
+        except ClientGoneError:
+            status = 499
+            return Response(status_code=499)
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            endpoint.record(job, status, started, result)
+
     return app
+
+
+def _with_stream(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    return responses | {
+        200: {"content": {"text/event-stream": {}}, "description": "The answer, or with stream=true SSE"}
+    }
+
+
+NOT_KEPT: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Ponder keeps no responses (store is always false)"}
+}
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
