@@ -321,8 +321,9 @@ class _Events:
             return
         index, where = len(self.items), {"item_id": self.item_id, "content_index": 0}
         if self.open == "reasoning":
-            part: Any = ReasoningText(type="reasoning_text", text=self.text)
-            item: Any = ResponseReasoningItem(id=self.item_id, type="reasoning", summary=[], content=[part])
+            part: Any = {"type": "reasoning_text", "text": self.text}
+            content = [ReasoningText(type="reasoning_text", text=self.text)]
+            item: Any = ResponseReasoningItem(id=self.item_id, type="reasoning", summary=[], content=content)
             self._emit(events.ResponseReasoningTextDoneEvent, text=self.text, output_index=index, **where)
         else:
             logprobs = [_output_logprob(t) for t in self.logprobs] if self.with_logprobs else []
