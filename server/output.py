@@ -78,29 +78,52 @@ class OutputParsing:
             reasoning = self.parser_cls(tokenizer).reasoning_parser
             self.end_marker = getattr(reasoning, "reasoning_end_str", None) or None
 
-    def parser(self, request: Any) -> Any:
-        """A fresh vLLM parser for ``request`` (they keep state; one per parse, as vLLM uses one per choice)."""
-        return self.parser_cls(self.tokenizer, getattr(request, "tools", None)) if self.parser_cls else None
+    def parser(self, request: Any, template_kwargs: dict[str, Any] | None = None) -> Any:
+        """A fresh vLLM parser for ``request`` (they keep state; one per parse, as vLLM uses one per choice), told
+        the chat template's kwargs as vLLM's server tells it (Qwen3's parser reads ``enable_thinking``)."""
+        if self.parser_cls is None:
+            return None
+        return self.parser_cls(self.tokenizer, getattr(request, "tools", None), chat_template_kwargs=template_kwargs)
 
-    def reader(self, request: Any, *, json_answer: bool) -> AnswerReader:
-        """How the strategies read samples for ``request``; ``json_answer``: its answer is constrained JSON."""
+    def reader(
+        self, request: Any, *, json_answer: bool, prompt: str = "", template_kwargs: dict[str, Any] | None = None
+    ) -> AnswerReader:
+        """How the strategies read samples for ``request`` rendered as ``prompt``; ``json_answer``: its answer is
+        constrained JSON."""
         if self.parser_cls is None and not json_answer:
             return MATH_READER
-        return RequestReader(self, request, json_answer=json_answer)
+        return RequestReader(self, request, json_answer=json_answer, prompt=prompt, template_kwargs=template_kwargs)
 
 
 class RequestReader:
     """One request's reading of a sample (:class:`strategies.base.AnswerReader`)."""
 
-    def __init__(self, parsing: OutputParsing, request: Any, *, json_answer: bool) -> None:
+    def __init__(
+        self,
+        parsing: OutputParsing,
+        request: Any,
+        *,
+        json_answer: bool,
+        prompt: str = "",
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.parsing, self.request, self.json_answer = parsing, request, json_answer
+        self.prompt, self.template_kwargs = prompt, template_kwargs
         self.tools_on = bool(getattr(request, "tools", None)) and getattr(request, "tool_choice", None) != "none"
+        self._prompt_ids: list[int] | None = None
+
+    def prompt_ids(self) -> list[int]:
+        """The rendered prompt's tokens: parsers read whether the thinking is already open or closed there."""
+        if self._prompt_ids is None:
+            self._prompt_ids = list(self.parsing.tokenizer.encode(self.prompt, add_special_tokens=False))
+        return self._prompt_ids
 
     def parse(self, text: str) -> Parsed:
         """Reasoning, content and tool calls of one sample, as vLLM's server reads them."""
-        parser = self.parsing.parser(self.request)
+        parser = self.parsing.parser(self.request, self.template_kwargs)
         if parser is None:
             return Parsed(None, text)
+        parser.set_prompt_token_ids(self.prompt_ids())
         reasoning, content, calls = parser.parse(
             text, self.request, enable_auto_tools=self.parsing.enable_auto_tool_choice and self.tools_on
         )

@@ -121,7 +121,9 @@ class ChatService:
         self._check_options(spec, config, options)
         tools_on = bool(getattr(request, "tools", None)) and getattr(request, "tool_choice", None) != "none"
         json_answer = structured is not None and not tools_on and bool(structured.json_object or structured.json)
-        reader = self.parsing.reader(request, json_answer=json_answer)
+        reader = self.parsing.reader(
+            request, json_answer=json_answer, prompt=prompt, template_kwargs=_template_kwargs(request)
+        )
         prompt_tokens = self.engine.count_tokens(prompt)
         max_tokens = self._max_tokens(request, prompt_tokens)
         task = Task(
@@ -164,7 +166,7 @@ class ChatService:
                 '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
                 param="tool_choice",
             )
-        parser = self.parsing.parser(request)
+        parser = self.parsing.parser(request, _template_kwargs(request))
         if parser is None:
             return request
         try:
@@ -286,7 +288,7 @@ class ChatService:
                 param="chat_template",
             )
         chat = request.build_chat_params(None, "auto")
-        kwargs = dict(chat.chat_template_kwargs)
+        kwargs = dict(chat.chat_template_kwargs)  # as _template_kwargs reads them
         explicit = {"add_generation_prompt", "continue_final_message"} & request.model_fields_set
         if not explicit:  # an assistant message last, with neither flag sent: the reply continues it (prefill)
             prefill = messages[-1]["role"] == "assistant"
@@ -657,6 +659,12 @@ def _logprobs_asked(request: Any) -> int | None:
     if asked is True:
         return int(getattr(request, "top_logprobs", 0) or 0)
     return int(asked)  # /v1/completions: logprobs is the number of alternatives
+
+
+def _template_kwargs(request: Any) -> dict[str, Any] | None:
+    """The chat template's kwargs the request rendered with (reasoning_effort folded in, as vLLM does)."""
+    build = getattr(request, "build_chat_params", None)
+    return dict(build(None, "auto").chat_template_kwargs) if build is not None else None
 
 
 def _stop_list(stop: str | list[str] | None) -> list[str]:

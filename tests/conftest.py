@@ -99,3 +99,26 @@ async def default_policy_engine():
     )
     yield engine
     await engine.shutdown()
+
+
+@pytest.fixture(scope="session")  # on the session loop (pyproject)
+async def qwen3_engine(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random-weight Qwen3 on the real Qwen3 tokenizer and chat template (tests/qwen3.py), on vLLM with its
+    ``qwen3`` reasoning parser: its text is noise, the format around it is Qwen3's."""
+    from vllm.config import StructuredOutputsConfig
+
+    from server.engine.vllm_engine import VLLMEngine
+    from tests.qwen3 import build_tiny_qwen3
+
+    folder = build_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "model")
+    engine = await VLLMEngine.create(
+        str(folder),
+        kv_cache_gib=KV_CACHE_GIB,
+        max_model_len=2048,
+        reasoning_parser="qwen3",
+        # JSON without free whitespace: a random model would otherwise fill its tokens with it (vLLM's engine flag)
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+        **eager(VLLMEngine.create),
+    )
+    yield engine
+    await engine.shutdown()

@@ -59,12 +59,14 @@ class VLLMEngine:
         dtype: str = "auto",
         enforce_eager: bool | None = None,
         reasoning_parser: str | None = None,
+        **vllm_args: Any,
     ) -> VLLMEngine:
         """Start the engine; the loop keeps running while vLLM loads (~25-45 s for a tiny model on 2 CPU cores).
 
         ``enforce_eager``: skip vLLM's torch.compile warm-up (None: :func:`reward_models.hardware.eager_from_env`).
         ``reasoning_parser``: vLLM's parser of the model's thinking (None: the checkpoint's, if it names one); the
-        engine gets it too, for ``thinking_token_budget`` and for structured outputs that start after the thinking."""
+        engine gets it too, for ``thinking_token_budget`` and for structured outputs that start after the thinking.
+        ``vllm_args``: any other of vLLM's engine arguments (e.g. ``structured_outputs_config``)."""
         reasoning_parser = reasoning_parser or checkpoint_reasoning_parser(model)
         thinking: dict[str, Any] = {}
         if reasoning_parser:
@@ -84,6 +86,7 @@ class VLLMEngine:
             dtype=dtype,
             enable_prefix_caching=True,
             **thinking,
+            **vllm_args,
             **({} if enforce_eager is None else {"enforce_eager": enforce_eager}),
         )
         return cls(await start_llm(args), model_name=model, reasoning_parser=reasoning_parser)
@@ -215,7 +218,7 @@ class VLLMEngine:
             top_p=spec.top_p,
             max_tokens=min(spec.max_tokens, room),
             stop=list(spec.stop),
-            include_stop_str_in_output=True,
+            include_stop_str_in_output=bool(spec.stop),  # step delimiters stay in the text; EOS never
             seed=spec.seed,
             logprobs=spec.logprobs,
             output_kind=kind,
