@@ -14,6 +14,7 @@ bad value fails the same way from a flag, a YAML key or Python.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -160,9 +161,20 @@ class EngineConfig:
         "checkpoint's ponder_reasoning_parser in its config.json, else none",
         metavar="NAME",
     )
+    structured_outputs_config: str | None = _option(
+        None,
+        "vLLM's flag, as JSON: the engine's structured-output settings, e.g. "
+        '\'{"backend": "xgrammar", "disable_any_whitespace": true}\' (default: vLLM\'s)',
+        metavar="JSON",
+    )
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """``--structured-outputs-config`` read: vLLM's ``StructuredOutputsConfig`` fields."""
+        return _structured_outputs(self.structured_outputs_config)
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _structured_outputs(self.structured_outputs_config)  # a bad value fails here, with the flag's name
         if self.reasoning_parser:
             from vllm.reasoning import ReasoningParserManager
 
@@ -186,6 +198,24 @@ class EngineConfig:
             raise ValueError(f"--backend {self.backend} needs {needs}")
         if not backend.local and not (self.tokenizer or self.model):
             raise ValueError(f"--backend {self.backend} needs --tokenizer PATH (the remote model's tokenizer folder)")
+
+
+def _structured_outputs(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        settings = json.loads(value)
+    except ValueError:
+        raise ValueError(f"--structured-outputs-config must be a JSON object, got {value!r}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--structured-outputs-config must be a JSON object, got {value!r}")
+    from vllm.config import StructuredOutputsConfig  # deferred: vLLM only when the flag is given
+
+    try:
+        StructuredOutputsConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--structured-outputs-config: {' '.join(str(exc).split())}") from None
+    return settings
 
 
 @dataclass(frozen=True)

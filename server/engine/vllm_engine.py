@@ -102,6 +102,7 @@ class VLLMEngine:
             tensor_parallel_size=config.tensor_parallel_size,
             enforce_eager=config.enforce_eager,  # None: the engines' default
             reasoning_parser=config.reasoning_parser,
+            **_structured_outputs_config(config.structured_outputs()),
         )
 
     # ---- Engine protocol ---------------------------------------------------------------------------------------
@@ -286,6 +287,15 @@ def token_logprobs(completion: CompletionOutput) -> tuple[tuple[int, float], ...
         return None
     ends = itertools.accumulate(len(piece) for piece in pieces)
     return tuple((min(end, len(text)), value) for end, value in zip(ends, values, strict=True))
+
+
+def _structured_outputs_config(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """``--structured-outputs-config`` as vLLM's engine argument (none: vLLM's defaults)."""
+    if settings is None:
+        return {}
+    from vllm.config import StructuredOutputsConfig
+
+    return {"structured_outputs_config": StructuredOutputsConfig(**settings)}  # checked by EngineConfig
 
 
 def openai_logprobs(completion: CompletionOutput, top: int | None) -> tuple[TokenLogprob, ...] | None:
