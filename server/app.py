@@ -230,17 +230,6 @@ def create_app(
     return app
 
 
-def _with_stream(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
-    return responses | {
-        200: {"content": {"text/event-stream": {}}, "description": "The answer, or with stream=true SSE"}
-    }
-
-
-NOT_KEPT: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "Ponder keeps no responses (store is always false)"}
-}
-
-
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": what}
     for code, what in (
@@ -258,6 +247,17 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Missing or invalid API key",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
+}
+
+
+def _with_stream(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    return responses | {
+        200: {"content": {"text/event-stream": {}}, "description": "The answer, or with stream=true SSE"}
+    }
+
+
+NOT_KEPT: dict[int | str, dict[str, Any]] = AUTH_RESPONSES | {
+    404: {"model": ErrorResponse, "description": "Ponder keeps no responses (store is always false)"}
 }
 
 

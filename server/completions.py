@@ -131,7 +131,7 @@ class Completions:
         # What the engine does is add_special_tokens=True; server.request_fields refuses any value but the chat
         # default (False), so the runs are bound on a copy that says the default.
         fields = request.model_copy(update={"add_special_tokens": False})
-        first = self.service.prepare_prompt(fields, prompts[0], prompts[0])
+        first = self._prepare_one(fields, prompts[0])
         samples = first.config.samples_per_call()[0] * len(prompts)
         if samples > self.service.config.max_num_samples:
             raise APIError(
@@ -140,10 +140,18 @@ class Completions:
                 param="prompt",
                 code="above_cap",
             )
-        runs = [first] + [self.service.prepare_prompt(fields, p, p) for p in prompts[1:]]
+        runs = [first] + [self._prepare_one(fields, p) for p in prompts[1:]]
         for run in runs:
             run.reader = None  # the text goes back as the policy wrote it: no reasoning or tool calls split off
         return CompletionJob(request, runs, single=isinstance(request.prompt, str))
+
+    def _prepare_one(self, request: CompletionRequest, prompt: str) -> Prepared:
+        """One prompt's run; the prompt is also the question a reward model judges the steps against."""
+        try:
+            return self.service.prepare_prompt(request, prompt, prompt)
+        except APIError as exc:
+            exc.param = "prompt" if exc.param == "messages" else exc.param  # a prompt too long for the context
+            raise
 
     async def run(self, job: CompletionJob) -> list[StrategyResult]:
         """Every prompt's strategy at once; the first failure cancels the others (and aborts their engine work)."""

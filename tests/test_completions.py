@@ -87,6 +87,23 @@ async def test_each_prompt_is_its_own_strategy_run():
     assert body["usage"]["completion_tokens"] == 2 * sum(tokens(s) for s in SOLUTIONS)
 
 
+async def test_one_prompts_failure_cancels_the_other_runs():
+    from strategies.base import InvalidRequestError
+
+    class RefusesBad(FakeEngine):
+        async def generate(self, prompts, spec, request_id):
+            if "bad" in prompts[0]:
+                await self.wait_running(1)  # the good prompt's call is under way
+                raise InvalidRequestError("the policy engine refused the request: bad prompt")
+            return await super().generate(prompts, spec, request_id)
+
+    engine = RefusesBad(lambda p, i: "never", gate=asyncio.Event())  # the good call runs until it is cancelled
+    async with client_for(engine) as client:
+        r = await complete(client, prompt=["good one", "bad one"])
+    assert_error(r, 400, says="bad prompt")
+    assert engine.cancelled == 1 and engine.running == 0 and engine.aborted  # the good run's engine work aborted
+
+
 async def test_logprobs_come_in_the_completions_shape():
     async with client_for() as client:
         r = await complete(client, logprobs=2)
@@ -141,6 +158,12 @@ async def test_client_mistakes_get_a_400_envelope(body, param, says):
     async with client_for(scorer=FakeScorer(), max_num_samples=16) as client:
         r = await complete(client, **body)
     assert_error(r, 400, param=param, says=says)
+
+
+async def test_a_prompt_longer_than_the_context_is_a_400():
+    async with client_for(FakeEngine(lambda p, i: "x", max_model_len=8)) as client:
+        r = await complete(client, prompt=["short", "word " * 20])
+    assert_error(r, 400, param="prompt", says="no room")
 
 
 async def test_streaming_sends_tokens_then_the_finish_then_usage():
