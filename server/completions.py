@@ -219,7 +219,7 @@ class Completions:
             if all(self.service.streams_tokens(run) for run in job.runs):
                 streamed = [_Streamed() for _ in job.runs]
                 async for i, (delta, logprobs, finish) in merged([self.service.token_deltas(run) for run in job.runs]):
-                    text, tokens = delta.content or "", _chat_entries(logprobs)
+                    text, tokens = delta.content or "", chat_token_logprobs(logprobs)
                     out = completion_logprobs(tokens, offset=len(streamed[i].text)) if logprobs is not None else None
                     streamed[i].add(text, tokens, finish)
                     if text or finish:
@@ -280,7 +280,7 @@ def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> Comp
     return out
 
 
-def _chat_entries(logprobs: ChoiceLogprobs | None) -> list[TokenLogprob]:
+def chat_token_logprobs(logprobs: ChoiceLogprobs | None) -> list[TokenLogprob]:
     """The chat-shaped logprobs of a streamed delta back as token logprobs."""
     return [
         TokenLogprob(t.token, t.logprob, tuple((k.token, k.logprob) for k in t.top_logprobs))

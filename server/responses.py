@@ -42,10 +42,10 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as VLLMResponsesRequest
 
-from server.completions import with_keepalive
+from server.completions import chat_token_logprobs, with_keepalive
 from server.errors import APIError
 from server.output import Parsed
-from server.protocol import ChatCompletionRequest, ChoiceLogprobs, PonderFields, PonderInfo
+from server.protocol import ChatCompletionRequest, PonderFields, PonderInfo
 from server.serving import ChatService, Prepared
 from strategies.base import Candidate, StrategyResult, TokenLogprob
 from strategies.errors import EngineError, ScorerError
@@ -196,13 +196,16 @@ class Responses:
             yield out.sse(events.ResponseCreatedEvent, response=self._response(job, []))
             yield out.sse(events.ResponseInProgressEvent, response=self._response(job, []))
             if self.service.streams_tokens(run):
-                text, finish, logprobs = "", None, []
+                parsed, finish, logprobs = Parsed("", ""), None, []
                 async for delta, chunk_logprobs, end in self.service.token_deltas(run):
-                    tokens = _chat_entries(chunk_logprobs)
-                    text, finish, logprobs = text + (delta.content or ""), end or finish, logprobs + tokens
-                    for event in out.delta(delta.reasoning, delta.content, tokens):
-                        yield event
-                chosen = Candidate(text, run.ledger.completion_tokens, finish or "stop", chosen=True)
+                    tokens = chat_token_logprobs(chunk_logprobs)
+                    parsed.reasoning = (parsed.reasoning or "") + (delta.reasoning or "")
+                    parsed.content = (parsed.content or "") + (delta.content or "")
+                    finish, logprobs = end or finish, logprobs + tokens
+                    for frame in out.delta(delta.reasoning, delta.content, tokens):
+                        yield frame
+                parsed.reasoning = parsed.reasoning or None
+                chosen = Candidate(parsed.content or "", run.ledger.completion_tokens, finish or "stop", chosen=True)
                 chosen.logprobs = tuple(logprobs) if run.task.logprobs is not None else None
                 result = StrategyResult(choices=[chosen], candidates=[chosen])
             else:
@@ -212,14 +215,12 @@ class Responses:
                     else:
                         result = item
                 chosen = result.choices[0]
-                out.answer(self.service.parse(run, chosen.text), chosen.logprobs or ())
-                for event in out.flush():
-                    yield event
-            chosen = result.choices[0]
+                parsed = self.service.parse(run, chosen.text)
+                out.answer(parsed, chosen.logprobs or ())
             output = out.finish(_status(chosen))
-            for event in out.flush():
-                yield event
-            final = self._response(job, output, result, self.service.parse(run, chosen.text))
+            for frame in out.flush():
+                yield frame
+            final = self._response(job, output, result, parsed)
             kind = events.ResponseIncompleteEvent if final.status == "incomplete" else events.ResponseCompletedEvent
             yield out.sse(kind, response=final)
         except APIError as exc:  # headers are sent: the error travels as an event
@@ -552,13 +553,6 @@ def _renamed(param: str | None) -> str | None:
 
 def _status(candidate: Candidate) -> str:
     return "incomplete" if candidate.finish_reason == "length" else "completed"
-
-
-def _chat_entries(logprobs: ChoiceLogprobs | None) -> list[TokenLogprob]:
-    return [
-        TokenLogprob(t.token, t.logprob, tuple((k.token, k.logprob) for k in t.top_logprobs))
-        for t in (logprobs.content if logprobs is not None and logprobs.content else ())
-    ]
 
 
 def _output_logprob(token: TokenLogprob) -> response_output_text.Logprob:

@@ -294,6 +294,8 @@ async def test_streaming_a_reasoning_model_writes_the_reasoning_item_first(qwen3
     assert reasoning == "\nThree plus four is seven.\n" and answer == "\n\nIt is 7."
     final = events[-1][1]["response"]
     assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
+    thought = len(qwen3_tokenizer.encode("\nThree plus four is seven.\n", add_special_tokens=False))
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == thought
     added = [d["item"]["id"] for name, d in events if name == "response.output_item.added"]
     assert added == [item["id"] for item in final["output"]]  # the same ids in the stream and the response
 
