@@ -8,7 +8,8 @@ budgets (``strategy_params.max_total_tokens``, the server's caps) and ``ponder``
 prompt-major, as OpenAI indexes them (``index = prompt_i * n + j``). ``usage`` sums every run. ``ponder`` follows
 the prompt's shape: one object for a string prompt, a list of objects, one per prompt, for a list.
 
-Refused with a 400 that says why: token-id prompts, ``prompt_embeds``, ``suffix``, ``echo`` and the other fields
+Refused with a 400 that says why: token-id prompts, ``prompt_embeds``, ``suffix``, ``echo``, ``best_of`` above 1
+(strategy ``best_of_n`` does that), more prompts times samples than ``--max-num-samples``, and the other fields
 :mod:`server.request_fields` refuses. ``max_tokens`` left out is the server's ``--default-max-tokens``, as for chat
 (OpenAI's default of 16 tokens leaves a strategy no room to reason).
 """
@@ -46,6 +47,7 @@ class CompletionRequest(VLLMCompletionRequest, PonderFields):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)  # None: the server's --default-max-tokens
+    best_of: int | None = Field(default=None, ge=1)  # OpenAI's; above 1 it is strategy best_of_n, refused here
 
     @model_validator(mode="wrap")
     @classmethod
@@ -118,6 +120,13 @@ class Completions:
             raise APIError(
                 "prompt_embeds is not supported by Ponder: send the prompt as text",
                 param="prompt_embeds",
+                code="unsupported_parameter",
+            )
+        if (request.best_of or 1) > 1:
+            raise APIError(
+                "best_of is not supported by Ponder: send strategy 'best_of_n' with strategy_params.num_samples "
+                "(it picks with the reward model, not by likelihood)",
+                param="best_of",
                 code="unsupported_parameter",
             )
         prompts = _text_prompts(request.prompt)
