@@ -72,8 +72,10 @@ class OpenAIEngine:
         # deferred import: torch/transformers only on this path
         from transformers import AutoTokenizer
 
+        from vllm.tokenizers.hf import get_cached_tokenizer  # its vocabulary cached: vLLM's parsers read it often
+
         folder = config.tokenizer or config.model
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = get_cached_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
         return cls(
             str(config.base_url),
             str(config.remote_model),
