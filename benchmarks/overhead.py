@@ -8,6 +8,12 @@ reward-model time inside Ponder's latency, and how many engine requests one Pond
     ponder bench overhead --model ~/.cache/ponder/smollm2-135m-instruct --output results/overhead-smollm2
     ponder bench overhead --workload arith --level 6 --output results/overhead-arith   # the policy's own task
 
+``--extra JSON`` adds request fields to every request of all three, e.g. structured outputs and logprobs on a greedy
+``none`` request (both servers then draw the same tokens)::
+
+    ponder bench overhead --num-samples 1 --temperature 0 --skip-best-of-n \\
+        --extra '{"response_format": {"type": "json_object"}, "logprobs": true, "top_logprobs": 2}'
+
 ``--workload gsm8k`` (the default) sends one GSM8K question every time; ``arith`` sends the arith task's test problems
 as its policy sees them (``--level``), request i the i-th problem, in the same order to both servers.
 """
@@ -110,8 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-fraction", type=float, default=0.2)
     p.add_argument("--workload", choices=("gsm8k", "arith"), default="gsm8k", help="what the requests ask (above)")
     p.add_argument("--level", type=int, choices=range(1, 7), help="arith: problems of this level (default: all)")
+    p.add_argument("--extra", type=_json_object, default={}, help="request fields (JSON) added to every request")
+    p.add_argument("--skip-best-of-n", action="store_true", help="measure vLLM and Ponder's none only")
     p.add_argument("--output", type=Path, default=Path("results/overhead"))
     return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> None:
@@ -121,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
         args.model, args.prm = args.model or str(defaults.policy), args.prm or str(defaults.prm_or_stand_in())
     args.output.mkdir(parents=True, exist_ok=True)
     n = args.num_samples
-    sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature} | args.extra
     messages = prompts(args.workload, args.warmup + args.requests, args.level)
 
     with running(vllm_cmd(args.model, args.memory_fraction), args.output / "vllm.log") as server:
@@ -132,7 +150,11 @@ def run(args: argparse.Namespace) -> None:
     ) as server:
         url = server.url
         bon = sampling | {"strategy": "best_of_n", "strategy_params": {"num_samples": n}}
-        bon_rows = measure(url, bon, messages, args.requests, args.warmup, f"ponder best_of_n N={n}")
+        bon_rows = (
+            []
+            if args.skip_best_of_n
+            else measure(url, bon, messages, args.requests, args.warmup, f"ponder best_of_n N={n}")
+        )
         none_rows = measure(url, sampling | {"n": n}, messages, args.requests, args.warmup, f"ponder none n={n}")
 
     result = {
@@ -142,12 +164,16 @@ def run(args: argparse.Namespace) -> None:
         "max_tokens": args.max_tokens,
         "workload": args.workload,
         "level": args.level,
+        "temperature": args.temperature,
+        "extra": args.extra,
         "vllm": summary(vllm_rows),
-        "ponder_best_of_n": summary(bon_rows),
         "ponder_none": summary(none_rows),
     }
+    if bon_rows:
+        result["ponder_best_of_n"] = summary(bon_rows)
     base = result["vllm"]["median_latency_s"]
-    result["ratio_best_of_n"] = result["ponder_best_of_n"]["median_latency_s"] / base
+    if bon_rows:
+        result["ratio_best_of_n"] = result["ponder_best_of_n"]["median_latency_s"] / base
     result["ratio_none"] = result["ponder_none"]["median_latency_s"] / base
     (args.output / "overhead.json").write_text(
         json.dumps(
@@ -163,12 +189,17 @@ def run(args: argparse.Namespace) -> None:
         ("ponder_none", f"Ponder none, n={n}"),
         ("ponder_best_of_n", f"Ponder best_of_n, N={n}"),
     ):
+        if key not in result:
+            continue
         s = result[key]
         table.append(
             f"| {label} | {s['median_latency_s']:.3f} | {s['median_scorer_s']:.3f} | "
             f"{s['mean_completion_tokens']:.0f} | {s['median_latency_s'] / base:.2f} |"
         )
-    table.append(f"\nEngine requests per Ponder best_of_n request: {result['ponder_best_of_n']['engine_requests']}")
+    if bon_rows:
+        table.append(f"\nEngine requests per Ponder best_of_n request: {result['ponder_best_of_n']['engine_requests']}")
+    if args.extra:
+        table.append(f"\nEvery request also sent: `{json.dumps(args.extra)}`")
     (args.output / "overhead.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -130,16 +130,7 @@ class Completions:
                 code="unsupported_parameter",
             )
         prompts = _text_prompts(request.prompt)
-        if request.add_special_tokens is False:
-            raise APIError(
-                "add_special_tokens: false is not supported by Ponder: the engine adds the tokenizer's BOS token to "
-                "a prompt that does not start with it",
-                param="add_special_tokens",
-                code="unsupported_parameter",
-            )
-        # What the engine does is add_special_tokens=True; server.request_fields refuses any value but the chat
-        # default (False), so the runs are bound on a copy that says the default.
-        fields = request.model_copy(update={"add_special_tokens": False})
+        fields = request
         first = self._prepare_one(fields, prompts[0])
         samples = first.config.samples_per_call()[0] * len(prompts)
         if samples > self.service.config.max_num_samples:

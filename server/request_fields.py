@@ -46,7 +46,7 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "return_token_offsets": (None, "token offsets are not returned by Ponder"),
     "return_prompt_text": (None, "the prompt text is not returned by Ponder"),
     "truncate_prompt_tokens": (None, "Ponder does not truncate prompts; a prompt too long is a 400"),
-    "add_special_tokens": (False, "the chat template adds the special tokens"),
+    "add_special_tokens": (False, "the prompt's special tokens are the chat template's, else the tokenizer's BOS"),
     "kv_transfer_params": (None, "disaggregated prefill is not used by Ponder"),
     "ec_transfer_params": (None, "disaggregated encoding is not used by Ponder"),
     "mm_processor_kwargs": (None, "Ponder serves text models"),
@@ -87,10 +87,16 @@ def engine_options(request: Any, structured_outputs: Any = None) -> dict[str, An
 
 
 def refusals(request: Any) -> tuple[str, str] | None:
-    """The first field the request sets that Ponder does not act on, with the reason; None when there is none."""
+    """The first field the request sets that Ponder does not act on, with the reason; None when there is none.
+
+    A field is "set" when it differs from its default in the request's own model (vLLM's chat request does not
+    add special tokens by default, its completions request does: either default is what Ponder does)."""
+    fields = getattr(type(request), "model_fields", {})
     for name, (default, why) in REFUSED.items():
+        if name in fields and fields[name].default is not None:
+            default = fields[name].default
         value = vars(request).get(name, default)  # vars: no deprecation warning from reading a field
-        if value is not None and value is not False and value != default:
+        if value is not None and value is not False and value != default or (value is False and default is True):
             return name, why
     return None
 

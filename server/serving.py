@@ -345,6 +345,7 @@ class ChatService:
         try:
             async with asyncio.timeout_at(_loop_time(job.deadline)):
                 result = await self._run_strategy(job)
+                _drop_stop_strings(job, result.choices)
                 if job.task.logprobs is not None:
                     await self._fill_logprobs(job, result.choices)
                 return result
@@ -608,6 +609,18 @@ class ChatService:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def _drop_stop_strings(job: Prepared, choices: list[Candidate]) -> None:
+    """An answer that ended on one of the request's stop strings loses it, as OpenAI and vLLM return it (the engine
+    keeps stop strings in the text for the searches' steps), unless the request sets include_stop_str_in_output."""
+    if not job.task.stop or getattr(job.request, "include_stop_str_in_output", False):
+        return
+    for choice in choices:
+        if choice.finish_reason == "stop":
+            ended = next((stop for stop in job.task.stop if choice.text.endswith(stop)), None)
+            if ended:
+                choice.text = choice.text[: -len(ended)]
 
 
 def _split_delta(parsed: Parsed, said: Parsed) -> tuple[DeltaMessage, Parsed]:

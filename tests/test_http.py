@@ -293,3 +293,11 @@ async def test_a_reward_model_failure_mid_stream_is_an_error_event():
     events = [line[len("data: ") :] for line in r.text.split("\n") if line.startswith("data: ")]
     error = json.loads(events[-1])["error"]
     assert error["type"] == "service_unavailable" and "scorer is down" in error["message"]
+
+
+async def test_a_stop_string_ends_the_answer_and_is_dropped_unless_asked_for():
+    async with client_for() as client:
+        dropped = await chat(client, stop=["\n\n"])
+        kept = await chat(client, stop=["\n\n"], include_stop_str_in_output=True)
+    assert dropped.json()["choices"][0]["message"]["content"] == "3 + 4 = 7"
+    assert kept.json()["choices"][0]["message"]["content"] == "3 + 4 = 7\n\n"

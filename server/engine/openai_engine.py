@@ -71,7 +71,6 @@ class OpenAIEngine:
         ``config.tokenizer`` (else ``config.model``)."""
         # deferred import: torch/transformers only on this path
         from transformers import AutoTokenizer
-
         from vllm.tokenizers.hf import get_cached_tokenizer  # its vocabulary cached: vLLM's parsers read it often
 
         folder = config.tokenizer or config.model
