@@ -35,6 +35,7 @@ from server.protocol import (
 from server.responses import PonderResponse, Responses, ResponsesRequest, no_stored_response
 from server.serving import ChatService
 from strategies.base import Scorer
+from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.app")
 Loader = Callable[[], Awaitable[tuple[ServedEngine, Scorer | None]]]  # the engines, started off the event loop
@@ -168,6 +169,9 @@ def create_app(
         except APIError as exc:
             status = exc.status
             raise
+        except (EngineError, ScorerError):
+            status = 503  # answered by server.errors' handlers
+            raise
         except ClientGoneError:
             status = 499  # nobody to answer; nginx's "client closed request"
             return Response(status_code=499)
@@ -217,6 +221,9 @@ def create_app(
             return endpoint.respond(job, result)
         except APIError as exc:
             status = exc.status
+            raise
+        except (EngineError, ScorerError):
+            status = 503  # answered by server.errors' handlers
             raise
         except ClientGoneError:
             status = 499

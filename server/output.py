@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from strategies.base import MATH_READER, AnswerReader
@@ -111,6 +112,8 @@ class RequestReader:
         self.prompt, self.template_kwargs = prompt, template_kwargs
         self.tools_on = bool(getattr(request, "tools", None)) and getattr(request, "tool_choice", None) != "none"
         self._prompt_ids: list[int] | None = None
+        # vLLM's parsers read a chat request's tool fields; a completions request has none
+        self.parse_request = request if hasattr(request, "tool_choice") else _no_tools_request()
 
     def prompt_ids(self) -> list[int]:
         """The rendered prompt's tokens: parsers read whether the thinking is already open or closed there."""
@@ -125,7 +128,7 @@ class RequestReader:
             return Parsed(None, text)
         parser.set_prompt_token_ids(self.prompt_ids())
         reasoning, content, calls = parser.parse(
-            text, self.request, enable_auto_tools=self.parsing.enable_auto_tool_choice and self.tools_on
+            text, self.parse_request, enable_auto_tools=self.parsing.enable_auto_tool_choice and self.tools_on
         )
         tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls or ()]
         return Parsed(reasoning, content, tool_calls)
@@ -147,3 +150,11 @@ class RequestReader:
         parsed = self.parse(text)
         parts = [p.strip() for p in (parsed.reasoning, parsed.content) if p and p.strip()]
         return "\n\n".join(parts) or text
+
+
+@lru_cache(maxsize=1)
+def _no_tools_request() -> Any:
+    """A chat request without tools: what vLLM's parsers read for a request that has no tool fields."""
+    from server.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest(messages=[{"role": "user", "content": ""}])

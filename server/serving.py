@@ -108,6 +108,15 @@ class ChatService:
         """Bind a request whose prompt is rendered: its strategy, its sampling options, its budget and reader.
 
         ``request`` is any of the endpoints' request models; the fields it has are read with vLLM's meaning."""
+        model = getattr(request, "model", None)
+        if model and model != self.config.model_name:
+            raise APIError(
+                f"The model `{model}` does not exist.",
+                status=404,
+                type="NotFoundError",
+                param="model",
+                code="model_not_found",
+            )
         if getattr(request, "store", None):
             raise APIError("Ponder keeps no completions or responses; send store: false or leave it out", param="store")
         refused = refusals(request)
@@ -527,7 +536,12 @@ class ChatService:
         except (EngineError, ScorerError) as exc:
             status = 503
             log.error("stream failed: %s", exc)
-            yield _error_event(str(exc), "service_unavailable", None, type(exc).__name__)
+            code = "engine_error" if isinstance(exc, EngineError) else "reward_model_error"
+            yield _error_event(str(exc), "service_unavailable", None, code)
+        except Exception:  # a bug: the client still gets an event and the end of the stream, the log the traceback
+            status = 500
+            log.exception("stream failed")
+            yield _error_event("internal server error", "server_error", None, None)
         except asyncio.CancelledError:
             status = 499  # client closed the stream
             raise

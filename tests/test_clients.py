@@ -193,11 +193,6 @@ def test_logprobs_are_typed(client):
         assert t.logprob <= t.top_logprobs[0].logprob <= 0 and bytes(t.bytes).decode() == t.token
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: logit_bias (string token ids, as OpenAI sends them) reaches vLLM's SamplingParams "
-    "unconverted: 503 'the engine failed: ... '<' not supported between instances of 'str' and 'int''",
-)
 def test_logit_bias_is_applied(client):
     """A bias of +100 on one token makes it the greedy choice at every step."""
     (paris,) = load_qwen3_tokenizer().encode("Paris", add_special_tokens=False)
@@ -413,12 +408,6 @@ def test_completions_text_logprobs_and_stream(client):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: /v1/completions with a strategy other than none and a reasoning or tool parser configured: "
-    "500 'internal server error' (AttributeError: 'CompletionRequest' object has no attribute 'tool_choice', from "
-    "server/output.py parse -> vLLM's parser); streamed, a 200 with an empty body",
-)
 def test_completions_with_a_strategy(client):
     reply = client.completions.create(
         model=MODEL,

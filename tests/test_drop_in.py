@@ -40,7 +40,9 @@ PARAMS = {  # small, quick settings per strategy
 
 def _params(name: str) -> dict:
     known = {f for f in strategies.get(name).config_cls.__dataclass_fields__}
-    return {k: v for k, v in PARAMS.get(name, {"num_samples": 2} if "num_samples" in known else {}).items() if k in known}
+    return {
+        k: v for k, v in PARAMS.get(name, {"num_samples": 2} if "num_samples" in known else {}).items() if k in known
+    }
 
 
 @pytest.mark.parametrize("name", [s.name for s in strategies.available()])

@@ -301,3 +301,9 @@ async def test_a_stop_string_ends_the_answer_and_is_dropped_unless_asked_for():
         kept = await chat(client, stop=["\n\n"], include_stop_str_in_output=True)
     assert dropped.json()["choices"][0]["message"]["content"] == "3 + 4 = 7"
     assert kept.json()["choices"][0]["message"]["content"] == "3 + 4 = 7\n\n"
+
+
+async def test_a_model_the_server_does_not_serve_is_a_404_as_vllm_answers():
+    async with client_for() as client:
+        r = await chat(client, model="nope")
+    assert_error(r, 404, param="model", says="The model `nope` does not exist.")

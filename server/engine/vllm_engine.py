@@ -212,7 +212,8 @@ class VLLMEngine:
     def _build_params(
         spec: SamplingSpec, room: int, kind: RequestOutputKind, greedy: bool, options: dict[str, Any]
     ) -> SamplingParams:
-        return SamplingParams(
+        # from_optional, as vLLM's server builds them: it reads logit_bias's JSON keys as token ids and clamps them
+        return SamplingParams.from_optional(
             **options,
             n=1 if greedy else spec.n,
             temperature=spec.temperature,
