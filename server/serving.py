@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -245,7 +246,7 @@ class ChatService:
                     code="unknown_parameter",
                 )
         try:
-            config = TypeAdapter(spec.config_cls).validate_python(params)
+            config = _adapter(spec.config_cls).validate_python(params)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or None
@@ -623,6 +624,12 @@ class ChatService:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _adapter(config_cls: type) -> TypeAdapter[Any]:
+    """The validator of a strategy's config class, built once (building one takes longer than using it)."""
+    return TypeAdapter(config_cls)
 
 
 def _drop_stop_strings(job: Prepared, choices: list[Candidate]) -> None:
