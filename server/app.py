@@ -150,36 +150,7 @@ def create_app(
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         service = service_of(request)
-        job = service.prepare(body)
-        if admission.full():
-            metrics.rejected.inc()
-            raise admission.busy()
-        if body.stream:
-            frames = _tracked(metrics, admission, service.stream(job))
-            return StreamingResponse(frames, media_type="text/event-stream")
-        started, status, result = time.perf_counter(), 200, None
-        try:
-            async with admission.slot():
-                metrics.in_flight.inc()
-                try:
-                    result = await _unless_disconnected(request, service.run(job))
-                finally:
-                    metrics.in_flight.dec()
-            return service.respond(job, result)
-        except APIError as exc:
-            status = exc.status
-            raise
-        except (EngineError, ScorerError):
-            status = 503  # answered by server.errors' handlers
-            raise
-        except ClientGoneError:
-            status = 499  # nobody to answer; nginx's "client closed request"
-            return Response(status_code=499)
-        except asyncio.CancelledError:
-            status = 499
-            raise
-        finally:
-            service.record(job, status, started, result)
+        return await answer(request, service, service.prepare(body), body.stream)
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=_with_stream(ERROR_RESPONSES))
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -203,8 +174,10 @@ def create_app(
     async def stored_response(response_id: str) -> Response:
         raise no_stored_response(response_id)
 
-    async def answer(request: Request, endpoint: Completions | Responses, job: Any, stream: bool | None) -> Any:
-        """A prepared completions or responses request, admitted, run and answered as chat_completions does."""
+    async def answer(
+        request: Request, endpoint: ChatService | Completions | Responses, job: Any, stream: bool | None
+    ) -> Any:
+        """A prepared request of any endpoint, admitted, run and answered (or streamed); its status recorded."""
         if admission.full():
             metrics.rejected.inc()
             raise admission.busy()
@@ -226,7 +199,7 @@ def create_app(
             status = 503  # answered by server.errors' handlers
             raise
         except ClientGoneError:
-            status = 499
+            status = 499  # nobody to answer; nginx's "client closed request"
             return Response(status_code=499)
         except asyncio.CancelledError:
             status = 499

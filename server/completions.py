@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VLLMCompletionRequest
 
 from server.errors import APIError
 from server.protocol import ChoiceLogprobs, PonderFields, PonderInfo, Usage
-from server.serving import KEEPALIVE_SECONDS, ChatService, Prepared
+from server.serving import ChatService, Prepared, error_event, with_keepalive
 from strategies.base import Candidate, StrategyResult, TokenLogprob
 from strategies.errors import EngineError, ScorerError
 
@@ -48,15 +47,6 @@ class CompletionRequest(VLLMCompletionRequest, PonderFields):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)  # None: the server's --default-max-tokens
     best_of: int | None = Field(default=None, ge=1)  # OpenAI's; above 1 it is strategy best_of_n, refused here
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _vllm_checks_as_errors(cls, data: Any, handler: Any) -> Any:
-        """vLLM's own checks assume the fields' types: a body of the wrong shape is a 400, never a 500."""
-        try:
-            return handler(data)
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed request body: {' '.join(str(exc).split())}") from None
 
     def token_limit(self) -> int | None:
         return self.max_tokens
@@ -243,7 +233,8 @@ class Completions:
         except (EngineError, ScorerError) as exc:
             status = 503
             log.error("stream failed: %s", exc)
-            yield error_event(str(exc), "service_unavailable", None, type(exc).__name__)
+            code = "engine_error" if isinstance(exc, EngineError) else "reward_model_error"
+            yield error_event(str(exc), "service_unavailable", None, code)
         except asyncio.CancelledError:
             status = 499  # client closed the stream
             raise
@@ -342,24 +333,3 @@ async def merged(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def with_keepalive(work: Awaitable[T], spent: Callable[[], int]) -> AsyncIterator[str | T]:
-    """Await ``work``, yielding an SSE comment every few seconds until its result (yielded last) is ready."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-            if done:
-                yield task.result()
-                return
-            yield f": searching, {spent()} tokens so far\n\n"
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
-def error_event(message: str, type: str, param: str | None, code: str | None) -> str:
-    error = {"message": message, "type": type, "param": param, "code": code}
-    return f"data: {json.dumps({'error': error})}\n\n"

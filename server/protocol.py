@@ -38,6 +38,16 @@ class PonderFields(BaseModel):
         description="Parameters of the strategy, validated against its config; unknown keys are a 400.",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _vllm_checks_as_errors(cls, data: Any, handler: Any) -> Any:
+        """vLLM's own checks assume the fields' types (``messages: null`` raises TypeError inside them): a body of
+        the wrong shape is a validation error (400), never a 500."""
+        try:
+            return handler(data)
+        except (TypeError, AttributeError, KeyError) as exc:
+            raise ValueError(f"malformed request body: {' '.join(str(exc).split())}") from None
+
 
 class ChatCompletionRequest(VLLMChatCompletionRequest, PonderFields):
     """vLLM's chat request, unknown fields refused, plus OpenAI's ``metadata``/``store`` and Ponder's fields."""
@@ -52,16 +62,6 @@ class ChatCompletionRequest(VLLMChatCompletionRequest, PonderFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     metadata: dict[str, str] | None = None  # OpenAI: tags for the caller's own records; Ponder logs nothing of it
     store: bool | None = None  # OpenAI stored completions; Ponder keeps none, so only false (or absent) is accepted
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _vllm_checks_as_errors(cls, data: Any, handler: Any) -> Any:
-        """vLLM's own checks assume the fields' types (``messages: null`` raises TypeError inside them): a body of
-        the wrong shape is a validation error (400), never a 500."""
-        try:
-            return handler(data)
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed request body: {' '.join(str(exc).split())}") from None
 
     def token_limit(self) -> int | None:
         # vars: reading max_tokens as an attribute warns (vLLM marks it deprecated, as OpenAI does)

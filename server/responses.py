@@ -39,14 +39,14 @@ from openai.types.responses import (
 from openai.types.responses.response import IncompleteDetails
 from openai.types.responses.response_reasoning_item import Content as ReasoningText
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as VLLMResponsesRequest
 
-from server.completions import chat_token_logprobs, with_keepalive
+from server.completions import chat_token_logprobs
 from server.errors import APIError
 from server.output import Parsed
 from server.protocol import ChatCompletionRequest, PonderFields, PonderInfo
-from server.serving import ChatService, Prepared
+from server.serving import ChatService, Prepared, with_keepalive
 from strategies.base import Candidate, StrategyResult, TokenLogprob
 from strategies.errors import EngineError, ScorerError
 
@@ -77,15 +77,6 @@ class ResponsesRequest(VLLMResponsesRequest, PonderFields):
     max_output_tokens: int | None = Field(default=None, ge=1)
     conversation: str | dict[str, Any] | None = None  # OpenAI's stored conversations: refused, Ponder keeps none
     safety_identifier: str | None = None  # OpenAI: an id for abuse monitoring; accepted, like `user`
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _vllm_checks_as_errors(cls, data: Any, handler: Any) -> Any:
-        """vLLM's own checks assume the fields' types: a body of the wrong shape is a 400, never a 500."""
-        try:
-            return handler(data)
-        except (TypeError, AttributeError, KeyError) as exc:
-            raise ValueError(f"malformed request body: {' '.join(str(exc).split())}") from None
 
 
 class PonderResponse(Response):

@@ -13,8 +13,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -62,6 +62,7 @@ from strategies.budget_forcing import BudgetForcing
 from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.requests")
+T = TypeVar("T")
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 KEEPALIVE_SECONDS = 5.0  # SSE comment cadence while a strategy searches: keeps proxies from timing out
@@ -514,7 +515,7 @@ class ChatService:
                     if finish:
                         yield frame([ChunkChoice(index=0, delta=DeltaMessage(), finish_reason=finish)])
             else:
-                async for item in self._run_with_keepalive(job):
+                async for item in with_keepalive(self.run(job), lambda: job.ledger.completion_tokens):
                     if isinstance(item, str):
                         yield item
                     else:
@@ -533,16 +534,16 @@ class ChatService:
             yield "data: [DONE]\n\n"
         except APIError as exc:  # headers are sent: the error travels as an event, like vLLM's server does
             status = exc.status
-            yield _error_event(exc.message, exc.type, exc.param, exc.code)
+            yield error_event(exc.message, exc.type, exc.param, exc.code)
         except (EngineError, ScorerError) as exc:
             status = 503
             log.error("stream failed: %s", exc)
             code = "engine_error" if isinstance(exc, EngineError) else "reward_model_error"
-            yield _error_event(str(exc), "service_unavailable", None, code)
+            yield error_event(str(exc), "service_unavailable", None, code)
         except Exception:  # a bug: the client still gets an event and the end of the stream, the log the traceback
             status = 500
             log.exception("stream failed")
-            yield _error_event("internal server error", "server_error", None, None)
+            yield error_event("internal server error", "server_error", None, None)
         except asyncio.CancelledError:
             status = 499  # client closed the stream
             raise
@@ -610,20 +611,21 @@ class ChatService:
             self.metrics.aborted.labels(job.spec.name).inc()
             raise
 
-    async def _run_with_keepalive(self, job: Prepared) -> AsyncIterator[str | StrategyResult]:
-        """Run the strategy, yielding an SSE comment every few seconds until its result is ready."""
-        task = asyncio.ensure_future(self.run(job))
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-                if done:
-                    yield task.result()
-                    return
-                yield f": searching, {job.ledger.completion_tokens} tokens so far\n\n"
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+
+async def with_keepalive(work: Awaitable[T], spent: Callable[[], int]) -> AsyncIterator[str | T]:
+    """Await ``work``, yielding an SSE comment every few seconds until its result (yielded last) is ready."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
+            if done:
+                yield task.result()
+                return
+            yield f": searching, {spent()} tokens so far\n\n"
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -742,7 +744,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _error_event(message: str, type: str, param: str | None, code: str | None) -> str:
+def error_event(message: str, type: str, param: str | None, code: str | None) -> str:
     error = {"message": message, "type": type, "param": param, "code": code}
     return f"data: {json.dumps({'error': error})}\n\n"
 
