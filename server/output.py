@@ -149,6 +149,7 @@ class RequestReader:
     def reward_text(self, text: str) -> str:
         parsed = self.parse(text)
         parts = [p.strip() for p in (parsed.reasoning, parsed.content) if p and p.strip()]
+        parts += [f"{call['name']}({call['arguments']})" for call in parsed.tool_calls]  # a call, as a step
         return "\n\n".join(parts) or text
 
 
