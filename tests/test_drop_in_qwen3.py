@@ -194,3 +194,9 @@ async def test_logprobs_are_the_sampled_tokens_and_a_search_reads_its_path_back(
 async def test_the_engine_refuses_what_vllm_refuses_as_a_400(client):
     r = await client.post("/v1/chat/completions", json={"messages": USER, "top_k": -5})
     assert r.status_code == 400 and "top_k" in r.json()["error"]["message"]
+
+
+async def test_reasoning_effort_none_turns_qwen3s_thinking_off_as_vllm_does(client):
+    body = await chat(client, reasoning_effort="none", **JSON_DIGIT)
+    message = body["choices"][0]["message"]
+    assert message["reasoning"] is None and json.loads(message["content"])["x"] in range(10)
