@@ -32,7 +32,8 @@ from server.protocol import (
     ModelList,
     StrategyCard,
 )
-from server.responses import PonderResponse, Responses, ResponsesRequest, no_stored_response
+from server.responses import PonderResponse, Responses, no_stored_response
+from server.responses_input import ResponsesRequest
 from server.serving import ChatService
 from strategies.base import Scorer
 from strategies.errors import EngineError, ScorerError

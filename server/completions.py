@@ -29,7 +29,8 @@ from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VLL
 
 from server.errors import APIError
 from server.protocol import ChoiceLogprobs, PonderFields, PonderInfo, Usage
-from server.serving import ChatService, Prepared, error_event, with_keepalive
+from server.serving import ChatService, Prepared
+from server.streaming import error_event, streams_tokens, token_deltas, with_keepalive
 from strategies.base import Candidate, StrategyResult, TokenLogprob
 from strategies.errors import EngineError, ScorerError
 
@@ -206,9 +207,9 @@ class Completions:
 
         status, results = 200, None
         try:
-            if all(self.service.streams_tokens(run) for run in job.runs):
+            if all(streams_tokens(run) for run in job.runs):
                 streamed = [_Streamed() for _ in job.runs]
-                async for i, (delta, logprobs, finish) in merged([self.service.token_deltas(run) for run in job.runs]):
+                async for i, (delta, logprobs, finish) in merged([token_deltas(self.service, run) for run in job.runs]):
                     text, tokens = delta.content or "", chat_token_logprobs(logprobs)
                     out = completion_logprobs(tokens, offset=len(streamed[i].text)) if logprobs is not None else None
                     streamed[i].add(text, tokens, finish)

@@ -1,7 +1,8 @@
-"""Chat-completion logic: validate a request, render the prompt, run its strategy, build the response or stream.
+"""Chat-completion logic: validate a request, render the prompt, run its strategy, build the response.
 
 Routes stay short and call :class:`ChatService`. Everything a request spends is counted by the
-:class:`~server.accounting.Ledger` proxies the strategy receives in place of the real engine and reward model.
+:class:`~server.accounting.Ledger` proxies the strategy receives in place of the real engine and reward model. How an
+answer goes out as SSE chunks (:meth:`ChatService.stream`) is :mod:`server.streaming`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -26,15 +27,10 @@ from server.errors import APIError
 from server.metrics import Metrics
 from server.output import OutputParsing, Parsed, RequestReader
 from server.protocol import (
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
     ChoiceLogprobs,
-    ChunkChoice,
-    DeltaFunctionCall,
-    DeltaMessage,
-    DeltaToolCall,
     FunctionCall,
     PonderInfo,
     ResponseMessage,
@@ -49,23 +45,17 @@ from strategies.base import (
     Candidate,
     Engine,
     InvalidRequestError,
-    Sample,
-    SamplingSpec,
     Scorer,
     StrategyConfig,
     StrategyResult,
     Task,
     TokenLogprob,
-    sampling_temperature,
 )
 from strategies.budget_forcing import BudgetForcing
-from strategies.errors import EngineError, ScorerError
 
 log = logging.getLogger("ponder.requests")
-T = TypeVar("T")
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-KEEPALIVE_SECONDS = 5.0  # SSE comment cadence while a strategy searches: keeps proxies from timing out
 
 
 @dataclasses.dataclass
@@ -361,16 +351,16 @@ class ChatService:
                     await self._fill_logprobs(job, result.choices)
                 return result
         except TimeoutError:
-            raise self._deadline_error() from None
+            raise self.deadline_error() from None
 
-    def _deadline_error(self) -> APIError:
+    def deadline_error(self) -> APIError:
         return APIError(
             f"the request ran past this server's deadline of {self.config.request_timeout:g} s "
             "(--request-timeout); its work was aborted",
             code="deadline_exceeded",
         )
 
-    def _engine_for(self, job: Prepared, engine: Engine) -> Engine:
+    def engine_for(self, job: Prepared, engine: Engine) -> Engine:
         """The engine a strategy sees: counted, with the request's options, and with budget forcing if asked."""
         counted: Engine = CountingEngine(engine, job.ledger, job.task.request_id, job.task.options)
         if not job.config.min_thinking_tokens:
@@ -388,7 +378,7 @@ class ChatService:
         engine, scorer = self.engine, self.scorer
         if scorer is not None and hasattr(scorer, "session"):  # the policy as its own PRM: steps read from samples
             engine, scorer = scorer.session(job.task, engine)
-        engine = self._engine_for(job, engine)
+        engine = self.engine_for(job, engine)
         scorer = CountingScorer(scorer, job.ledger, job.task.request_id) if scorer else None
         try:
             return await job.spec.fn(job.task, job.config, engine, scorer)
@@ -452,9 +442,9 @@ class ChatService:
             message = ResponseMessage(
                 content=parsed.content if parsed.content or not parsed.tool_calls else None,
                 reasoning=parsed.reasoning,
-                tool_calls=[_tool_call(call) for call in parsed.tool_calls],
+                tool_calls=[tool_call(call) for call in parsed.tool_calls],
             )
-            logprobs = _choice_logprobs(candidate.logprobs) if job.task.logprobs is not None else None
+            logprobs = choice_logprobs(candidate.logprobs) if job.task.logprobs is not None else None
             choices.append(
                 Choice(
                     index=i,
@@ -487,145 +477,11 @@ class ChatService:
             line["outputs"] = [c.text for c in result.choices] if result else None
         log.info(json.dumps(line, default=str))
 
-    # ---- streaming --------------------------------------------------------------------------------------------
-    def streams_tokens(self, job: Prepared) -> bool:
-        """Whether the engine's tokens go out as they come: one plain sample, and no tool calls to parse whole."""
-        tools_on = bool(getattr(job.request, "tools", None)) and getattr(job.request, "tool_choice", None) != "none"
-        return job.config.streams_tokens and job.config.samples_per_call()[0] == 1 and not tools_on
+    def stream(self, job: Prepared) -> AsyncIterator[str]:
+        """The answer as SSE frames (:func:`server.streaming.chat_stream`)."""
+        from server.streaming import chat_stream  # imported here: server.streaming builds on this module
 
-    async def stream(self, job: Prepared) -> AsyncIterator[str]:
-        """SSE frames: a role chunk, reasoning/content/tool-call chunks, a finish chunk, the usage chunk if asked,
-        ``[DONE]``."""
-        started = time.perf_counter()
-        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def frame(choices: list[ChunkChoice], **extra: Any) -> str:
-            chunk = ChatCompletionChunk(
-                id=chunk_id, created=created, model=self.config.model_name, choices=choices, **extra
-            )
-            return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-
-        status, result = 200, None
-        try:
-            yield frame([ChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
-            if self.streams_tokens(job):
-                async for delta, logprobs, finish in self.token_deltas(job):
-                    if delta.content is not None or delta.reasoning is not None:
-                        yield frame([ChunkChoice(index=0, delta=delta, logprobs=logprobs)])
-                    if finish:
-                        yield frame([ChunkChoice(index=0, delta=DeltaMessage(), finish_reason=finish)])
-            else:
-                async for item in with_keepalive(self.run(job), lambda: job.ledger.completion_tokens):
-                    if isinstance(item, str):
-                        yield item
-                    else:
-                        result = item
-                for i, candidate in enumerate(result.choices):
-                    if i:
-                        yield frame([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-                    for delta, logprobs in self._whole_deltas(job, candidate):
-                        yield frame([ChunkChoice(index=i, delta=delta, logprobs=logprobs)])
-                    finish = self.finish_reason(job, candidate, self.parse(job, candidate.text))
-                    yield frame([ChunkChoice(index=i, delta=DeltaMessage(), finish_reason=finish)])
-            options = job.request.stream_options
-            if options and options.include_usage:
-                info = self.info(job, result) if result else None
-                yield frame([], usage=self.usage(job), ponder=info)
-            yield "data: [DONE]\n\n"
-        except APIError as exc:  # headers are sent: the error travels as an event, like vLLM's server does
-            status = exc.status
-            yield error_event(exc.message, exc.type, exc.param, exc.code)
-        except (EngineError, ScorerError) as exc:
-            status = 503
-            log.error("stream failed: %s", exc)
-            code = "engine_error" if isinstance(exc, EngineError) else "reward_model_error"
-            yield error_event(str(exc), "service_unavailable", None, code)
-        except Exception:  # a bug: the client still gets an event and the end of the stream, the log the traceback
-            status = 500
-            log.exception("stream failed")
-            yield error_event("internal server error", "server_error", None, None)
-        except asyncio.CancelledError:
-            status = 499  # client closed the stream
-            raise
-        finally:
-            self.record(job, status, started, result)
-
-    def _whole_deltas(self, job: Prepared, candidate: Candidate) -> list[tuple[DeltaMessage, ChoiceLogprobs | None]]:
-        """A finished answer as stream deltas: its reasoning, its content (with its logprobs), its tool calls."""
-        parsed = self.parse(job, candidate.text)
-        logprobs = _choice_logprobs(candidate.logprobs) if job.task.logprobs is not None else None
-        out: list[tuple[DeltaMessage, ChoiceLogprobs | None]] = []
-        if parsed.reasoning:
-            out.append((DeltaMessage(reasoning=parsed.reasoning), None))
-        if parsed.content or not parsed.tool_calls:
-            out.append((DeltaMessage(content=parsed.content or ""), logprobs))
-        if parsed.tool_calls:
-            calls = [
-                DeltaToolCall(
-                    index=k,
-                    id=_tool_call(call).id,
-                    type="function",
-                    function=DeltaFunctionCall(name=call["name"], arguments=call["arguments"]),
-                )
-                for k, call in enumerate(parsed.tool_calls)
-            ]
-            out.append((DeltaMessage(tool_calls=calls), logprobs if not parsed.content else None))
-        return out
-
-    async def token_deltas(
-        self, job: Prepared
-    ) -> AsyncIterator[tuple[DeltaMessage, ChoiceLogprobs | None, str | None]]:
-        """The engine's tokens as they come, split into reasoning and content deltas, with the finish reason last."""
-        text, said = "", Parsed("", "")
-        async for piece in self._stream_tokens(job):
-            text += piece.text
-            if job.reader is None:
-                delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
-            else:
-                delta, said = _split_delta(self.parse(job, text), said)
-            logprobs = _choice_logprobs(piece.logprobs) if job.task.logprobs is not None and piece.logprobs else None
-            yield delta, logprobs, piece.finish_reason
-
-    async def _stream_tokens(self, job: Prepared) -> AsyncIterator[Sample]:
-        engine = self._engine_for(job, self.engine)
-        spec = SamplingSpec(
-            n=1,
-            temperature=sampling_temperature(job.config, job.task, default=1.0),
-            top_p=job.task.top_p,
-            max_tokens=min(job.task.max_tokens, job.config.max_total_tokens or job.task.max_tokens),
-            stop=job.task.stop,
-            seed=job.task.seed,
-            logprobs=job.task.logprobs,
-        )
-        try:
-            async for piece in engine.stream(job.task.prompt, spec, job.task.request_id):
-                if time.monotonic() > job.deadline:
-                    await self.engine.abort(job.task.request_id)
-                    self.metrics.aborted.labels(job.spec.name).inc()
-                    raise self._deadline_error()
-                yield piece
-        except InvalidRequestError as exc:
-            raise APIError(str(exc), code="invalid_request") from None
-        except asyncio.CancelledError:
-            await self.engine.abort(job.task.request_id)
-            self.metrics.aborted.labels(job.spec.name).inc()
-            raise
-
-
-async def with_keepalive(work: Awaitable[T], spent: Callable[[], int]) -> AsyncIterator[str | T]:
-    """Await ``work``, yielding an SSE comment every few seconds until its result (yielded last) is ready."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-            if done:
-                yield task.result()
-                return
-            yield f": searching, {spent()} tokens so far\n\n"
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        return chat_stream(self, job)
 
 
 @functools.lru_cache(maxsize=64)
@@ -646,27 +502,13 @@ def _drop_stop_strings(job: Prepared, choices: list[Candidate]) -> None:
                 choice.text = choice.text[: -len(ended)]
 
 
-def _split_delta(parsed: Parsed, said: Parsed) -> tuple[DeltaMessage, Parsed]:
-    """What the text read so far adds to what was already sent, as a delta; and what has been sent now."""
-    reasoning = _added(parsed.reasoning, said.reasoning)
-    content = _added(parsed.content, said.content)
-    sent = Parsed((said.reasoning or "") + (reasoning or ""), (said.content or "") + (content or ""))
-    return DeltaMessage(reasoning=reasoning, content=content), sent
-
-
-def _added(now: str | None, sent: str | None) -> str | None:
-    """The part of ``now`` past ``sent`` (None: nothing new, or ``now`` no longer extends what was sent)."""
-    now, sent = now or "", sent or ""
-    return now[len(sent) :] if len(now) > len(sent) and now.startswith(sent) else None
-
-
-def _tool_call(call: dict[str, Any]) -> ToolCall:
+def tool_call(call: dict[str, Any]) -> ToolCall:
     call_id = call.get("id") or f"chatcmpl-tool-{uuid.uuid5(uuid.NAMESPACE_OID, repr(call)).hex}"
     call["id"] = call_id  # the same id in every rendering of this answer (response, stream)
     return ToolCall(id=call_id, function=FunctionCall(name=call["name"], arguments=call["arguments"]))
 
 
-def _choice_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> ChoiceLogprobs:
+def choice_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> ChoiceLogprobs:
     """Token logprobs in OpenAI's shape."""
     return ChoiceLogprobs(
         content=[
@@ -742,11 +584,6 @@ def _template_message(message: Any) -> dict[str, Any]:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def error_event(message: str, type: str, param: str | None, code: str | None) -> str:
-    error = {"message": message, "type": type, "param": param, "code": code}
-    return f"data: {json.dumps({'error': error})}\n\n"
 
 
 def _loop_time(monotonic_deadline: float) -> float:
