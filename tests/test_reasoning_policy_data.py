@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,6 +25,7 @@ from training.sft_data import (
     THINK_START,
     WAIT,
     add_think_tokens,
+    displaced_characters,
     plan_reasoning,
     reasoning_rows,
     reasoning_solution,
@@ -34,7 +36,7 @@ from training.tasks.arith import parse_question, results
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "reasoning-policy"
 SOLUTION = "(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n\n(3) Subtract 5: 14 - 5 = 9\n\n\\boxed{9}"
-SAMPLE = "<think>\n(1) Add 3: 4 + 3 = 7\nWait\n\n(2) Multiply by 2: 7 * 2 = 14\n</think>\n\n\\boxed{14}"
+SAMPLE = "<think>\n(1) Add 3: 4 + 3 = 7\n\nWait\n\n(2) Multiply by 2: 7 * 2 = 14\n\n</think>\n\n\\boxed{14}"
 
 
 def test_think_tags_are_appended_single_tokens_kept_by_skip_special_tokens():
@@ -54,14 +56,16 @@ def test_think_tags_are_appended_single_tokens_kept_by_skip_special_tokens():
 def test_full_premature_and_wait_traces():
     full = reasoning_solution(SOLUTION)
     assert full == (
-        "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n\n(3) Subtract 5: 14 - 5 = 9\n"
+        "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n\n(3) Subtract 5: 14 - 5 = 9\n\n"
         "</think>\n\n\\boxed{9}"
     )
+    # </think> where the plain format's \boxed was: after the last step's blank line
+    assert full.replace("<think>\n", "").replace("</think>\n\n", "") == SOLUTION
     premature = reasoning_solution(SOLUTION, "premature", 2)
-    assert premature == "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n</think>\n\n\\boxed{14}"
+    assert premature == "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n\n</think>\n\n\\boxed{14}"
     wait = reasoning_solution(SOLUTION, "wait", 2)
     assert wait == (
-        "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\nWait\n\n(3) Subtract 5: 14 - 5 = 9\n"
+        "<think>\n(1) Add 3: 4 + 3 = 7\n\n(2) Multiply by 2: 7 * 2 = 14\n\nWait\n\n(3) Subtract 5: 14 - 5 = 9\n\n"
         "</think>\n\n\\boxed{9}"
     )
     # budget forcing's cut: the premature trace up to </think>, plus "Wait", is the start of the Wait trace
@@ -93,7 +97,7 @@ def test_rows_grade_as_intended_on_arith():
             premature_right += task.grade(problem, text)
         else:  # full and wait: every step, the right answer
             assert task.grade(problem, text)
-            assert len(thinking.split("\n\n")) == len(ops)  # a step per blank-line part; Wait ends step k's
+            assert len(re.findall(r"^\(\d+\) ", thinking, re.M)) == len(ops)
     assert premature_right < mix["premature"] / 4  # premature answers are usually wrong
 
 
@@ -152,6 +156,21 @@ def test_adding_the_tokens_keeps_the_padded_vocab_and_starts_new_rows_at_the_mea
     assert torch.equal(model.get_input_embeddings().weight[:104], old)
     assert model.config.ponder_reasoning_parser == REASONING_PARSER == "deepseek_r1"
     assert "ponder_reasoning_parser" in model.config.to_dict()
+    before = model.get_output_embeddings().weight[:106].clone()
+    assert add_reasoning_tokens(model, tokenizer) == ids  # a reasoning policy trained further: rows untouched
+    assert torch.equal(model.get_output_embeddings().weight[:106], before)
+
+
+def test_output_rows_start_from_the_characters_the_tags_displace(tmp_path):
+    tokenizer = build_char_tokenizer()
+    model = build_policy(PolicySFTConfig.from_preset("tiny", output_dir=str(tmp_path)), tokenizer)
+    like = displaced_characters(get_task("arith").load("train", limit=20, level=[1, 4]))
+    assert like == {THINK_START: "(", THINK_END: "\\"}
+    add_reasoning_tokens(model, tokenizer, like=like)
+    out, inputs = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert torch.equal(out[104], out[tokenizer.convert_tokens_to_ids("(")])
+    assert torch.equal(out[105], out[tokenizer.convert_tokens_to_ids("\\")])
+    assert torch.allclose(inputs[104], inputs[:104].mean(0))  # what follows a tag is new: no copied input row
 
 
 def test_the_card_describes_the_mix_and_the_tags():
@@ -165,9 +184,11 @@ def test_the_card_describes_the_mix_and_the_tags():
         "think_token_ids": {"<think>": 104, "</think>": 105},
         "reasoning_mix": {"full": 55, "premature": 25, "wait": 20},
         "config": {**config, "premature_share": 0.25, "wait_share": 0.2},
+        "displaced_characters": {"<think>": "(", "</think>": "\\"},
     }  # fmt: skip
     card = model_card(metrics)
     assert "thinking length matters" in card and "token 104" in card and "token 105" in card
+    assert "(`(` for `<think>`, `\\` for `</think>`)" in card
     assert "**premature** (25, 25%)" in card and "**wait** (20, 20%)" in card and "deepseek_r1" in card
 
 
@@ -197,7 +218,7 @@ def test_vllms_deepseek_r1_parser_splits_the_shipped_tokenizers_output():
     parser = reasoning.ReasoningParserManager.get_reasoning_parser("deepseek_r1")(tokenizer)
     assert (parser.start_token_id, parser.end_token_id) == (104, 105)
     thinking, content = parser.extract_reasoning(SAMPLE, request=None)
-    assert thinking == "\n(1) Add 3: 4 + 3 = 7\nWait\n\n(2) Multiply by 2: 7 * 2 = 14\n"
+    assert thinking == "\n(1) Add 3: 4 + 3 = 7\n\nWait\n\n(2) Multiply by 2: 7 * 2 = 14\n\n"
     assert content == "\n\n\\boxed{14}"
     ids = tokenizer.encode(SAMPLE, add_special_tokens=False)
     assert parser.is_reasoning_end(ids) and not parser.is_reasoning_end(ids[: ids.index(105)])

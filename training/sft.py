@@ -54,10 +54,11 @@ from training.sft_data import (
     THINK_TOKENS,
     add_think_tokens,
     datasets_for,
+    displaced_characters,
     plan_reasoning,
     training_problems,
 )
-from training.tasks import UnknownTaskError, get_task
+from training.tasks import Problem, UnknownTaskError, get_task
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # the dataclass defaults: the shipped models/default-policy
@@ -313,9 +314,12 @@ def build_policy(config: PolicySFTConfig, tokenizer: PreTrainedTokenizerFast) ->
     return LlamaForCausalLM(llama)
 
 
-def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def starting_policy(
+    config: PolicySFTConfig, problems: list[Problem] | None = None
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """The policy ``init_from`` names (in float32, for training) or a fresh one, and its tokenizer; for the
-    reasoning format, with the thinking tags added (:func:`add_reasoning_tokens`)."""
+    reasoning format, with the thinking tags added (:func:`add_reasoning_tokens`, their output rows started from
+    the characters they displace in the training ``problems``' solutions, where given)."""
     if not config.init_from:
         tokenizer = build_char_tokenizer()
         model = build_policy(config, tokenizer)
@@ -326,21 +330,33 @@ def starting_policy(config: PolicySFTConfig) -> tuple[LlamaForCausalLM, PreTrain
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if config.format == "reasoning":
-        add_reasoning_tokens(model, tokenizer)
+        add_reasoning_tokens(model, tokenizer, like=displaced_characters(problems) if problems else None)
     return model, tokenizer
 
 
-def add_reasoning_tokens(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> tuple[int, int]:
+def add_reasoning_tokens(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, like: dict[str, str] | None = None
+) -> tuple[int, int]:
     """Add ``<think>`` and ``</think>`` to the tokenizer (:func:`training.sft_data.add_think_tokens`), resize the
-    embeddings to the vocabulary padded to a multiple of 32, start the new tokens' input and output rows at the
-    mean of the old tokens' rows, and name the ``deepseek_r1`` parser in the config; the tags' ids."""
+    embeddings to the vocabulary padded to a multiple of 32, start the new tokens' rows, and name the
+    ``deepseek_r1`` parser in the config; the tags' ids.
+
+    A new token's input row starts at the mean of the old tokens' rows; its output row too, or, for a tag that
+    ``like`` maps to an old token, at that token's output row: a trained policy then writes the tag where it
+    wrote that token (``<think>`` for the solution's first character, ``</think>`` for the ``\\`` of ``\\boxed``)
+    from the first step, and learns only to tell them apart. From the mean, 63 steps on 2,000 arith problems
+    left a trained policy still writing the plain format, greedy."""
     known = len(tokenizer)
     ids = add_think_tokens(tokenizer)
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=32, mean_resizing=False)
-    fresh = [i for i in ids if i >= known]
+    inputs, outputs = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     with torch.no_grad():
-        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-            matrix[fresh] = matrix[:known].mean(dim=0)
+        for token, new in zip(THINK_TOKENS, ids, strict=True):
+            if new < known:
+                continue  # the tokenizer had it: a reasoning policy trained further
+            inputs[new] = inputs[:known].mean(dim=0)
+            source = tokenizer.convert_tokens_to_ids((like or {}).get(token, tokenizer.unk_token))
+            outputs[new] = outputs[source] if source != tokenizer.unk_token_id else outputs[:known].mean(dim=0)
     model.config.ponder_reasoning_parser = REASONING_PARSER
     return ids
 
@@ -354,7 +370,7 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
     output_dir = Path(config.output_dir)
     task = get_task(config.task)
     train_problems, val_problems = training_problems(config)
-    model, tokenizer = starting_policy(config)
+    model, tokenizer = starting_policy(config, train_problems)
     train_dataset, eval_dataset = datasets_for(config, task, tokenizer, train_problems, val_problems)
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
@@ -384,6 +400,7 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
         "model_bytes": sum(f.stat().st_size for f in final.glob("*.safetensors")),
         "optimizer_steps": trainer.state.global_step,
         "train_time_s": round(result.metrics["train_runtime"], 1),
+        "load_average": [round(load, 2) for load in os.getloadavg()],  # 1, 5, 15 min, at the end of training
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "tokens_per_s": round(trainer.state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9)),
         "train_loss_mean": result.metrics.get("train_loss"),
@@ -393,6 +410,9 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
     if not config.keep_checkpoints:
         for checkpoint in output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
+    metrics["command"] = command
+    metrics["config"] = {name: plain_value(getattr(config, name)) for name in PolicySFTConfig.__annotations__}
+    _write_run(output_dir, metrics, started)  # the trained run's record stands even if the evaluation fails
     if config.eval_after_training:
         metrics["test"] = evaluate_checkpoint(
             final,
@@ -405,12 +425,15 @@ def train(config: PolicySFTConfig, command: str | None = None) -> dict[str, Any]
             temperature=config.eval_temperature,
             sample_levels=config.eval_sample_levels,
         )
-    metrics["total_time_s"] = round(time.perf_counter() - started, 1)
-    metrics["command"] = command
-    metrics["config"] = {name: plain_value(getattr(config, name)) for name in PolicySFTConfig.__annotations__}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (output_dir / "README.md").write_text(model_card(metrics))  # replaces TRL's generic card
+        _write_run(output_dir, metrics, started)
     return metrics
+
+
+def _write_run(output_dir: Path, metrics: dict[str, Any], started: float) -> None:
+    """``metrics.json`` and the model card (``README.md``, replacing TRL's generic one), the time so far in both."""
+    metrics["total_time_s"] = round(time.perf_counter() - started, 1)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "README.md").write_text(model_card(metrics))
 
 
 def save_final(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path, dtype: str) -> Path:
@@ -429,6 +452,7 @@ def _reasoning_metrics(config: PolicySFTConfig, problems: list, tokenizer: Any) 
         "reasoning_parser": REASONING_PARSER,
         "think_token_ids": dict(zip(THINK_TOKENS, tokenizer.convert_tokens_to_ids(list(THINK_TOKENS)), strict=True)),
         "reasoning_mix": {kind: sum(k == kind for k, _ in plan) for kind in ("full", "premature", "wait")},
+        "displaced_characters": displaced_characters(problems),
     }
 
 
@@ -469,7 +493,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"- {metrics['tokens_seen']:,} tokens trained on ({metrics['completion_tokens_per_epoch']:,} completion "
         f"tokens with a loss per epoch), {metrics['tokens_per_s']:,} tokens/s",
         f"- training {metrics['train_time_s'] / 60:.1f} min; the whole command (data, training, evaluation) "
-        f"{metrics['total_time_s'] / 60:.1f} min, on {_machine()}",
+        f"{metrics['total_time_s'] / 60:.1f} min, on {_machine()}{_load(metrics)}",
         f"- final training loss {metrics['final_loss']:.4f}"
         + (f", validation loss {metrics['final_eval_loss']:.4f}" if metrics.get("final_eval_loss") is not None else ""),
         "",
@@ -484,7 +508,7 @@ def model_card(metrics: dict[str, Any]) -> str:
 
 
 def _reasoning_card(metrics: dict[str, Any]) -> list[str]:
-    config, mix = metrics["config"], metrics["reasoning_mix"]
+    config, mix, like = metrics["config"], metrics["reasoning_mix"], metrics["displaced_characters"]
     ids = metrics["think_token_ids"]
     total = max(sum(mix.values()), 1)
     return [
@@ -498,6 +522,7 @@ def _reasoning_card(metrics: dict[str, Any]) -> list[str]:
         "(1) Add 7: 12 + 7 = 19",
         "",
         "(2) Multiply by 3: 19 * 3 = 57",
+        "",
         "</think>",
         "",
         "\\boxed{57}",
@@ -505,7 +530,10 @@ def _reasoning_card(metrics: dict[str, Any]) -> list[str]:
         "",
         f"`<think>` is token {ids['<think>']} and `</think>` token {ids['</think>']}: single tokens appended to the "
         "character vocabulary (added tokens, not special ones, so that decoding with `skip_special_tokens` keeps "
-        "them), their embedding rows started at the mean of the others. `config.json` names vLLM's reasoning parser "
+        "them). Their input rows started at the mean of the others and their output rows at those of the characters "
+        f"they take the place of in the plain format (`{like['<think>']}` for `<think>`, `{like['</think>']}` for "
+        "`</think>`), so the policy wrote the tags where it had written those from the first step. `config.json` "
+        "names vLLM's reasoning parser "
         f'(`"ponder_reasoning_parser": "{metrics["reasoning_parser"]}"`), which splits the reasoning from the answer.',
         "",
         f"The training rows are a seeded mix (seed {metrics['seed']}; `--premature_share "
@@ -531,6 +559,14 @@ def _per_level(metrics: dict[str, Any]) -> str:
     if list(counts) == ["0"]:  # a task without levels
         return ""
     return f" (per level: {', '.join(f'L{k} {v:,}' for k, v in counts.items())})"
+
+
+def _load(metrics: dict[str, Any]) -> str:
+    """A note where other work shared the cores (the run alone keeps about one per core busy): the load average
+    over the 15 minutes before training ended."""
+    load = (metrics.get("load_average") or [0, 0, 0])[-1]
+    busy = load > (os.cpu_count() or 1) + 1
+    return f", shared with other jobs (load average {load:.1f} over the last 15 min of training)" if busy else ""
 
 
 def _machine() -> str:

@@ -4,22 +4,28 @@ format (``--format reasoning``): the solution's steps inside thinking tags befor
 
 The reasoning format is DeepSeek-R1's, read by vLLM's own ``deepseek_r1`` reasoning parser::
 
-    <think>\n(1) Add 7: 12 + 7 = 19\n\n(2) Multiply by 3: 19 * 3 = 57\n</think>\n\n\\boxed{57}
+    <think>\n(1) Add 7: 12 + 7 = 19\n\n(2) Multiply by 3: 19 * 3 = 57\n\n</think>\n\n\\boxed{57}
 
 ``<think>`` and ``</think>`` are single tokens (:func:`add_think_tokens`), and the model writes ``<think>`` itself
-(the chat template's generation prompt is unchanged). So that thinking length matters, the rows are a seeded mix
-(:func:`plan_reasoning`): most think through every step (``full``); ``premature_share`` stop thinking after k of
-the n steps (1 <= k < n) and box the value step k reached, a premature, usually wrong answer (``premature``);
-``wait_share`` stop at the same place, but write ``Wait`` on its own line where ``</think>`` would be and go on
-with the remaining steps to the right answer (``wait``), which is what budget forcing (s1, Muennighoff et al.
-2025: ``</think>`` replaced by ``Wait`` below a minimum) asks of the model. A problem of one step, or whose step k
-states no equation to read a value from, is always ``full``.
+(the chat template's generation prompt is unchanged). Every step, the last included, ends in a blank line, so
+``</think>`` comes where the plain format's ``\boxed`` came, the place a policy trained on the plain format has
+already learned to tell the last step from the others (after a single newline instead, a first run here never
+learned when to stop: greedy, it added steps to one-step problems and left four-step ones at three).
+
+So that thinking length matters, the rows are a seeded mix (:func:`plan_reasoning`): most think through every step
+(``full``); ``premature_share`` stop thinking after k of the n steps (1 <= k < n) and box the value step k
+reached, a premature, usually wrong answer (``premature``); ``wait_share`` stop at the same place, but write
+``Wait`` on its own line where ``</think>`` would be and go on with the remaining steps to the right answer
+(``wait``), which is what budget forcing (s1, Muennighoff et al. 2025: ``</think>`` replaced by ``Wait`` below a
+minimum) asks of the model. A problem of one step, or whose step k states no equation to read a value from, is
+always ``full``.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from typing import Any, Protocol
 
 from strategies.search import value_query
@@ -99,6 +105,18 @@ def add_think_tokens(tokenizer: Any) -> tuple[int, int]:
     return start, end
 
 
+def displaced_characters(problems: list[Problem]) -> dict[str, str]:
+    r"""The character each thinking tag takes the place of, from the plain format: ``<think>``, the most frequent
+    first character of the solutions; ``</think>``, the ``\`` that starts ``\boxed`` after the last step.
+
+    >>> from training.tasks import get_task
+    >>> displaced_characters(get_task("arith").load("train", limit=3, level=2))
+    {'<think>': '(', '</think>': '\\'}
+    """
+    firsts = Counter((p.solution or " ")[0] for p in problems)
+    return {THINK_START: firsts.most_common(1)[0][0] if firsts else " ", THINK_END: "\\"}
+
+
 def split_solution(solution: str) -> tuple[list[str], str]:
     r"""A reference solution's steps and its final answer line (the last blank-line part, with ``\boxed{}``).
 
@@ -121,22 +139,24 @@ def reasoning_solution(solution: str, kind: str = "full", stop_after: int = 0) -
     (1) Add 3: 4 + 3 = 7
     <BLANKLINE>
     (2) Add 1: 7 + 1 = 8
+    <BLANKLINE>
     </think>
     <BLANKLINE>
     \boxed{8}
     >>> reasoning_solution(solution, "premature", 1)
-    '<think>\n(1) Add 3: 4 + 3 = 7\n</think>\n\n\\boxed{7}'
+    '<think>\n(1) Add 3: 4 + 3 = 7\n\n</think>\n\n\\boxed{7}'
     >>> reasoning_solution(solution, "wait", 1)
-    '<think>\n(1) Add 3: 4 + 3 = 7\nWait\n\n(2) Add 1: 7 + 1 = 8\n</think>\n\n\\boxed{8}'
+    '<think>\n(1) Add 3: 4 + 3 = 7\n\nWait\n\n(2) Add 1: 7 + 1 = 8\n\n</think>\n\n\\boxed{8}'
     """
     steps, answer = split_solution(solution)
     if kind == "full":
-        return f"{THINK_START}\n" + "\n\n".join(steps) + f"\n{THINK_END}\n\n{answer}"
+        return f"{THINK_START}\n" + "".join(f"{step}\n\n" for step in steps) + f"{THINK_END}\n\n{answer}"
     if kind not in REASONING_KINDS or not 1 <= stop_after < len(steps):
         raise ValueError(f"kind {kind!r} stopping after step {stop_after} of {len(steps)}")
-    head = f"{THINK_START}\n" + "\n\n".join(steps[:stop_after]) + "\n"
+    head = f"{THINK_START}\n" + "".join(f"{step}\n\n" for step in steps[:stop_after])
     if kind == "wait":
-        return head + f"{WAIT}\n\n" + "\n\n".join(steps[stop_after:]) + f"\n{THINK_END}\n\n{answer}"
+        rest = "".join(f"{step}\n\n" for step in steps[stop_after:])
+        return head + f"{WAIT}\n\n{rest}{THINK_END}\n\n{answer}"
     equation = parse_equation(steps[stop_after - 1])
     if equation is None:
         raise ValueError(f"step {stop_after} states no value to box: {steps[stop_after - 1]!r}")
