@@ -258,3 +258,49 @@ async def test_bos_is_not_doubled_and_max_tokens_fits_the_context() -> None:
     with pytest.raises(ValueError, match="one sample"):
         await anext(engine.stream("p", SamplingSpec(n=2), "r"))
     assert len(sent) == 2
+
+
+async def test_the_requests_options_and_logprobs_cross_the_wire_as_vllms_fields() -> None:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        logprobs = {
+            "tokens": ["7", "!"],
+            "token_logprobs": [-0.5, -1.5],
+            "top_logprobs": [{"7": -0.5, "8": -2.0}, {"!": -1.5, "?": -1.0}],
+            "text_offset": [0, 1],
+        }
+        return httpx.Response(200, json={"choices": [choice(0, "7!") | {"logprobs": logprobs}]})
+
+    engine, sent = make_engine(handler)
+    options = {
+        "top_k": 20,
+        "logit_bias": {"7": 1.0},
+        "structured_outputs": StructuredOutputsParams(regex="[0-9]!"),
+        "extra_args": {"tag": "x"},
+    }
+    spec = SamplingSpec(max_tokens=4, logprobs=2, options=options)
+    ((sample,),) = await engine.generate(["p"], spec, "req")
+    body = json.loads(sent[0].content)
+    assert body["top_k"] == 20 and body["logit_bias"] == {"7": 1.0}
+    assert body["structured_outputs"] == {"regex": "[0-9]!"} and body["vllm_xargs"] == {"tag": "x"}
+    assert body["logprobs"] == 2
+    assert [(t.token, t.logprob) for t in sample.logprobs] == [("7", -0.5), ("!", -1.5)]
+    assert sample.logprobs[1].top == (("?", -1.0), ("!", -1.5))  # most likely first
+
+
+async def test_score_text_reads_the_answers_tokens_back_with_echo() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        assert body["echo"] is True and body["max_tokens"] == 1 and body["prompt"] == "Q: A"
+        logprobs = {
+            "tokens": ["Q", ":", " ", "A", "."],
+            "token_logprobs": [None, -0.1, -0.2, -0.3, -0.4],
+            "top_logprobs": [None, {":": -0.1}, {" ": -0.2}, {"A": -0.3}, {".": -0.4}],
+            "text_offset": [0, 1, 2, 3, 4],
+        }
+        return httpx.Response(200, json={"choices": [choice(0, "Q: A.") | {"logprobs": logprobs}]})
+
+    engine, _ = make_engine(handler)
+    tokens = await engine.score_text("Q: ", "A", 1)
+    assert [(t.token, t.logprob, t.top) for t in tokens] == [("A", -0.3, (("A", -0.3),))]
