@@ -101,24 +101,44 @@ async def default_policy_engine():
     await engine.shutdown()
 
 
-@pytest.fixture(scope="session")  # on the session loop (pyproject)
-async def qwen3_engine(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny random-weight Qwen3 on the real Qwen3 tokenizer and chat template (tests/qwen3.py), on vLLM with its
-    ``qwen3`` reasoning parser: its text is noise, the format around it is Qwen3's."""
-    from vllm.config import StructuredOutputsConfig
+@pytest.fixture(scope="session")
+def qwen3_server(tmp_path_factory: pytest.TempPathFactory):
+    """``ponder serve`` on a tiny random-weight Qwen3 with the real tokenizer and chat template (tests/qwen3.py), as
+    a Qwen3 deployment runs vLLM: its ``qwen3`` reasoning parser, auto tool choice with the ``hermes`` parser, and
+    the policy read as its own likelihood PRM (so every strategy runs). Its text is noise, the format around it is
+    Qwen3's. Shared by tests/test_clients.py and tests/test_drop_in_qwen3.py: one engine start for both."""
+    import json
+    import signal
 
-    from server.engine.vllm_engine import VLLMEngine
-    from tests.qwen3 import build_tiny_qwen3
+    from benchmarks.servers import ponder_cmd, running
+    from tests.qwen3 import QWEN3_SERVED_NAME, build_tiny_qwen3
 
-    folder = build_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "model")
-    engine = await VLLMEngine.create(
-        str(folder),
-        kv_cache_gib=KV_CACHE_GIB,
-        max_model_len=2048,
-        reasoning_parser="qwen3",
-        # JSON without free whitespace: a random model would otherwise fill its tokens with it (vLLM's engine flag)
-        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-        **eager(VLLMEngine.create),
+    root = tmp_path_factory.mktemp("qwen3-server")
+    model = str(build_tiny_qwen3(root / "model"))
+    cmd = ponder_cmd(
+        model,
+        model,
+        0.1,
+        "--served-model-name",
+        QWEN3_SERVED_NAME,
+        "--reasoning-parser",
+        "qwen3",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--structured-outputs-config",
+        # JSON without free whitespace: a random model would otherwise fill its tokens with it
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+        "--max-model-len",
+        "2048",
+        "--default-max-tokens",
+        "32",
+        "--log-level",
+        "info",
+        prm_format="likelihood",
     )
-    yield engine
-    await engine.shutdown()
+    with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=300) as server:
+        yield server
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
+        assert server.stop() == -signal.SIGTERM
+        assert "Application shutdown complete" in server.log.read_text()

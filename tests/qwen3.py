@@ -23,6 +23,7 @@ QWEN3_TOKENIZER = Path(
     os.environ.get("PONDER_QWEN3_TOKENIZER", REPO / ".cache" / "qwen3-tokenizer" / "package" / "models")
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+QWEN3_SERVED_NAME = "qwen3-tiny"  # the model id of the tests' Qwen3 server (tests/conftest.py)
 
 # Shape of the tiny model: head_dim 32 is the smallest vLLM's CPU attention runs (shared/PLATFORM.md).
 HIDDEN = 64

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from typing import Literal
 
 import openai
@@ -20,12 +19,10 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 from pydantic import BaseModel, Field
 
-from benchmarks.servers import ponder_cmd, running
-from tests.qwen3 import build_tiny_qwen3, load_qwen3_tokenizer
+from tests.qwen3 import QWEN3_SERVED_NAME as MODEL
+from tests.qwen3 import load_qwen3_tokenizer
 
 pytestmark = pytest.mark.e2e
-STARTUP_SECONDS = 300
-MODEL = "qwen3-tiny"
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 THINKING_OPEN = USER + [{"role": "assistant", "content": "<think>\n"}]  # the reply starts inside the thinking
 OFF = {"chat_template_kwargs": {"enable_thinking": False}}
@@ -61,35 +58,8 @@ class Digit(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("clients")
-    model = build_tiny_qwen3(root / "model")
-    cmd = ponder_cmd(
-        str(model),
-        None,
-        0.1,
-        "--served-model-name",
-        MODEL,
-        "--reasoning-parser",
-        "qwen3",
-        "--enable-auto-tool-choice",
-        "--tool-call-parser",
-        "hermes",
-        "--structured-outputs-config",
-        # JSON without free whitespace: a random model would otherwise fill its tokens with it
-        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-        "--max-model-len",
-        "2048",
-        "--default-max-tokens",
-        "32",
-        "--log-level",
-        "info",
-    )
-    with running(cmd, root / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=STARTUP_SECONDS) as server:
-        yield server
-        # uvicorn shuts down gracefully, then re-raises the signal: the exit status is "killed by SIGTERM"
-        assert server.stop() == -signal.SIGTERM
-        assert "Application shutdown complete" in server.log.read_text()
+def server(qwen3_server):
+    return qwen3_server  # one server for this module and tests/test_drop_in_qwen3.py (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

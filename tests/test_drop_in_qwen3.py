@@ -10,12 +10,9 @@ import json
 import httpx
 import pytest
 
-from server.app import create_app
-from server.config import ServerConfig
-from tests.fakes import FakeScorer
 from tests.qwen3 import load_qwen3_tokenizer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]  # the loop of the engines
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 THINKING_OPEN = USER + [{"role": "assistant", "content": "<think>\n"}]  # the reply starts inside the thinking
@@ -49,10 +46,8 @@ def tools() -> dict:
 
 
 @pytest.fixture(scope="module")
-async def client(qwen3_engine):
-    config = ServerConfig(model_name="qwen3-tiny", tool_call_parser="hermes", enable_auto_tool_choice=True)
-    app = create_app(config, engine=qwen3_engine, scorer=FakeScorer(default=0.5))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ponder", timeout=300) as c:
+async def client(qwen3_server):
+    async with httpx.AsyncClient(base_url=qwen3_server.url, timeout=300) as c:
         yield c
 
 
