@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint models game24-model game24-prm clean
+.PHONY: install serve test lint models game24-model game24-prm reasoning-model clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,7 @@ test: $(STAMP)
 # again from that checkpoint; 47 min on a 2-core AMD EPYC), then the default PRM (a verifier LM read as a likelihood
 # PRM, 11 min) and the token-classification PRM in runs/prm, which is not shipped. `make game24-model`: the Game of 24
 # policy from the arith policy (three SFT stages: 9, 30, 28 min). `make game24-prm`: its PRM (about 7, 0.1, 17 min).
+# `make reasoning-model`: the reasoning policy, the arith policy taught to think in <think> tags (one SFT stage, 12 min).
 PONDER := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ponder
 models: $(STAMP)
 	$(PONDER) recipe run recipes/default-policy.yaml
@@ -62,6 +63,9 @@ game24-model: $(STAMP)
 
 game24-prm: $(STAMP)
 	$(PONDER) recipe run recipes/game24-prm.yaml
+
+reasoning-model: $(STAMP)
+	$(PONDER) recipe run recipes/reasoning-policy.yaml
 
 # The shipped checkpoints' quality against the thresholds the tests once asserted (benchmarks/check_models.py):
 # a table, results/check-models/check-models.{json,md}, exit status 1 if a figure misses.

@@ -147,14 +147,16 @@ class PolicySFTConfig(SFTConfig):
         },
     )
     premature_share: float = field(
-        default=0.25,
+        default=0.1,
         metadata={
             "help": "--format reasoning: share of rows that stop thinking after k of n steps (k < n, uniform) and "
-            "box the value step k reached (a premature, usually wrong answer)."
+            "box the value step k reached (a premature, usually wrong answer). 0.1: with 0.25 and --wait_share "
+            "0.2, 12,000 problems from the default policy blurred when to stop (greedy level 4: 5%; see "
+            "models/reasoning-policy/README.md)."
         },
     )
     wait_share: float = field(
-        default=0.20,
+        default=0.1,
         metadata={
             "help": "--format reasoning: share of rows that stop at the same place, write Wait on its own line in "
             "place of </think>, then finish every step and box the right answer (what budget forcing asks)."
