@@ -150,9 +150,8 @@ class PolicySFTConfig(SFTConfig):
         default=0.1,
         metadata={
             "help": "--format reasoning: share of rows that stop thinking after k of n steps (k < n, uniform) and "
-            "box the value step k reached (a premature, usually wrong answer). 0.1: with 0.25 and --wait_share "
-            "0.2, 12,000 problems from the default policy blurred when to stop (greedy level 4: 5%; see "
-            "models/reasoning-policy/README.md)."
+            "box the value step k reached (a premature, usually wrong answer). 0.1: 0.25 with --wait_share 0.2 "
+            "blurred when to stop in an earlier run (models/reasoning-policy/README.md)."
         },
     )
     wait_share: float = field(
