@@ -24,6 +24,7 @@ BENCHMARKS = {
     "game24-value": ("benchmarks.game24_value", "how well Game of 24 PRMs value search states (AUROC per depth)"),
     "optillm-prompt": ("benchmarks.optillm_prompt", "a policy's accuracy with optillm's rewrite of the prompt"),
     "check-models": ("benchmarks.check_models", "the shipped checkpoints' quality against the tests' old thresholds"),
+    "thinking-length": ("benchmarks.thinking_length", "reference thinking length per arith level: budget forcing's K"),
 }
 
 
