@@ -575,9 +575,13 @@ def validate(args: argparse.Namespace) -> None:
 
 def params_for(args: argparse.Namespace, dataset: str, strategy: str) -> dict[str, Any]:
     """The strategy parameters (besides N) a strategy or preset runs with on ``dataset``: the task's defaults for
-    the strategy (``TaskSpec.default_params``), each overridden by ``--param``."""
-    spec, _ = strategies.resolve(strategy)
-    return {**get_task(dataset).default_params.get(spec.name, {}), **args.params.get(strategy, {})}
+    the strategy (``TaskSpec.default_params``), each overridden by ``--param``. A preset takes its strategy's
+    ``--param`` values too (``none.min_thinking_tokens`` reaches ``greedy``), but not for what the preset fixes, and
+    its own (``greedy.KEY``) win."""
+    spec, fixed = strategies.resolve(strategy)
+    inherited = args.params.get(spec.name, {}) if strategy != spec.name else {}
+    inherited = {key: value for key, value in inherited.items() if key not in fixed}
+    return {**get_task(dataset).default_params.get(spec.name, {}), **inherited, **args.params.get(strategy, {})}
 
 
 def refuse_without_reward_model(args: argparse.Namespace) -> None:

@@ -269,3 +269,16 @@ def test_self_likelihood_counts_are_summed_per_configuration(tmp_path):
     client, _ = fake_client()
     rows = asyncio.run(accuracy.run(args_for(tmp_path / "plain"), client))  # no self-likelihood PRM: no counts
     assert client.record_counts() is None and not any("record_hits" in r for r in rows)
+
+
+def test_a_preset_takes_its_strategys_params_but_not_over_what_it_fixes():
+    args = parsed(
+        "--dataset", "arith", "--strategies", "none,greedy",
+        "--param", "none.min_thinking_tokens=115", "--param", "none.temperature=0.5",
+    )  # fmt: skip
+    assert accuracy.params_for(args, "arith", "greedy") == {"min_thinking_tokens": 115}  # greedy fixes temperature
+    assert accuracy.params_for(args, "arith", "none") == {"min_thinking_tokens": 115, "temperature": 0.5}
+    own = parsed(
+        "--dataset", "arith", "--param", "none.min_thinking_tokens=1", "--param", "greedy.min_thinking_tokens=2"
+    )
+    assert accuracy.params_for(own, "arith", "greedy") == {"min_thinking_tokens": 2}
