@@ -111,7 +111,9 @@ CHECKS = [
 ]
 
 app = create_app(CONFIG, engine=TokenizingEngine(), scorer=FakeScorer(default=0.6))
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+# POST /v1/responses is left out: its request schema (OpenAI's input-item unions) takes the generator a minute to
+# build whatever the number of examples; tests/test_responses.py sends it malformed and refused bodies instead.
+schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/v1/responses", method="POST")
 CHAT = schema["/v1/chat/completions"]["POST"]
 statuses: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 
