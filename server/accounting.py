@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +97,12 @@ class CountingEngine:
         self.ledger.engine_requests += 1
         seen = 0
         try:
-            async for delta in self._engine.stream(prompt, self._spec(spec), self._sub_id()):
-                self.ledger.completion_tokens += delta.num_tokens - seen
-                seen = delta.num_tokens
-                yield delta
+            # closed explicitly, so a strategy that stops reading aborts the engine request at once
+            async with aclosing(self._engine.stream(prompt, self._spec(spec), self._sub_id())) as inner:
+                async for delta in inner:
+                    self.ledger.completion_tokens += delta.num_tokens - seen
+                    seen = delta.num_tokens
+                    yield delta
         finally:
             self.ledger.reserved -= reserved
 

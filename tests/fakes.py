@@ -67,6 +67,11 @@ class FakeEngine:
     shut_down: bool = False
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     reasoning_parser: str | None = None
+    # True: the k-th stream of a prompt is its sample k (the script's index), and concurrent streams take turns word
+    # by word, as a continuous batch interleaves them
+    interleave: bool = False
+    _streams: dict[str, int] = field(default_factory=dict, repr=False)
+    closed_early: int = 0  # streams their reader closed before the last word (the engine request aborted)
 
     def count_tokens(self, text: str) -> int:
         return tokens(text)
@@ -105,16 +110,22 @@ class FakeEngine:
 
     async def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
         self.calls.append(([prompt], spec))
-        full = self._sample(prompt, 0, spec)
+        index = self._streams.get(prompt, 0) if self.interleave else 0
+        self._streams[prompt] = index + 1
+        full = self._sample(prompt, index, spec)
         words = full.text.split(" ")
         self._started()
+        sent = 0
         try:
             for k, word in enumerate(words):
                 if k == 1:
                     await self._pass_gate()  # a stream under way: its first word is out
+                if self.interleave:
+                    await asyncio.sleep(0)
                 last = k == len(words) - 1
                 so_far = " ".join(words[: k + 1])
                 piece = word if k == 0 else " " + word
+                sent += 1
                 yield Sample(
                     piece,
                     tokens(so_far),
@@ -122,6 +133,7 @@ class FakeEngine:
                     logprobs=None if spec.logprobs is None else word_logprobs(word, spec.logprobs, start=k),
                 )
         finally:
+            self.closed_early += sent < len(words)
             self._ended()
 
     async def wait_running(self, count: int = 1) -> None:

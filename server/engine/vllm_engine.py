@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from vllm import SamplingParams
@@ -128,18 +129,19 @@ class VLLMEngine:
         params = self._params(spec, len(ids), RequestOutputKind.DELTA)
         num_tokens = 0
         with translate_errors("policy"):
-            async for output in self._run(ids, params, f"{request_id}-0"):
-                completion = output.outputs[0]
-                num_tokens += len(completion.token_ids)
-                finish = _finish_reason(completion) if output.finished else None
-                yield Sample(
-                    completion.text,
-                    num_tokens,
-                    finish,
-                    _stop_string(completion),
-                    completion.cumulative_logprob,
-                    logprobs=openai_logprobs(completion, spec.logprobs),
-                )
+            async with aclosing(self._run(ids, params, f"{request_id}-0")) as outputs:  # closed: aborted at once
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    num_tokens += len(completion.token_ids)
+                    finish = _finish_reason(completion) if output.finished else None
+                    yield Sample(
+                        completion.text,
+                        num_tokens,
+                        finish,
+                        _stop_string(completion),
+                        completion.cumulative_logprob,
+                        logprobs=openai_logprobs(completion, spec.logprobs),
+                    )
 
     async def abort(self, request_id: str) -> None:
         """Abort every live request whose id starts with ``request_id``."""
