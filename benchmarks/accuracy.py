@@ -475,8 +475,8 @@ def budget_help() -> str:
     """What --n sets for every registered strategy and preset, from their configs (for ``--help``)."""
     lines = ["what --n sets, per strategy (its config's budget_param):"]
     for spec in strategies.available():
-        budget = spec.config_cls.budget_param
-        lines.append(f"  {spec.name:<20} {budget or 'nothing: runs once'}")
+        budget, doc = spec.config_cls.budget_param, spec.config_cls.budget_doc
+        lines.append(f"  {spec.name:<20} {budget or 'nothing: runs once'}" + (f": {doc}" if doc else ""))
         for preset, fixed in spec.presets.items():
             params = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
             what = f"{spec.name}" + (f" with {params}" if params else "")

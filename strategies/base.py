@@ -160,6 +160,8 @@ class StrategyConfig:
     """
 
     budget_param: ClassVar[str | None] = None  # the parameter a budget N sets; None: the strategy takes no N
+    # what a budget N means for this strategy, in a few words (``ponder bench accuracy --help``); None: N samples
+    budget_doc: ClassVar[str | None] = None
     n_param: ClassVar[str | None] = None  # the parameter the OpenAI `n` sets, each sample its own choice; None: n=1
     streams_tokens: ClassVar[bool] = False  # True: drawing one sample, it is plain sampling, streamed token by token
     # True: a solution is drawn in steps, each step its own engine call continuing the text so far; a constraint on a

@@ -25,6 +25,7 @@ from strategies.base import (
 @dataclass(frozen=True)
 class NoneConfig(StrategyConfig):
     budget_param: ClassVar[str | None] = "num_samples"
+    budget_doc: ClassVar[str | None] = "N samples, each its own choice (the first one graded)"
     n_param: ClassVar[str | None] = "num_samples"  # the OpenAI `n` is num_samples: every sample is a choice
     streams_tokens: ClassVar[bool] = True
 

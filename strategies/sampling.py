@@ -26,6 +26,7 @@ class SamplingConfig(StrategyConfig):
     """Parameters of strategies that draw ``num_samples`` full solutions in parallel."""
 
     budget_param: ClassVar[str | None] = "num_samples"
+    budget_doc: ClassVar[str | None] = "N whole solutions drawn together"
 
     num_samples: int = 8  # N: candidates drawn in one engine request
     step_delimiter: str = STEP_DELIMITER  # how a solution is cut into steps for the reward model

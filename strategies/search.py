@@ -78,6 +78,7 @@ class SearchConfig(ScoredConfig):
     """Parameters of the step-level searches."""
 
     in_steps: ClassVar[bool] = True
+    budget_doc: ClassVar[str | None] = "N partial solutions extended per step"
 
     max_depth: int = 40  # steps per solution at most; the step at max_depth runs to EOS (search-and-learn: 40)
 

@@ -44,6 +44,7 @@ DEFAULT_WIDTH = 5  # b: ToT's n_select_sample for Game of 24
 @dataclass(frozen=True)
 class TreeOfThoughtConfig(StrategyConfig):
     budget_param: ClassVar[str | None] = "num_samples"
+    budget_doc: ClassVar[str | None] = "its breadth b, the states kept per level"
     in_steps: ClassVar[bool] = True
 
     search: Literal["bfs", "dfs"] = "bfs"
