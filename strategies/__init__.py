@@ -30,6 +30,7 @@ BUILTIN_MODULES = (
     "dvts",
     "tree_of_thought",
     "mcts",
+    "deepconf",
     "particle_filtering",
 )
 

@@ -146,6 +146,40 @@ async def test_stream_yields_deltas_that_reassemble_with_the_stop_string() -> No
     assert engine.num_running() == 0
 
 
+async def test_stream_yields_each_deltas_logprobs_with_the_top_alternatives() -> None:
+    def piece(text: str, tokens: list[tuple[str, float, dict[str, float]]]) -> dict[str, object]:
+        logprobs = {
+            "tokens": [t for t, _, _ in tokens],
+            "token_logprobs": [lp for _, lp, _ in tokens],
+            "top_logprobs": [top for _, _, top in tokens],
+        }
+        return {"choices": [{"index": 0, "text": text, "finish_reason": None, "logprobs": logprobs}]}
+
+    chunks = [
+        piece("7", [("7", -0.5, {"7": -0.5, "8": -2.0})]),
+        piece("", [("bytes:\\xe2", -0.1, {"bytes:\\xe2": -0.1, "x": -3.0})]),  # a token that ends mid-character
+        piece("\u2192!", [("\u2192", -0.2, {"y": -4.0, "\u2192": -0.2}), ("!", -1.5, {"!": -1.5, "?": -1.0})]),
+        piece("", [("", -0.3, {"": -0.3, ".": -1.2})]),  # EOS: no text
+    ]
+    chunks[-1]["choices"][0]["finish_reason"] = "stop"  # type: ignore[index]
+    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+
+    engine, sent = make_engine(handler)
+    deltas = [s async for s in engine.stream("p", SamplingSpec(logprobs=2), "r")]
+    assert json.loads(sent[0].content)["logprobs"] == 2
+    assert [d.text for d in deltas] == ["7", "\u2192!", ""]
+    assert [d.num_tokens for d in deltas] == [1, 4, 5]  # no usage stats: one per logprob token
+    assert [[t.token for t in d.logprobs or ()] for d in deltas] == [["7"], ["bytes:\\xe2", "\u2192", "!"], [""]]
+    assert deltas[1].logprobs[2].logprob == -1.5 and deltas[1].logprobs[2].top == (("?", -1.0), ("!", -1.5))
+    assert deltas[0].logprobs[0].top == (("7", -0.5), ("8", -2.0))  # most likely first
+    assert deltas[2].finish_reason == "stop" and deltas[2].logprobs[0].top == (("", -0.3), (".", -1.2))
+    without = [s async for s in engine.stream("p", SamplingSpec(), "r")]
+    assert all(d.logprobs is None for d in without)  # none asked: none yielded
+
+
 def hanging_handler(started: asyncio.Event, closed: asyncio.Event) -> Handler:
     """A remote that never answers, and notices when its request is dropped."""
 

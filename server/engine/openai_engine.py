@@ -100,7 +100,9 @@ class OpenAIEngine:
         return self._parse(task.result(), spec, len(prompts))
 
     async def stream(self, prompt: str, spec: SamplingSpec, request_id: str) -> AsyncIterator[Sample]:
-        """One sample as text deltas; ``num_tokens`` is cumulative, only the last delta has a finish_reason."""
+        """One sample as text deltas; ``num_tokens`` is cumulative, only the last delta has a finish_reason. With
+        ``spec.logprobs`` set, each delta carries its tokens' logprobs (``Sample.logprobs``, with the top
+        alternatives), as the in-process engine's deltas do."""
         if spec.n != 1:
             raise ValueError(f"streaming draws one sample, got n={spec.n}")
         body = self._body([prompt], spec)
@@ -109,6 +111,7 @@ class OpenAIEngine:
         task = self._start(request_id, self._pump(body, chunks))
         task.add_done_callback(lambda _: chunks.put_nowait(None))  # also when cancelled before it started
         text, num_tokens, last = "", 0, None
+        pending = _Pending(spec.logprobs is not None)  # each token's logprobs, until a delta carries them
         try:
             while (chunk := await chunks.get()) is not None:
                 usage = chunk.get("usage") or {}
@@ -117,17 +120,18 @@ class OpenAIEngine:
                     continue
                 choice = chunk["choices"][0]
                 delta = choice.get("text") or ""
+                tokens = _completion_logprobs(choice.get("logprobs") or {})
                 if not usage:  # no continuous usage stats: count logprob tokens, else one per chunk
-                    tokens = (choice.get("logprobs") or {}).get("tokens")
                     num_tokens += len(tokens) if tokens is not None else int(bool(delta))
+                pending.add(tokens)
                 text += delta
                 if choice.get("finish_reason"):  # hold it back: the usage chunk that follows has the total
                     last = choice
                 elif delta:
-                    yield Sample(delta, num_tokens, None)  # not finished yet
+                    yield Sample(delta, num_tokens, None, logprobs=pending.take())  # not finished yet
             await asyncio.wait({task})
             if task.cancelled():
-                yield Sample("", num_tokens, "abort")
+                yield Sample("", num_tokens, "abort", logprobs=pending.take())
                 return
             task.result()  # raise the remote's error, if any
             if last is None:
@@ -136,7 +140,7 @@ class OpenAIEngine:
             delta = last.get("text") or ""
             if finish == "stop" and stop and not text.endswith(stop):
                 delta += stop
-            yield Sample(delta, num_tokens, finish, stop)
+            yield Sample(delta, num_tokens, finish, stop, logprobs=pending.take())
         finally:
             task.cancel()
 
@@ -322,6 +326,26 @@ def _message(body: Any) -> str:
         return str(body)
     error = body.get("error", body)
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
+
+
+class _Pending:
+    """A stream's token logprobs (with the spec's ``logprobs`` set) not yet yielded: a chunk whose text is empty
+    (a token that ends mid-character, the finish) hands its tokens to the next delta that is yielded."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.tokens: list[TokenLogprob] = []
+
+    def add(self, tokens: tuple[TokenLogprob, ...] | None) -> None:
+        if self.wanted:
+            self.tokens.extend(tokens or ())
+
+    def take(self) -> tuple[TokenLogprob, ...] | None:
+        """The tokens held so far (None without logprobs asked), and none held after."""
+        if not self.wanted:
+            return None
+        taken, self.tokens = tuple(self.tokens), []
+        return taken
 
 
 def _completion_logprobs(logprobs: Json) -> tuple[TokenLogprob, ...] | None:
