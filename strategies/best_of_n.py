@@ -17,16 +17,20 @@ Figure 2, at 256 tokens), and the low-scored ones are stopped, so their remainin
 2. One reward-model call scores the M prefixes that reached the checkpoint. A PRM is trained on whole steps, so
    only a prefix's complete steps are scored (the step cut by the checkpoint is left out; a prefix with no complete
    step is scored whole), reduced by ``aggregation`` as the finished candidates are.
-3. The best ``ceil(keep_fraction * M)`` prefixes (at least one) are continued from ``prompt + prefix`` in one
-   engine call (``max_tokens``: the per-sample budget less the checkpoint); the others are rejected.
+3. The best ``ceil(keep_fraction * M)`` prefixes (at least one) are continued from ``prompt + prefix``
+   (``max_tokens``: the per-sample budget less the checkpoint), all submitted at once, each its own engine call
+   with its own seed (``seed + N + i`` for sample i, after the seeds vLLM gives the first call's N samples); the
+   others are rejected. Not one call for all: a call has one seed, and prompts sharing a seed share their random
+   draws, so the continuations would go right or wrong together (a first version did so and lost most of what
+   best-of-N gains on arith).
 4. One reward-model call scores every finished candidate (those of step 1 and the continued ones); the best is
    returned.
 
-Cost with it on: two engine calls and two reward-model calls (one of each when no sample reaches the checkpoint,
-or the checkpoint is at or beyond the per-sample budget: that is plain best-of-N). Tokens: each sample's first
-``rejection_tokens`` (or fewer, if it ended), then the rest of the kept ones only; never more than plain best-of-N's
-N times the per-sample budget, so ``max_total_tokens`` holds as it does without it. Nodes (the server's
-``--max-tree-nodes``): N + the kept ones.
+Cost with it on: 1 + K engine calls for K kept prefixes (the K submitted together) and two reward-model calls
+(one of each when no sample reaches the checkpoint, or the checkpoint is at or beyond the per-sample budget: that
+is plain best-of-N). Tokens: each sample's first ``rejection_tokens`` (or fewer, if it ended), then the rest of the
+kept ones only; never more than plain best-of-N's N times the per-sample budget, so ``max_total_tokens`` holds as
+it does without it. Nodes (the server's ``--max-tree-nodes``): N + the kept ones.
 
 Defaults and where they come from:
 
@@ -40,21 +44,23 @@ Defaults and where they come from:
   repeated ones: with answers this short a second one would come close to the end, where little is left to save;
   the authors' code has this one-decision variant too (a fixed decision token, one rejection).
 
-Design: two engine calls (the authors' code does the same: it re-encodes prompt + partial text and generates
-again), not concurrent streams stopped in flight (``strategies.streams``). With streams no sample is held at the
-checkpoint (a stream cannot be paused), so every sample, the doomed ones included, keeps generating while the
-slowest one reaches it and while the reward model scores: tokens spent that depend on the machine's timing. With
-two calls the spend is exact (what the ledger counts is what the description above says), all N requests end at
-the checkpoint, which frees their slots in the continuous batch for other requests while the reward model runs,
-and the kept ones come back as requests whose prompt and prefix the engine's prefix cache mostly holds (only the
-last partial block is computed again). The price: the kept samples wait for the scoring (latency), and the prefix is
-re-tokenized from its text, which may split its last characters differently from how they were sampled. Because
-a sample is continued in a second call, a constraint on a whole sample (structured outputs, ``min_tokens``) cannot
-hold across it: with early rejection on, the server refuses those, as it does for the step-wise searches.
+Design: draw to the checkpoint, then continue (the authors' code does the same: it re-encodes prompt + partial text
+and generates again), not concurrent streams stopped in flight (``strategies.streams``). With streams no sample is
+held at the checkpoint (a stream cannot be paused), so every sample, the doomed ones included, keeps generating
+while the slowest one reaches it and while the reward model scores: tokens spent that depend on the machine's
+timing. Drawn this way the spend is exact (what the ledger counts is what the description above says), all N
+requests end at the checkpoint, which frees their slots in the continuous batch for other requests while the reward
+model runs, and the kept ones come back as requests whose prompt and prefix the engine's prefix cache mostly holds
+(only the last partial block is computed again). The price: the kept samples wait for the scoring (latency), and the
+prefix is re-tokenized from its text, which may split its last characters differently from how they were sampled.
+Because a sample is continued in a second engine call, a constraint on a whole sample (structured outputs,
+``min_tokens``) cannot hold across it: with early rejection on, the server refuses those, as it does for the
+step-wise searches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,11 +210,21 @@ async def _judge_prefixes(
 async def _finish(
     task: Task, config: BestOfNConfig, engine: Engine, candidates: list[Candidate], decision: _Checkpoint, rest: int
 ) -> None:
-    """Continue the kept prefixes to the end, all in one engine call (a fresh seed, as the searches use)."""
-    prompts = [task.prompt + candidates[i].text for i in decision.kept]
-    seed = None if task.seed is None else task.seed + 1
-    for i, tail in zip(decision.kept, await _draw(task, config, engine, prompts, 1, rest, seed), strict=True):
+    """Continue each kept prefix to the end, all at once, each its own engine call with its own seed."""
+
+    async def go_on(i: int) -> None:
+        # after the N children's seeds (vLLM seeds the k-th of n as seed + k): one seed shared by several prompts would
+        # give them the same random draws, so their continuations would fail together
+        seed = None if task.seed is None else task.seed + config.num_samples + i
+        (tail,) = await _draw(task, config, engine, [task.prompt + candidates[i].text], 1, rest, seed)
         head = candidates[i]
         logprobs = head.logprobs + tail.logprobs if head.logprobs is not None and tail.logprobs is not None else None
         candidates[i] = Candidate(head.text + tail.text, head.num_tokens + tail.num_tokens, tail.finish_reason)
         candidates[i].logprobs = logprobs
+
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels (and so aborts) the others
+            for i in decision.kept:
+                group.create_task(go_on(i))
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None

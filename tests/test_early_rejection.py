@@ -10,7 +10,7 @@ import pytest
 
 import strategies
 import strategies.best_of_n
-from server.accounting import CountingEngine, CountingScorer, Ledger
+from server.accounting import BudgetExceededError, CountingEngine, CountingScorer, Ledger
 from server.app import create_app
 from server.config import ServerConfig
 from strategies.base import Task
@@ -72,13 +72,16 @@ async def test_off_by_default_is_plain_best_of_n():
 async def test_low_scored_prefixes_are_rejected_and_the_best_kept_one_is_chosen():
     result, engine, scorer, ledger = await run(rejection_tokens=4, keep_fraction=0.5)
     # the checkpoint: all five drawn in one call with max_tokens 4; sample 4 ended before it
-    (first_prompts, first), (second_prompts, second) = engine.calls
+    (first_prompts, first), *continued = engine.calls
     assert first_prompts == [PROMPT] and (first.n, first.max_tokens, first.seed) == (5, 4, 7)
     # one scoring call over the four prefixes, each judged on its complete steps only (the cut step left out)
     assert scorer.calls[0] == [("q", [f"a{i} b{i}"]) for i in range(4)]
-    # 2 of the 4 kept (0.9 and 0.8), continued from their prefixes in one call with the rest of the budget
-    assert second_prompts == [PROMPT + "a0 b0 | c0", PROMPT + "a2 b2 | c2"]
-    assert (second.n, second.max_tokens, second.seed) == (1, 60, 8)
+    # 2 of the 4 kept (0.9 and 0.8), each continued from its prefix with the rest of the budget and a seed of its
+    # own (7 + 5 + its index: after the five the first call's samples get)
+    assert [(prompts, spec.n, spec.max_tokens, spec.seed) for prompts, spec in continued] == [
+        ([PROMPT + "a0 b0 | c0"], 1, 60, 12),
+        ([PROMPT + "a2 b2 | c2"], 1, 60, 14),
+    ]
     # the final scoring: the two continued samples and the one that ended early, in sample order
     assert [steps[-1] for _, steps in scorer.calls[1]] == ["ans0", "ans2", "y4"]
     assert result.choices[0].text == SAMPLES[2] and result.choices[0].score == pytest.approx(0.7)
@@ -96,7 +99,7 @@ async def test_low_scored_prefixes_are_rejected_and_the_best_kept_one_is_chosen(
         "rejected_tokens": 8,
     }
     # 4 x 4 + 3 at the checkpoint, then 6 more for each of the two kept: 31 tokens against plain best-of-N's 43
-    assert (ledger.engine_calls, ledger.scorer_calls, ledger.completion_tokens) == (2, 2, 31)
+    assert (ledger.engine_calls, ledger.scorer_calls, ledger.completion_tokens) == (3, 2, 31)
     assert [c.num_tokens for c in result.candidates] == [10, 4, 10, 4, 3]
 
 
@@ -128,8 +131,16 @@ async def test_a_checkpoint_at_or_past_the_per_sample_budget_is_plain_best_of_n(
 async def test_the_token_budget_holds_with_rejection():
     # max_total_tokens 60 over 5 samples: 12 each; 4 at the checkpoint leave 8 to the continuation
     result, engine, _, ledger = await run(token_budget=60, rejection_tokens=4, max_total_tokens=60)
-    assert [spec.max_tokens for _, spec in engine.calls] == [4, 8]
+    assert [spec.max_tokens for _, spec in engine.calls] == [4, 8, 8]
     assert ledger.completion_tokens == 31 <= 60 and result.choices[0].text == SAMPLES[2]
+
+
+async def test_unseeded_requests_continue_unseeded_and_a_refused_continuation_raises_its_own_error():
+    _, engine, _, _ = await run(task=make_task(seed=None), rejection_tokens=4)
+    assert [spec.seed for _, spec in engine.calls] == [None, None, None]
+    # a ledger with less room than the per-sample budget says: the continuation's refusal reaches the server as is
+    with pytest.raises(BudgetExceededError):
+        await run(token_budget=50, rejection_tokens=4)
 
 
 @pytest.mark.parametrize(
