@@ -242,6 +242,7 @@ DELEGATED = {
     "label": ("training.label", "label reasoning steps by Monte Carlo rollouts"),
     "eval": ("training.evaluate", "evaluate a reward model (prm, orm, labels, bon) or a policy (policy, compare)"),
     "bench": ("benchmarks.cli", "benchmarks: accuracy against compute, serving speed"),
+    "tune": ("benchmarks.tune", "fit a strategy's settings on a development split: auto's policy file"),
     "convert": ("training.convert", "convert a model: SmolLM2's GGUF, a policy marked as a likelihood PRM"),
     "recipe": ("training.recipe", "run a recipe: the ponder commands that build a shipped model"),
 }

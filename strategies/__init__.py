@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "tree_of_thought",
     "mcts",
     "deepconf",
+    "auto",
     "adaptive_consistency",
     "particle_filtering",
 )

@@ -1,0 +1,104 @@
+"""Pooled accuracy and tokens over every level of ``ponder bench accuracy`` runs, and issue 33's two targets for auto.
+
+    .venv/bin/python results/auto/pool.py results/auto/test-fixed results/auto/test-beam results/auto/test-auto
+
+Pools the levels: each (strategy, N) over all its problems (a problem's accuracy is its mean over seeds), with a 95%
+percentile-bootstrap interval over problems, and the mean generated tokens per problem. The best fixed configuration
+is the most accurate one that is not ``auto`` (ties: the fewer tokens). Target 1: the most accurate ``auto`` budget
+whose mean tokens are at most the best fixed one's is at least as accurate. Target 2: an ``auto`` budget whose mean
+tokens are at most half the best fixed one's reaches its accuracy. Differences are paired over the problems both
+answered (:func:`benchmarks.paired.compare`). Writes ``pooled.json`` and ``pooled.md`` beside this script.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy import bootstrap_ci, load_records
+from benchmarks.paired import compare, per_problem
+
+
+def pooled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_config: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_config[(r["strategy"], r["n"])].append(r)
+    rows = []
+    for (strategy, n), group in sorted(by_config.items()):
+        accuracy = list(per_problem(group, strategy, n).values())
+        low, high = bootstrap_ci(accuracy)
+        rows.append(
+            {
+                "strategy": strategy,
+                "n": n,
+                "problems": len(accuracy),
+                "levels": sorted({r["level"] for r in group}),
+                "accuracy": round(sum(accuracy) / len(accuracy), 4),
+                "ci_low": round(low, 4),
+                "ci_high": round(high, 4),
+                "tokens": round(sum(r["completion_tokens"] for r in group) / len(group), 1),
+            }
+        )
+    return rows
+
+
+def targets(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
+    fixed = [r for r in rows if r["strategy"] != "auto"]
+    auto = [r for r in rows if r["strategy"] == "auto"]
+    best = max(fixed, key=lambda r: (r["accuracy"], -r["tokens"]))
+    out: dict[str, Any] = {"best_fixed": best}
+    for name, limit in (("at_its_tokens", best["tokens"]), ("at_half_its_tokens", best["tokens"] / 2)):
+        within = [r for r in auto if r["tokens"] <= limit]
+        if not within:
+            out[name] = {"met": False, "why": f"no auto budget spent at most {limit:.0f} tokens"}
+            continue
+        pick = max(within, key=lambda r: (r["accuracy"], -r["tokens"]))
+        diff = compare(records, ("auto", pick["n"]), (best["strategy"], best["n"]))
+        out[name] = {"auto": pick, "paired": diff, "met": pick["accuracy"] >= best["accuracy"]}
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    lines = ["| strategy | N | problems | accuracy | 95% CI | tokens / problem |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["strategy"] != "auto", r["strategy"], r["tokens"])):
+        lines.append(
+            f"| {r['strategy']} | {r['n']} | {r['problems']} | {r['accuracy']:.1%} | "
+            f"{r['ci_low']:.1%}–{r['ci_high']:.1%} | {r['tokens']:,.0f} |"
+        )
+    best = result["best_fixed"]
+    shown = f"{best['strategy']} N={best['n']}, {best['accuracy']:.1%} at {best['tokens']:,.0f} tokens"
+    lines += ["", f"best fixed: {shown}"]
+    for name in ("at_its_tokens", "at_half_its_tokens"):
+        got = result[name]
+        if "paired" not in got:
+            lines.append(f"- {name}: not met ({got['why']})")
+            continue
+        d, a = got["paired"], got["auto"]
+        lines.append(
+            f"- {name}: auto token_budget={a['n']}: {a['accuracy']:.1%} at {a['tokens']:,.0f} tokens; paired "
+            f"difference {d['difference']:+.1%} (95% CI {d['ci_low']:+.1%} to {d['ci_high']:+.1%}) over "
+            f"{d['problems']} problems: {'met' if got['met'] else 'not met'} (point estimate)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    records = [r for run in argv for r in load_records(Path(run) / "records.jsonl")]
+    if not records:
+        print("pool.py: error: no records in the runs given", file=sys.stderr)
+        return 2
+    rows = pooled(records)
+    result = targets(rows, records)
+    here = Path(__file__).parent
+    (here / "pooled.json").write_text(json.dumps({"runs": argv, "rows": rows, "targets": result}, indent=1) + "\n")
+    text = markdown(rows, result)
+    (here / "pooled.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,149 @@
+"""``ponder tune auto``: the fit on per-problem records, a run through the request path, and the command's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import json
+
+import pytest
+
+import benchmarks.tune_auto as tune
+from benchmarks import accuracy
+from server.cli import main as ponder_main
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.serving import ChatService
+from strategies.auto import parse_policy
+from tests.fakes import FakeEngine, FakeScorer, arith_script
+
+GRID = [
+    tune.Candidate("self_consistency:4", "self_consistency", {"num_samples": 4}, False),
+    tune.Candidate("self_consistency:16", "self_consistency", {"num_samples": 16}, False),
+    tune.Candidate("best_of_n:16", "best_of_n", {"num_samples": 16}, True),
+]
+
+
+def records(unit: int, agreement: float, prm: float, outcomes: dict[str, tuple[bool, int]]) -> list[dict]:
+    """One problem's records, one per configuration: (correct, tokens)."""
+    return [
+        {
+            "dataset": "arith",
+            "level": 1,
+            "seed": 0,
+            "problem_id": f"p{unit}",
+            "config": label,
+            "correct": correct,
+            "completion_tokens": tokens,
+            "agreement": agreement,
+            "prm_mean": prm,
+        }
+        for label, (correct, tokens) in outcomes.items()
+    ]
+
+
+def synthetic() -> list[dict]:
+    """10 easy problems (all agree, high score: every configuration right) and 10 hard ones (agreement 1/4, low
+    score), where best_of_n:16 is right on 8 (800 tokens), self_consistency:16 on 5 (600) and self_consistency:4 on 2
+    (200)."""
+    out = []
+    for i in range(10):
+        out += records(i, 1.0, 0.9, {"self_consistency:4": (True, 100), "self_consistency:16": (True, 400),
+                                     "best_of_n:16": (True, 400)})  # fmt: skip
+    for i in range(10, 20):
+        out += records(i, 0.25, 0.2, {"self_consistency:4": (i < 12, 200), "self_consistency:16": (i < 15, 600),
+                                      "best_of_n:16": (i < 18, 800)})  # fmt: skip
+    return out
+
+
+def test_doctests():
+    failures, tried = doctest.testmod(tune)
+    assert tried > 0 and failures == 0
+
+
+def test_the_fit_chooses_per_bin_and_budget():
+    policy = tune.fit(synthetic(), GRID, budgets=[300, 1000], bins=2, tolerance=0.0, probe_samples=4)
+    labels = {s: [[c["label"] for c in row] for row in t["cells"]] for s, t in policy["tables"].items()}
+    # easy bin: all right, so the cheapest; hard bin: the best that fits (nothing but the probe's vote fits 300)
+    assert labels["agreement+prm"] == [["self_consistency:4"] * 2, ["self_consistency:4", "best_of_n:16"]]
+    assert labels["agreement"] == [["self_consistency:4"] * 2, ["self_consistency:4", "self_consistency:16"]]
+    prm = policy["tables"]["agreement+prm"]
+    assert prm["edges"] == [0.4125]  # the median of 1 - (agreement + score) / 2, between 0.05 and 0.775
+    assert prm["cells"][1][1] | {"params": None} == {
+        "label": "best_of_n:16",
+        "strategy": "best_of_n",
+        "params": None,
+        "accuracy": 0.8,
+        "tokens": 800.0,
+        "problems": 10,
+    }
+    assert policy["default_budget"] == 1000  # 90% there, 60% at 300
+    parse_policy(policy, "test")  # what auto reads
+
+
+def test_nothing_fits_a_small_budget_so_the_cheapest_runs_and_a_tolerance_prefers_a_cheaper_choice():
+    policy = tune.fit(synthetic(), GRID, budgets=[50], bins=1, tolerance=0.0, probe_samples=4)
+    assert policy["tables"]["agreement+prm"]["cells"] == [[policy["tables"]["agreement+prm"]["cells"][0][0]]]
+    assert policy["tables"]["agreement+prm"]["cells"][0][0]["label"] == "self_consistency:4"
+    close = tune.fit(synthetic(), GRID, budgets=[1000], bins=2, tolerance=0.35, probe_samples=4)
+    assert close["tables"]["agreement+prm"]["cells"][1][0]["label"] == "self_consistency:16"  # 50% is within 0.35
+
+
+def test_records_without_scores_give_only_the_agreement_table():
+    plain = [r | {"prm_mean": None} for r in synthetic()]
+    policy = tune.fit(plain, GRID, budgets=[1000], bins=2, tolerance=0.0, probe_samples=4)
+    assert list(policy["tables"]) == ["agreement"]
+    with pytest.raises(ValueError, match="nothing to fit"):
+        tune.fit([r for r in plain if r["config"] != "best_of_n:16"], GRID, [1000], 2, 0.0, 4)
+
+
+def test_a_run_through_the_request_path_records_the_probe_and_writes_a_policy(tmp_path):
+    engine = FakeEngine(arith_script(lambda question, index: index == 1))  # the probe's 2nd sample is wrong
+    service = ChatService(engine, FakeScorer(default=0.8), ServerConfig(max_num_samples=64), Metrics())
+    client = accuracy.InProcessClient(service, engine, None)
+    argv = ["--dataset", "arith", "--level", "1,2", "--limit", "3", "--configs", "greedy,best_of_n:8"]
+    args = tune.build_parser().parse_args([*argv, "--budgets", "100,10000", "--bins", "2", "--output", str(tmp_path)])
+    args.argv = argv
+    candidates = tune.validate(args)
+    policy, kept = asyncio.run(tune.run(args, candidates, client))
+    assert len(kept) == 2 * 2 * 3 and all(r["error"] is None for r in kept)
+    greedy = [r for r in kept if r["config"] == "greedy"]
+    assert all(r["agreement"] == 0.75 and r["prm_mean"] == pytest.approx(0.8) for r in kept)
+    assert all(r["engine_calls"] == 2 and r["reused"] == 0 and r["correct"] for r in greedy)
+    assert all(r["reused"] == 4 and r["completion_tokens"] == 2 * r["probe_tokens"] for r in kept if r not in greedy)
+    assert policy["provenance"]["split"] == "train" and policy["provenance"]["problems"] == 6
+    assert policy["tables"]["agreement"]["cells"][0] == [policy["tables"]["agreement"]["cells"][0][0]] * 2
+    again, _ = asyncio.run(tune.run(args, candidates, client))  # resumed: nothing left to answer
+    assert again["tables"] == policy["tables"] and len((tmp_path / "records.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(
+    "extra,says",
+    [
+        (["--dataset", "nope"], "unknown task"),
+        (["--split", "test"], "never on the held-out test"),
+        (["--configs", "best_of_n"], "write best_of_n:N"),
+        (["--configs", "greedy:4"], "write greedy with no :N"),
+        (["--configs", "auto:1000"], "auto cannot be one of its own"),
+        (["--budgets", "1000,500"], "increasing"),
+        (["--no-prm", "--configs", "greedy,best_of_n:4"], "need a reward model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, says):
+    argv = ["tune", "auto", "--dataset", "arith", "--output", str(tmp_path / "o"), *extra]
+    assert ponder_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ponder tune auto: error:") and says in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_group_lists_its_tuners(capsys):
+    assert ponder_main(["tune"]) == 0 and "auto" in capsys.readouterr().out
+    assert ponder_main(["tune", "nope"]) == 2
+
+
+def test_the_policy_file_it_writes_is_json_auto_reads(tmp_path):
+    policy = tune.fit(synthetic(), GRID, budgets=[300, 1000], bins=2, tolerance=0.0, probe_samples=4)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(policy))
+    assert parse_policy(json.loads(path.read_text()), str(path)).budgets == (300, 1000)
