@@ -8,7 +8,8 @@ and the problems' difficulty, which both intervals carry, cancels in the differe
     ponder bench paired results/search-arith-seeds/n4 dvts:4 best_of_n:4
 
 ``--b-run`` reads B from another run's folder, for two runs of one strategy that differ in a flag (another reward
-model, another aggregation) over the same problems and seeds.
+model, another aggregation) over the same problems and seeds. ``--level`` keeps some levels only (the default pools
+them). The line also gives both sides' mean generated tokens per problem over the paired problems, and their ratio.
 """
 
 from __future__ import annotations
@@ -22,13 +23,22 @@ from typing import Any
 from benchmarks.accuracy import bootstrap_ci, load_records
 
 
-def per_problem(records: list[dict[str, Any]], strategy: str, n: int) -> dict[tuple[Any, str], float]:
-    """(level, problem id) -> accuracy over the seeds, for one strategy at one N."""
-    seen: dict[tuple[Any, str], list[bool]] = defaultdict(list)
+def per_problem(
+    records: list[dict[str, Any]], strategy: str, n: int, field: str = "correct"
+) -> dict[tuple[Any, str], float]:
+    """(level, problem id) -> the mean of ``field`` (accuracy, or generated tokens) over the seeds, for one strategy
+    at one N."""
+    seen: dict[tuple[Any, str], list[float]] = defaultdict(list)
     for r in records:
         if r["strategy"] == strategy and r["n"] == n:
-            seen[(r["level"], r["problem_id"])].append(bool(r["correct"]))
+            seen[(r["level"], r["problem_id"])].append(float(r.get(field) or 0))
     return {key: sum(v) / len(v) for key, v in seen.items()}
+
+
+def _tokens(records: list[dict[str, Any]], config: tuple[str, int], keys: list[tuple[Any, str]]) -> float:
+    """Mean generated tokens per problem of ``config`` over ``keys``."""
+    per = per_problem(records, *config, field="completion_tokens")
+    return sum(per[k] for k in keys) / len(keys)
 
 
 def compare(
@@ -53,6 +63,8 @@ def compare(
         raise ValueError(f"no problem was answered by both {a[0]} N={a[1]} and {b[0]} N={b[1]}")
     diffs = [left[k] - right[k] for k in common]
     low, high = bootstrap_ci(diffs)
+    tokens_a = _tokens(records, a, common)
+    tokens_b = _tokens(records if b_records is None else b_records, b, common)
     return {
         "a": f"{a[0]} N={a[1]}",
         "b": f"{b[0]} N={b[1]}",
@@ -60,6 +72,9 @@ def compare(
         "difference": round(sum(diffs) / len(diffs), 4),
         "ci_low": round(low, 4),
         "ci_high": round(high, 4),
+        "tokens_a": round(tokens_a, 1),
+        "tokens_b": round(tokens_b, 1),
+        "token_ratio": round(tokens_a / tokens_b, 4) if tokens_b else None,
     }
 
 
@@ -68,6 +83,17 @@ def _config(text: str) -> tuple[str, int]:
     if not strategy or not n.isdigit():
         raise ValueError(f"a configuration reads STRATEGY:N, e.g. best_of_n:4, not {text!r}")
     return strategy, int(n)
+
+
+def _levels(text: str | None):
+    """A filter of records to the levels in ``text`` ("4,6"); None keeps every record."""
+    if text is None:
+        return lambda records: records
+    try:
+        levels = {int(level) for level in text.split(",")}
+    except ValueError:
+        raise ValueError(f"--level takes levels separated by commas, e.g. 4,6, not {text!r}") from None
+    return lambda records: [r for r in records if r["level"] in levels]
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -83,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", help="STRATEGY:N, e.g. dvts:4")
     parser.add_argument("b", help="STRATEGY:N to subtract, e.g. best_of_n:4")
     parser.add_argument("--b-run", type=Path, help="the run folder B is read from (default: RUN)")
+    parser.add_argument("--level", help="levels to keep, comma-separated (default: all, pooled)")
     args = parser.parse_args(argv)
     try:
-        b_records = None if args.b_run is None else _records(args.b_run)
-        row = compare(_records(args.run), _config(args.a), _config(args.b), b_records)
+        keep = _levels(args.level)
+        b_records = None if args.b_run is None else keep(_records(args.b_run))
+        row = compare(keep(_records(args.run)), _config(args.a), _config(args.b), b_records)
         if args.b_run is not None:  # name the runs: the two configurations may read alike
             row |= {"a": f"{args.run.name} {row['a']}", "b": f"{args.b_run.name} {row['b']}"}
     except ValueError as exc:
@@ -94,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{row['a']} - {row['b']}: {row['difference']:+.1%} over {row['problems']} problems "
-        f"(95% paired bootstrap interval {row['ci_low']:+.1%} to {row['ci_high']:+.1%})"
+        f"(95% paired bootstrap interval {row['ci_low']:+.1%} to {row['ci_high']:+.1%}); tokens per problem "
+        f"{row['tokens_a']:,.0f} / {row['tokens_b']:,.0f}"
+        + (f" = {row['token_ratio']:.2f}" if row["token_ratio"] is not None else "")
     )
     return 0
 

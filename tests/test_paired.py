@@ -65,3 +65,28 @@ def test_b_can_come_from_another_run_of_the_same_strategy(tmp_path, capsys):
     assert "prm best_of_n N=4 - orm best_of_n N=4: +25.0% over 4 problems" in capsys.readouterr().out
     assert paired.main([str(a), "best_of_n:4", "best_of_n:4", "--b-run", str(tmp_path / "none")]) == 2
     assert "none/records.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_level_keeps_some_levels_and_tokens_are_compared(tmp_path, capsys):
+    rows = [
+        {
+            "strategy": s,
+            "n": 16,
+            "level": level,
+            "problem_id": f"p{i}",
+            "seed": 0,
+            "correct": s == "ac" or level == 4,
+            "completion_tokens": (100 if s == "ac" else 400) * level,
+        }
+        for s in ("ac", "sc")
+        for level in (4, 6)
+        for i in range(3)
+    ]
+    run = str(write_run(tmp_path, rows))
+    assert paired.main([run, "ac:16", "sc:16", "--level", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "+100.0% over 3 problems" in out and "tokens per problem 600 / 2,400 = 0.25" in out
+    assert paired.main([run, "ac:16", "sc:16"]) == 0
+    assert "+50.0% over 6 problems" in capsys.readouterr().out
+    assert paired.main([run, "ac:16", "sc:16", "--level", "six"]) == 2
+    assert "--level takes levels" in capsys.readouterr().err
