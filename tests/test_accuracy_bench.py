@@ -89,8 +89,9 @@ def test_help_says_what_n_sets_for_every_strategy_from_its_config(capsys):
     lines = text.split("what --n sets", 1)[1].splitlines()
     for spec in strategies.available():
         (line,) = [x for x in lines if x.split()[:1] == [spec.name]]
-        assert line.split()[1] == (spec.config_cls.budget_param or "nothing:")
-    assert any(x.split()[:2] == ["mcts", "num_iterations"] for x in lines)
+        assert line.split()[1].rstrip(":") == (spec.config_cls.budget_param or "nothing")
+        assert spec.config_cls.budget_doc is None or spec.config_cls.budget_doc in " ".join(line.split()[2:])
+    assert any(x.split()[:2] == ["mcts", "num_iterations:"] for x in lines)
     assert any(x.split()[:2] == ["greedy", "nothing:"] for x in lines)  # a preset that fixes num_samples
 
 
