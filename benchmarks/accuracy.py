@@ -21,7 +21,9 @@ Output in ``--output DIR``:
   latency. A run that is interrupted and started again with the same ``--output`` keeps these and runs only what
   is missing (resumable).
 - ``results.json``: a list of rows ``{dataset, level, strategy, n, accuracy, ci_low, ci_high, num_problems,
-  num_seeds, completion_tokens_mean, ...}``; the 95% interval is a percentile bootstrap over problems. With the
+  num_seeds, completion_tokens_mean, ..., sent}``; the 95% interval is a percentile bootstrap over problems;
+  ``sent`` is what each request carried: the registered strategy, its ``strategy_params`` (the task's defaults and
+  ``--param`` included) and the temperature (``timings.jsonl`` holds it per batch). With the
   policy as its own likelihood PRM (``--prm`` = ``--model``, in-process), ``record_hits`` and ``record_misses``
   count the scored items read from the samples' own log-probabilities and those read again on the engine
   (:mod:`reward_models.self_likelihood`).
@@ -301,6 +303,7 @@ async def run_config(
         "answers": len(todo),
         "wall_s": round(time.perf_counter() - started, 4),
         "completion_tokens": sum_tokens[0],
+        "sent": {"strategy": strategy, "strategy_params": params, "temperature": temperature},
     }
     after = counts()
     if before is not None and after is not None:
@@ -342,11 +345,14 @@ def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any
     the generation speed (tokens generated per wall-clock second while the configuration's requests ran)."""
     speed: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
     recorded: dict[tuple[Any, ...], Counter] = defaultdict(Counter)
+    sent: dict[tuple[Any, ...], dict[str, Any]] = {}
     for t in timings:
         key = (t["dataset"], t["level"], t["strategy"], t["n"])
         speed[key][0] += t["completion_tokens"]
         speed[key][1] += t["wall_s"]
         recorded[key].update({k: t[f"record_{k}"] for k in ("hits", "misses") if f"record_{k}" in t})
+        if "sent" in t:
+            sent[key] = t["sent"]  # what the requests carried (the last batch's; every batch of a key sends the same)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["level"], r["strategy"], r["n"])].append(r)
@@ -381,6 +387,7 @@ def summarize(records: Sequence[dict[str, Any]], timings: Sequence[dict[str, Any
                 )
                 if speed[(dataset, level, strategy, n)][1]
                 else None,
+                **({"sent": sent[(dataset, level, strategy, n)]} if (dataset, level, strategy, n) in sent else {}),
                 **(
                     {f"record_{k}": v for k, v in recorded[(dataset, level, strategy, n)].items()}
                     if recorded[(dataset, level, strategy, n)]

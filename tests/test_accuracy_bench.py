@@ -120,6 +120,9 @@ def test_run_writes_rows_with_accuracy_tokens_and_intervals(tmp_path):
         assert row["num_problems"] == 6 and row["num_seeds"] == 1 and row["errors"] == 0
         assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
         assert row["tokens_per_s"] is not None  # each configuration's batch was timed
+        assert row["sent"]["strategy"] == ("none" if row["strategy"] == "greedy" else row["strategy"])
+        budget = accuracy.budget_param(row["strategy"])
+        assert budget is None or row["sent"]["strategy_params"][budget] == row["n"]
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text()) == rows
     assert "| arith | 1 | best_of_n | 4 | 100.0% |" in (out / "results.md").read_text()
