@@ -44,7 +44,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra --durations=10
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra --durations=10 -n 2 --dist loadfile \
+		--ignore=tests/test_fuzz.py
+	# schemathesis gives all cases of one operation a single test id, which pytest-xdist would run once: apart
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra tests/test_fuzz.py
 
 # The shipped models, from scratch: each target runs the recipes under recipes/ (the stages, their flags and what each
 # model is, in words), `ponder recipe run FILE --dry-run` prints a recipe's commands; the cards in models/*/README.md
