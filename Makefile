@@ -41,12 +41,13 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/ponder serve --host $(HOST) --port $(PORT)
 
+# The suite on two pytest-xdist workers, a file per worker; tests/test_fuzz.py apart: schemathesis gives all cases of
+# one operation a single test id, which pytest-xdist would run once.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra --durations=10 -n 2 --dist loadfile \
 		--ignore=tests/test_fuzz.py
-	# schemathesis gives all cases of one operation a single test id, which pytest-xdist would run once: apart
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/pytest -q -ra tests/test_fuzz.py
 
 # The shipped models, from scratch: each target runs the recipes under recipes/ (the stages, their flags and what each

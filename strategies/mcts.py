@@ -116,9 +116,14 @@ class MCTSConfig(SearchConfig):
             return root, "root_samples" if self.root_samples else "num_samples"
         return later * per_child, "num_samples"
 
+    @property
+    def widening_base(self) -> float:
+        """C in k(n) = ceil(C * n^alpha): ``widening_c``, else k."""
+        return self.widening_c or self.num_samples
+
     def limit(self, visits: int) -> int:
         """k(n) = ceil(C * n^alpha): the most children progressive widening allows a node with ``visits`` visits."""
-        return math.ceil((self.widening_c or self.num_samples) * visits**self.widening_alpha - 1e-9)
+        return math.ceil(self.widening_base * visits**self.widening_alpha - 1e-9)
 
     @property
     def c(self) -> float:
@@ -323,7 +328,7 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
     trajectories = search.checked(trajectories)
     extra = {"selection": config.selection, "exploration": config.c}
     if config.widening:
-        extra["widening"] = {"c": config.widening_c or config.num_samples, "alpha": config.widening_alpha}
+        extra["widening"] = {"c": config.widening_base, "alpha": config.widening_alpha}
     if config.final_selection == "value":
         return search.result(trajectories, "score", **extra)
     best = sorted(trajectories, key=lambda node: node.score or 0.0, reverse=True)[: config.vote_top_k]
