@@ -60,7 +60,7 @@ from training.tasks import UnknownTaskError, get_task
 
 DEFAULT_CONFIGS = (
     "greedy,self_consistency:4,self_consistency:8,self_consistency:16,best_of_n:4,best_of_n:8,best_of_n:16,"
-    "weighted_best_of_n:4,weighted_best_of_n:8,weighted_best_of_n:16,beam_search:4"
+    "weighted_best_of_n:4,weighted_best_of_n:8,weighted_best_of_n:16,beam_search:4,beam_search:8,beam_search:16"
 )
 DEFAULT_BUDGETS = "500,750,1000,1500,2000,3000,4000"
 DEFAULT_BINS = 5  # Snell et al.'s 5 difficulty quantiles

@@ -29,6 +29,12 @@ PRM-guided MCTS as in OpenR (Wang et al. 2024, arXiv 2410.09671, ``reason/guided
   with ``rollouts`` = r > 0 the mean aggregated score of r sampled completions to EOS from it. With
   ``value_source="self"`` the policy values them instead, by Tree of Thoughts' value prompt (sure / likely /
   impossible, ``value_votes`` verdicts each, :meth:`~strategies.search.Searcher.judge`): no reward model needed.
+- with ``final_check`` and ``terminal_check`` (the default), a finished trajectory is valued by the check instead:
+  1 when it passes, 0 when it fails, as MCTS in a game backs up the game's outcome at a terminal state (Kocsis and
+  Szepesvari 2006; LATS, Zhou et al. 2023, arXiv 2310.04406, uses the environment's reward at a terminal state the
+  same way), and the search stops at the first that passes: a check accepts only right answers
+  (:mod:`strategies.checks`), so more search cannot improve on it. Without it a wrong answer the PRM liked kept its
+  value, and selections that ended at it spent their iterations backing it up again.
 - backup: every new child's value is added along its path (mean backup: Q = value sum / visits). A finished leaf
   that is selected again backs its value up once more.
 
@@ -83,6 +89,7 @@ class MCTSConfig(SearchConfig):
     widening_c: float | None = None  # C in k(n) = ceil(C * n^alpha); None: k, so a leaf (n = 1) is allowed k children
     widening_alpha: float = WIDENING_ALPHA  # alpha in k(n)
     widening_visits: int = 0  # T: a node widens only from T visits on (Chaslot et al.'s unpruning threshold)
+    terminal_check: bool = True  # with final_check: a finished node is worth the check's 1 or 0; stop at a pass
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,6 +221,19 @@ def _merge_repeats(parent: Node, new: list[Node]) -> list[Node]:
     return repeats
 
 
+def _checks(search: Searcher, config: MCTSConfig) -> bool:
+    return config.terminal_check and search.check is not None
+
+
+def _outcome(search: Searcher, config: MCTSConfig, node: Node) -> float:
+    """A finished node's value: with ``terminal_check``, the final check's verdict (1 or 0, kept in
+    ``info["check"]``); otherwise its reward-model or verdict score."""
+    if not _checks(search, config):
+        return node.score or 0.0
+    node.info["check"] = bool(search.check(node.prefix))  # type: ignore[misc]
+    return float(node.info["check"])
+
+
 async def _value(search: Searcher, config: MCTSConfig, children: list[Node]) -> list[Node] | None:
     """Value the new children (their rollouts, then one reward-model call or one verdict call over them all): each
     child's value in ``info["eval"]``; the rollouts, or None when the budget cannot give every verdict a token."""
@@ -232,7 +252,9 @@ async def _value(search: Searcher, config: MCTSConfig, children: list[Node]) -> 
     for child in children:
         done = by_child.get(child.id)
         last = child.score if config.value_source == "self" else (child.step_scores or [0.0])[-1]
-        child.info["eval"] = sum(r.score or 0.0 for r in done) / len(done) if done else last or 0.0
+        child.info["eval"] = sum(_outcome(search, config, r) for r in done) / len(done) if done else last or 0.0
+        if child.finished and _checks(search, config):
+            child.info["eval"] = _outcome(search, config, child)
     return [r for group in rollouts for r in group]
 
 
@@ -319,7 +341,12 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
             ]
         if repeats:
             round_["repeats"] = len(repeats)
+        solved = [node.id for node in children + rollouts if node.info.get("check")]
+        if solved and _checks(search, config):
+            round_["passed_check"] = solved
         search.rounds.append(round_)
+        if solved and _checks(search, config):
+            break  # a finished trajectory passed the final check: the search is done
     if not trajectories:  # nothing finished: the end of the most visited path
         node = root
         while node.children:

@@ -197,8 +197,9 @@ def test_game24_runs_on_its_own_models_and_search_params_unless_told_otherwise()
         str(REPO_ROOT / "models/game24-prm"),
     )
     assert models.kv_cache_gib == 2.0 and "game24's own" in models.line() and "game24-prm" in models.line()
-    for search in ("tree_of_thought", "mcts"):
-        assert accuracy.params_for(args, "game24", search) == {"value_source": "prm", "final_check": "game24"}
+    searched = {"value_source": "prm", "final_check": "game24"}
+    assert accuracy.params_for(args, "game24", "tree_of_thought") == searched
+    assert accuracy.params_for(args, "game24", "mcts") == searched | {"root_samples": 16}
     assert accuracy.params_for(args, "game24", "greedy") == {}
     policy, prm = str(REPO_ROOT / "models/default-policy"), str(REPO_ROOT / "models/default-prm")
     told = parsed(

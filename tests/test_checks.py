@@ -8,7 +8,7 @@ import pytest
 from strategies import checks
 from strategies.base import InvalidRequestError
 from strategies.search import VALUE_PROMPT
-from tests.test_search_strategies import PROMPT, Policy, chat, client_for, make_task, run
+from tests.test_search_strategies import PROMPT, Policy, RuleScorer, chat, client_for, make_task, run
 
 QUESTION = "Use the numbers 1 2 3 4 and basic arithmetic operations (+ - * /) to obtain 24. Use each number once."
 RIGHT, WRONG = "\\boxed{1 * 2 * 3 * 4}", "\\boxed{(1 + 2) * (3 + 4)}"
@@ -73,3 +73,40 @@ async def test_over_http_a_bad_final_check_is_a_400_before_any_search():
     assert unreadable.status_code == 400 and "Use the numbers a b c d" in unreadable.json()["error"]["message"]
     assert unknown.status_code == 400 and "final_check must be one of game24" in unknown.json()["error"]["message"]
     assert engine.calls == []  # nothing was generated for either
+
+
+def liked_dead_end(prompt: str, i: int) -> str:
+    """Two first steps: "path A", which the PRM likes, ends in 21; "path B", which it doubts, ends in 24."""
+    prefix = prompt[len(PROMPT) :]
+    if not prefix:
+        return "path A\n\n" + WRONG if i % 2 == 0 else "path B\n\n" + RIGHT
+    return WRONG if "path A" in prefix else RIGHT
+
+
+async def test_mcts_values_a_finished_trajectory_by_the_check_and_stops_at_a_pass():
+    scorer = RuleScorer(table={"path A": 0.9, WRONG: 0.95, "path B": 0.2, RIGHT: 0.1})
+    params = dict(num_samples=2, num_iterations=4, final_check="game24", return_trace=True)
+    task = make_task(question=QUESTION)
+    blind, _ = await run("mcts", Policy(liked_dead_end), scorer, task=task, terminal_check=False, **params)
+    assert blind.choices[0].text == "path A\n\n" + WRONG  # the PRM's favourite, re-selected until the iterations end
+    assert len(blind.extra["rounds"]) == 2 and "passed_check" not in blind.extra["rounds"][-1]
+
+    engine = Policy(liked_dead_end)
+    result, ledger = await run("mcts", engine, scorer, task=task, **params)
+    assert result.choices[0].text == "path B\n\n" + RIGHT
+    nodes = {n["text"]: n for n in result.extra["tree"]["nodes"]}
+    assert nodes[WRONG]["check"] is False and nodes[RIGHT]["check"] is True
+    rounds = result.extra["rounds"]
+    assert [len(r["leaves"]) for r in rounds] == [1, 1, 1]  # root, path A (two 21s: worth 0), then path B
+    assert rounds[-1]["passed_check"] and ledger.engine_calls == 3  # stopped there, a round before the last
+
+
+async def test_without_a_final_check_terminal_check_changes_nothing():
+    scorer = RuleScorer(table={"path A": 0.9, WRONG: 0.95, "path B": 0.2, RIGHT: 0.1})
+    task = make_task(question=QUESTION)
+    texts = []
+    for terminal_check in (True, False):
+        params = dict(num_samples=2, num_iterations=4, terminal_check=terminal_check)
+        result, _ = await run("mcts", Policy(liked_dead_end), scorer, task=task, **params)
+        texts.append(result.choices[0].text)
+    assert texts == ["path A\n\n" + WRONG] * 2

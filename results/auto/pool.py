@@ -1,17 +1,20 @@
 """Pooled accuracy and tokens over every level of ``ponder bench accuracy`` runs, and issue 33's two targets for auto.
 
     .venv/bin/python results/auto/pool.py results/auto/test-fixed results/auto/test-beam results/auto/test-auto
+    .venv/bin/python results/auto/pool.py results/auto/fresh --problems 50:100 --name fresh-pooled
 
 Pools the levels: each (strategy, N) over all its problems (a problem's accuracy is its mean over seeds), with a 95%
 percentile-bootstrap interval over problems, and the mean generated tokens per problem. The best fixed configuration
 is the most accurate one that is not ``auto`` (ties: the fewer tokens). Target 1: the most accurate ``auto`` budget
 whose mean tokens are at most the best fixed one's is at least as accurate. Target 2: an ``auto`` budget whose mean
 tokens are at most half the best fixed one's reaches its accuracy. Differences are paired over the problems both
-answered (:func:`benchmarks.paired.compare`). Writes ``pooled.json`` and ``pooled.md`` beside this script.
+answered (:func:`benchmarks.paired.compare`). Writes ``pooled.json`` and ``pooled.md`` beside this script
+(``--name``: another stem). ``--problems A:B`` keeps the problems whose index (an id's last field) is in [A, B).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -86,16 +89,25 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    records = [r for run in argv for r in load_records(Path(run) / "records.jsonl")]
+    parser = argparse.ArgumentParser(prog="pool.py")
+    parser.add_argument("runs", nargs="+", help="ponder bench accuracy output folders")
+    parser.add_argument("--problems", default=None, help="A:B, the problem indices kept (default: all)")
+    parser.add_argument("--name", default="pooled", help="stem of the files written beside this script")
+    args = parser.parse_args(argv)
+    records = [r for run in args.runs for r in load_records(Path(run) / "records.jsonl")]
+    if args.problems:
+        low, high = (int(x) for x in args.problems.split(":"))
+        records = [r for r in records if low <= int(r["problem_id"].rsplit("-", 1)[1]) < high]
     if not records:
         print("pool.py: error: no records in the runs given", file=sys.stderr)
         return 2
     rows = pooled(records)
     result = targets(rows, records)
     here = Path(__file__).parent
-    (here / "pooled.json").write_text(json.dumps({"runs": argv, "rows": rows, "targets": result}, indent=1) + "\n")
+    summary = {"runs": args.runs, "problems": args.problems, "rows": rows, "targets": result}
+    (here / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = markdown(rows, result)
-    (here / "pooled.md").write_text(text)
+    (here / f"{args.name}.md").write_text(text)
     print(text, end="")
     return 0
 

@@ -440,7 +440,7 @@ class Game24(TaskSpec):
     default_reward_model = "models/game24-prm"
     default_params = {
         "tree_of_thought": {"value_source": "prm", "final_check": "game24"},
-        "mcts": {"value_source": "prm", "final_check": "game24"},
+        "mcts": {"value_source": "prm", "final_check": "game24", "root_samples": 16},
     }
     kv_cache_gib = 2.0  # what its runs used (README, "Game of 24": --kv-cache-gib 2)
 
