@@ -71,6 +71,7 @@ from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.serving import ChatService
+from strategies.errors import EngineError
 from training.tasks import TaskSpec, UnknownTaskError, get_task
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -761,6 +762,13 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted: finished answers are kept in records.jsonl; run the same command to resume", file=sys.stderr
         )
         return 130
+    except EngineError as exc:  # the engine died under the run: not the command's mistake, and nothing is lost
+        print(
+            f"ponder bench accuracy: error: {exc}; finished answers are kept in records.jsonl: run the same command "
+            "to resume",
+            file=sys.stderr,
+        )
+        return 1
     print(markdown(rows), end="")
     print(f"wrote {Path(args.output) / 'results.json'}")
     return 0

@@ -18,6 +18,7 @@ from server.config import ServerConfig
 from server.default_models import REPO_ROOT
 from server.metrics import Metrics
 from server.serving import ChatService
+from strategies.errors import EngineUnavailableError
 from tests.fakes import FakeEngine, FakeScorer
 from training.tasks.arith import parse_question, reference_solution
 
@@ -181,6 +182,16 @@ def test_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_main(["accuracy", *argv, "--output", str(tmp_path / "o"), "--no-prm", "--model", "/nope"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_engine_that_dies_under_the_run_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    async def dies(args, client=None):
+        raise EngineUnavailableError("the policy engine died: EngineCore encountered an issue")
+
+    monkeypatch.setattr(accuracy, "run", dies)
+    assert accuracy.main(["--dataset", "arith", "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "engine died" in err and "run the same command to resume" in err
 
 
 def parsed(*argv: str):
