@@ -252,9 +252,10 @@ async def _value(search: Searcher, config: MCTSConfig, children: list[Node]) -> 
     for child in children:
         done = by_child.get(child.id)
         last = child.score if config.value_source == "self" else (child.step_scores or [0.0])[-1]
-        child.info["eval"] = sum(_outcome(search, config, r) for r in done) / len(done) if done else last or 0.0
         if child.finished and _checks(search, config):
             child.info["eval"] = _outcome(search, config, child)
+        else:
+            child.info["eval"] = sum(_outcome(search, config, r) for r in done) / len(done) if done else last or 0.0
     return [r for group in rollouts for r in group]
 
 
@@ -341,11 +342,11 @@ async def mcts(task: Task, config: MCTSConfig, engine: Engine, scorer: Scorer | 
             ]
         if repeats:
             round_["repeats"] = len(repeats)
-        solved = [node.id for node in children + rollouts if node.info.get("check")]
-        if solved and _checks(search, config):
+        solved = [node.id for node in children + rollouts if node.info.get("check")]  # set by terminal_check only
+        if solved:
             round_["passed_check"] = solved
         search.rounds.append(round_)
-        if solved and _checks(search, config):
+        if solved:
             break  # a finished trajectory passed the final check: the search is done
     if not trajectories:  # nothing finished: the end of the most visited path
         node = root

@@ -364,7 +364,8 @@ class Searcher:
         if self.check is None:
             return list(finished)
         for node in finished:
-            node.info["check"] = self.check(node.prefix)
+            if "check" not in node.info:  # a search may have checked it already (mcts's terminal_check)
+                node.info["check"] = self.check(node.prefix)
         return [node for node in finished if node.info["check"]] or list(finished)
 
     def result(self, finals: Sequence[Node], how: Literal["vote", "score"], **extra: Any) -> StrategyResult:
