@@ -1,7 +1,7 @@
 r"""``ponder tune auto``: fit the ``auto`` strategy's policy file on a development split, for a policy and reward model.
 
-    ponder tune auto --dataset arith --level 1,2,3,4,5,6,7,8 --split train --limit 40 \
-        --output results/auto/tune-arith --policy models/default-policy/auto-policy.json
+    ponder tune auto --dataset arith --level 1,2,3,4,5,6,7,8 --split train --limit 100 \
+        --output results/auto/tune-arith-100 --policy models/default-policy/auto-policy.json
 
 Every problem is answered once per candidate configuration (``--configs``: a strategy or preset, ``:N`` for its
 budget parameter) through ``auto`` itself with that configuration forced (``strategy_params.choice``), on the server's
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-file", help="JSONL file for the loaders (gsm8k, math500, aime)")
     parser.add_argument("--split", default="train", help="development split to fit on (default: train; never test)")
     parser.add_argument("--level", type=_ints, default=None, help="levels, comma-separated (tasks with levels)")
-    parser.add_argument("--limit", type=int, default=40, help="problems per dataset and level (default: 40)")
+    parser.add_argument("--limit", type=int, default=100, help="problems per dataset and level (default: 100)")
     parser.add_argument("--seed", type=_ints, default=[0], help="seeds, comma-separated (default: 0)")
     parser.add_argument(
         "--configs",

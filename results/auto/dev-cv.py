@@ -4,10 +4,15 @@ maximising accuracy - lambda * tokens, the lambda whose dev-mean tokens fit the 
 5 shuffles; each cell: held-out accuracy / mean tokens at that budget. Dev data only (the train split).
 
     .venv/bin/python results/auto/dev-cv.py > results/auto/dev-cv.txt
+    .venv/bin/python results/auto/dev-cv.py tune-arith-100 > results/auto/dev-cv-100.txt
+
+The argument names the records' folder under results/auto (default: tune-arith). The last lines: each fixed
+configuration's accuracy and mean tokens on all the dev problems, for reference.
 """
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,8 @@ import benchmarks.tune_auto as t
 from strategies.auto import WITH_PRM
 
 HERE = Path(__file__).parent
-rs = [json.loads(line) for line in (HERE / "tune-arith" / "records.jsonl").open()]
+RECORDS = HERE / (sys.argv[1] if len(sys.argv) > 1 else "tune-arith") / "records.jsonl"
+rs = [json.loads(line) for line in RECORDS.open()]
 labels = sorted({r["config"] for r in rs})
 units = t.units_of(rs, labels)
 keys = sorted(units)
@@ -90,3 +96,7 @@ for mode in ("perbin", "pooled"):
     for bins in (3, 5, 8, 10):
         r = cv(mode, bins)
         print(mode, bins, " ".join(f"{b}:{a:.3f}/{tk:.0f}" for b, (a, tk) in r.items()))
+
+for label in labels:
+    acc, tok = t._stats(units, keys, label)
+    print(f"fixed {label} {acc:.3f}/{tok:.0f}")
