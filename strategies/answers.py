@@ -1,19 +1,25 @@
 r"""Final-answer extraction and equivalence, shared by the voting strategies and the graders.
 
 Extraction tries, in order: the last ``\boxed{...}`` (balanced braces), "the answer is X", the last number.
-Equivalence goes through math-verify (``parse`` + ``verify``), with a cheap exact-string check first.
-math-verify's own timeouts use signals, which fail off the main thread, so they are switched off here
-(``parsing_timeout=None``, ``timeout_seconds=None``); the inputs are short extracted answers.
+Equivalence goes through math-verify (``parse`` + ``verify``), with a cheap exact-string check first. A sampled
+answer can be anything, and sympy can spend minutes on some (solving a quartic a model wrote as its answer, say),
+holding up the server's event loop: on the main thread, where the server and the benchmarks run, each parse and
+each comparison gets math-verify's own timeout (``SYMPY_TIMEOUT_S``, a SIGALRM), and a timed-out pair is simply not
+equal. Signals work only on the main thread, so elsewhere the timeouts are off; there, and everywhere, answers longer
+than ``MAX_SYMBOLIC_CHARS`` are compared as strings only.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+SYMPY_TIMEOUT_S = 1  # per parse and per comparison (math-verify's signal-based timeout: whole seconds)
+MAX_SYMBOLIC_CHARS = 200  # longer answers are compared as normalised strings only
 
 
 def last_boxed(text: str) -> str | None:
@@ -62,12 +68,17 @@ def _normalise(answer: str) -> str:
     return answer.strip().strip("$").replace(" ", "").replace(",", "").rstrip(".")
 
 
+def _timeout() -> int | None:
+    """math-verify's timeout: ``SYMPY_TIMEOUT_S`` on the main thread (SIGALRM is delivered there only), else none."""
+    return SYMPY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
 @lru_cache(maxsize=4096)
 def _parsed(answer: str) -> tuple:
     # deferred import: math-verify (sympy, slow to import) only for answers that need it
     from math_verify import parse
 
-    return tuple(parse(f"${answer}$", parsing_timeout=None))
+    return tuple(parse(f"${answer}$", parsing_timeout=_timeout()))
 
 
 @lru_cache(maxsize=16384)
@@ -81,6 +92,8 @@ def equivalent(a: str, b: str) -> bool:
     """
     if _normalise(a) == _normalise(b):
         return True
+    if max(len(a), len(b)) > MAX_SYMBOLIC_CHARS:
+        return False
     # deferred import: math-verify (sympy, slow to import) only for answers that need it
     from math_verify import verify
 
@@ -88,7 +101,7 @@ def equivalent(a: str, b: str) -> bool:
     if not pa or not pb:
         return False
     try:
-        return bool(verify(list(pa), list(pb), timeout_seconds=None))
+        return bool(verify(list(pa), list(pb), timeout_seconds=_timeout()))
     except Exception:  # math-verify raises on exotic sympy objects; they are simply not equal
         return False
 
