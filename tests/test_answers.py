@@ -22,7 +22,6 @@ def stuck(*args, **kwargs):
 def test_a_comparison_sympy_never_finishes_is_cut_off_and_counts_as_different(monkeypatch):
     monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", stuck)
     assert answers.equivalent("x^4 + 3x = 17", "x^4 + 3x = 18") is False
-    assert answers.SYMPY_TIMEOUT_S >= 1
 
 
 def test_a_parse_that_never_finishes_is_cut_off_and_counts_as_different(monkeypatch):
