@@ -69,13 +69,23 @@ def compare(
         "a": f"{a[0]} N={a[1]}",
         "b": f"{b[0]} N={b[1]}",
         "problems": len(common),
-        "difference": round(sum(diffs) / len(diffs), 4),
-        "ci_low": round(low, 4),
-        "ci_high": round(high, 4),
+        "difference": _rounded(sum(diffs) / len(diffs)),
+        "ci_low": _rounded(low),
+        "ci_high": _rounded(high),
         "tokens_a": round(tokens_a, 1),
         "tokens_b": round(tokens_b, 1),
         "token_ratio": round(tokens_a / tokens_b, 4) if tokens_b else None,
     }
+
+
+def _rounded(x: float) -> float:
+    """``x`` to 4 places, a rounding error below zero shown as 0 (a mean of the per-problem differences that is 0
+    sums to about -5e-19 in floating point, which would print as "-0.0%").
+
+    >>> _rounded(-5.4e-19), _rounded(-0.01234)
+    (0.0, -0.0123)
+    """
+    return round(x, 4) + 0.0
 
 
 def _config(text: str) -> tuple[str, int]:
