@@ -414,46 +414,62 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Accuracy against mean generated tokens per problem (log x): one panel per dataset/level, a line per strategy."""
+    """Accuracy against mean generated tokens per problem (log x): one panel per dataset/level, a line per strategy,
+    each strategy one colour in every panel and one legend for all, below them (a legend inside hides points)."""
     # deferred import: matplotlib only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
     # deferred import: matplotlib only when a plot is drawn
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = sorted({(r["dataset"], r["level"]) for r in rows}, key=lambda p: (p[0], str(p[1])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    names = sorted({r["strategy"] for r in rows})
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+    columns = min(len(names), 4)
+    legend_inches = 0.25 * -(-len(names) // columns) + 0.2
+    height = 4 + legend_inches
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), height), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, (dataset, level) in zip(axes[0], panels, strict=True):
         mine = [r for r in rows if (r["dataset"], r["level"]) == (dataset, level)]
         for strategy in sorted({r["strategy"] for r in mine}):
             line = sorted((r for r in mine if r["strategy"] == strategy), key=lambda r: r["completion_tokens_mean"])
-            x = [r["completion_tokens_mean"] for r in line]
-            y = [r["accuracy"] for r in line]
-            err = [[r["accuracy"] - r["ci_low"] for r in line], [r["ci_high"] - r["accuracy"] for r in line]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=strategy)
-            for r in line:
-                ax.annotate(
-                    f"{r['n']}",
-                    (r["completion_tokens_mean"], r["accuracy"]),
-                    fontsize=7,
-                    textcoords="offset points",
-                    xytext=(3, 3),
-                )
+            handles[strategy] = _curve(ax, line, colors[strategy])
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow range overlap
         ax.set_xlabel("generated tokens per problem (mean, log scale)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{dataset}" + (f" level {level}" if level is not None else ""))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _curve(ax: Any, line: Sequence[dict[str, Any]], color: Any) -> Any:
+    """One strategy's points, joined, with their intervals and each point's N; the artist the legend shows."""
+    x = [r["completion_tokens_mean"] for r in line]
+    y = [r["accuracy"] for r in line]
+    err = [[r["accuracy"] - r["ci_low"] for r in line], [r["ci_high"] - r["accuracy"] for r in line]]
+    artist = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color)
+    for r in line:
+        ax.annotate(
+            f"{r['n']}",
+            (r["completion_tokens_mean"], r["accuracy"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
+    return artist
 
 
 def write_results(
