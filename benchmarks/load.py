@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from benchmarks.servers import ponder_cmd, running
+from benchmarks.servers import ponder_cmd, running, shown_path
 from server.default_models import ensure_default_models
 
 PROMPTS = (
@@ -591,8 +591,8 @@ def spawned(args: argparse.Namespace, options: Options) -> dict[str, Any]:
         options.url, options.pid = server.url, server.proc.pid
         r = asyncio.run(run_load(options))
         r["spawned"] = {
-            "model": args.model,
-            "prm": args.prm,
+            "model": shown_path(args.model) if args.model else None,
+            "prm": shown_path(args.prm) if args.prm else None,
             "server_args": args.server_args,
             "exit_status": server.stop(),
         }

@@ -31,7 +31,7 @@ import httpx
 from tqdm import tqdm
 
 from benchmarks.serve import workload_prompts
-from benchmarks.servers import check_model_folders, ponder_cmd, running, vllm_cmd
+from benchmarks.servers import check_model_folders, ponder_cmd, running, shown_path, vllm_cmd
 from reward_models import PRM_FORMATS
 from server.default_models import ensure_default_models
 
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> None:
         none_rows = measure(url, sampling | {"n": n}, messages, args.requests, args.warmup, f"ponder none n={n}")
 
     result = {
-        "model": args.model,
-        "prm": args.prm,
+        "model": shown_path(args.model),
+        "prm": shown_path(args.prm),
         "num_samples": n,
         "max_tokens": args.max_tokens,
         "workload": args.workload,

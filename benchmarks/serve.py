@@ -61,7 +61,7 @@ import strategies
 from benchmarks.accuracy import strategy_request
 from benchmarks.load import PROMPTS
 from benchmarks.loadgen import Target, Workload, measure
-from benchmarks.servers import ponder_cmd, running, vllm_cmd
+from benchmarks.servers import ponder_cmd, running, shown_path, vllm_cmd
 from reward_models import PRM_FORMATS
 from server.default_models import ensure_default_models
 from training.tasks import get_task
@@ -349,6 +349,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 measure(target, workload, args.concurrency, args.optillm_requests or args.requests, args.warmup)
             )
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+    for key in ("model", "prm", "output"):  # folders as a report shows them (no one machine's layout)
+        if options.get(key):
+            options[key] = shown_path(options[key])
     return build_report(options | {"prompts": len(workload.prompts)}, targets, ponder_name, vllm_name)
 
 

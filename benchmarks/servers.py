@@ -126,10 +126,18 @@ def vllm_cmd(model: str, memory_fraction: float, seed: int = 0) -> list[str]:
 
 def shown_path(path: str | Path) -> str:
     """``path`` as a report or a log line shows it: relative to the working directory where it lies under it (as
-    given first, so a ``.venv`` symlink stays in the checkout; then with links resolved), else as it is."""
+    given first, so a ``.venv`` symlink stays in the checkout; then with links resolved), else under the home
+    directory as ``~/...``, else as it is; so a saved report names no one machine's layout.
+
+    >>> shown_path(Path.cwd() / "models" / "x"), shown_path(Path.home() / ".cache" / "m"), shown_path("/srv/m")
+    ('models/x', '~/.cache/m', '/srv/m')
+    """
     for absolute, cwd in ((Path(path).absolute(), Path.cwd()), (Path(path).resolve(), Path.cwd().resolve())):
         if absolute.is_relative_to(cwd):
             return str(absolute.relative_to(cwd))
+    home = Path.home()
+    if Path(path).absolute().is_relative_to(home) and home != Path("/"):
+        return str(Path("~") / Path(path).absolute().relative_to(home))
     return str(path)
 
 
