@@ -56,6 +56,31 @@ prefix is re-tokenized from its text, which may split its last characters differ
 Because a sample is continued in a second engine call, a constraint on a whole sample (structured outputs,
 ``min_tokens``) cannot hold across it: with early rejection on, the server refuses those, as it does for the
 step-wise searches.
+
+Adaptive stopping (``stop_score``, off by default; the preset ``adaptive_best_of_n`` turns it on) is adaptive
+sampling: Manvi, Singh and Ermon 2024, "Adaptive Inference-Time Compute: LLMs Can Predict if They Can Do Better,
+Even Mid-Generation", arXiv:2410.02725, draw more samples only while a better one is still likely. The paper asks
+the policy itself whether a new sample would beat the ones in hand; here the reward model answers, as it scores the
+samples anyway: once the best score so far reaches ``stop_score``, no more are drawn.
+
+1. Rounds of ``round_size`` samples, each one engine call and one reward-model call. Round r draws samples
+   ``r * round_size`` onwards with ``seed + r * round_size``: vLLM seeds the k-th of n samples ``seed + k``, so the
+   samples are exactly plain best-of-N's, in order, and stopping after k of them returns what best-of-N with N = k
+   would (and what ``auto`` replays of its probe is the first round).
+2. After each round, the best score so far against ``stop_score``: at or above it, stop; else the next round, until
+   ``num_samples`` (the ceiling, N) are drawn. The best-scored sample is returned.
+
+Cost: ceil(k / round_size) engine calls and as many reward-model calls for the k samples drawn (k <= N); tokens:
+those k samples' only. The per-sample budget is plain best-of-N's (N's share of ``max_total_tokens``), so the caps
+hold as they do without it. The trace (``adaptive_stop``) lists each round's best score.
+
+Defaults and where they come from:
+
+- ``stop_score`` = None (off); the preset's 0.5: a reward model trained to predict correctness (a PRM's or ORM's
+  probability) then stops once one sample is more likely right than wrong. A reward model's scale is its own, so
+  the value is a setting of the pair of models: docs/strategies.md gives the one measured for the default models.
+- ``round_size`` = 4: ``auto``'s probe size (its probe is then the first round, replayed at no cost), and a quarter
+  of best-of-N's usual N = 16. Smaller rounds stop sooner but wait on the reward model more often.
 """
 
 from __future__ import annotations
@@ -63,7 +88,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from strategies import register
 from strategies.aggregation import aggregate_scores, resolve_aggregation
@@ -80,13 +105,21 @@ from strategies.base import (
 )
 from strategies.sampling import DEFAULT_TEMPERATURE, ScoredConfig, draw, score, split_steps
 
+PRESETS = {"adaptive_best_of_n": {"stop_score": 0.5}}  # the preset's stop_score: see the module's docstring
+
 
 @dataclass(frozen=True)
 class BestOfNConfig(ScoredConfig):
+    budget_doc: ClassVar[str | None] = "N whole solutions drawn together (with stop_score: at most N, in rounds)"
+
     # early rejection: after this many generated tokens, score each sample's prefix and stop all but the best
     # keep_fraction of them; None: off (plain best-of-N)
     rejection_tokens: int | None = None
     keep_fraction: float = 0.5  # share of the samples that reached the checkpoint kept to finish (1 - alpha)
+    # adaptive stopping: draw in rounds of round_size and stop once the best score so far is at least this;
+    # None: off (all num_samples drawn in one call)
+    stop_score: float | None = None
+    round_size: int = 4  # samples per round with stop_score
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +127,12 @@ class BestOfNConfig(ScoredConfig):
             raise ValueError("rejection_tokens must be at least 1 (or null: no early rejection)")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError("keep_fraction must be above 0 and at most 1")
+        if self.round_size < 1:
+            raise ValueError("round_size must be at least 1")
+        if self.stop_score is not None and not math.isfinite(self.stop_score):
+            raise ValueError("stop_score must be a finite number (or null: no adaptive stopping)")
+        if self.stop_score is not None and self.rejection_tokens is not None:
+            raise ValueError("stop_score and rejection_tokens cannot be combined: choose one way of saving samples")
 
     @property
     def in_steps(self) -> bool:  # type: ignore[override]
@@ -101,16 +140,41 @@ class BestOfNConfig(ScoredConfig):
         return self.rejection_tokens is not None
 
 
-@register("best_of_n", config=BestOfNConfig, needs_scorer=True)
+@register("best_of_n", config=BestOfNConfig, needs_scorer=True, presets=PRESETS)
 async def best_of_n(task: Task, config: BestOfNConfig, engine: Engine, scorer: Scorer | None) -> StrategyResult:
     """N samples in one engine request, the reward model's favourite returned."""
     assert scorer is not None
     budget = per_sample_budget(config, task, config.num_samples)
     if config.rejection_tokens is not None and config.rejection_tokens < budget:
         return await _with_rejection(task, config, engine, scorer, budget, config.rejection_tokens)
+    if config.stop_score is not None:
+        return await _until_good(task, config, engine, scorer, budget, config.stop_score)
     candidates = await draw(task, config, engine)
     await score(task, config, candidates, scorer)
     return StrategyResult(choices=[_choose(candidates)], candidates=candidates)
+
+
+async def _until_good(
+    task: Task, config: BestOfNConfig, engine: Engine, scorer: Scorer, budget: int, stop_score: float
+) -> StrategyResult:
+    """Adaptive sampling: rounds of ``round_size`` samples, scored as they come, until one scores ``stop_score``."""
+    candidates: list[Candidate] = []
+    rounds: list[dict[str, Any]] = []
+    while len(candidates) < config.num_samples:
+        drawn = len(candidates)
+        n = min(config.round_size, config.num_samples - drawn)
+        seed = None if task.seed is None else task.seed + drawn  # samples drawn..drawn+n-1 of best-of-N's one call
+        samples = await _draw(task, config, engine, [task.prompt], n, budget, seed)
+        fresh = [Candidate(s.text, s.num_tokens, s.finish_reason, logprobs=s.logprobs) for s in samples]
+        await score(task, config, fresh, scorer)
+        candidates += fresh
+        best = max(c.score or 0.0 for c in candidates)
+        rounds.append({"samples": len(candidates), "best_score": best})
+        if best >= stop_score:
+            break
+    stop = {"stop_score": stop_score, "round_size": config.round_size, "drawn": len(candidates)}
+    stop |= {"stopped_early": len(candidates) < config.num_samples, "rounds": rounds}
+    return StrategyResult(choices=[_choose(candidates)], candidates=candidates, extra={"adaptive_stop": stop})
 
 
 def _choose(candidates: list[Candidate]) -> Candidate:

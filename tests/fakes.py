@@ -174,6 +174,14 @@ class FakeEngine:
         self.aborted.append(request_id)
 
 
+class SeededEngine(FakeEngine):
+    """The k-th sample of a call seeded s is the script's sample s + k (vLLM's parallel sampling seeds it s + k)."""
+
+    async def generate(self, prompts, spec, request_id):
+        self.calls.append((list(prompts), spec))
+        return [[self._sample(p, (spec.seed or 0) + i, spec) for i in range(spec.n)] for p in prompts]
+
+
 @dataclass
 class FakeScorer:
     """Scores a step by looking it up in ``step_scores`` (default ``default``); records every batch."""

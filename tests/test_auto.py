@@ -16,19 +16,11 @@ from server.app import create_app
 from server.config import ServerConfig
 from strategies.auto import FORMAT, AutoConfig, load_policy, parse_policy
 from strategies.base import InvalidRequestError, Task
-from tests.fakes import FakeEngine, FakeScorer
+from tests.fakes import FakeEngine, FakeScorer, SeededEngine
 
 AGREE = ("x \\boxed{7}",) * 4  # four samples, one answer: agreement 1; one step of 2 tokens each
 # the probe's four: 2 of 4 agree; the four after them (a draw of n = 8) differ from them
 SPLIT = tuple(f"{w} \\boxed{{{a}}}" for w, a in zip("xyzwvuts", (7, 8, 9, 7, 7, 8, 7, 9), strict=True))
-
-
-class SeededEngine(FakeEngine):
-    """The k-th sample of a call seeded s is the script's sample s + k (vLLM's parallel sampling seeds it s + k)."""
-
-    async def generate(self, prompts, spec, request_id):
-        self.calls.append((list(prompts), spec))
-        return [[self._sample(p, (spec.seed or 0) + i, spec) for i in range(spec.n)] for p in prompts]
 
 
 def cell(label: str, **stats) -> dict:

@@ -61,8 +61,10 @@ def test_doctests():
     assert tried > 0 and failures == 0
 
 
-def test_the_fit_chooses_per_bin_and_budget():
-    policy = tune.fit(synthetic(), GRID, budgets=[300, 1000], bins=2, tolerance=0.0, probe_samples=4)
+def test_the_per_bin_fit_chooses_per_bin_and_budget():
+    policy = tune.fit(
+        synthetic(), GRID, budgets=[300, 1000], bins=2, tolerance=0.0, probe_samples=4, allocation="per-bin"
+    )
     labels = {s: [[c["label"] for c in row] for row in t["cells"]] for s, t in policy["tables"].items()}
     # easy bin: all right, so the cheapest; hard bin: the best that fits (nothing but the probe's vote fits 300)
     assert labels["agreement+prm"] == [["self_consistency:4"] * 2, ["self_consistency:4", "best_of_n:16"]]
@@ -85,8 +87,23 @@ def test_nothing_fits_a_small_budget_so_the_cheapest_runs_and_a_tolerance_prefer
     policy = tune.fit(synthetic(), GRID, budgets=[50], bins=1, tolerance=0.0, probe_samples=4)
     assert policy["tables"]["agreement+prm"]["cells"] == [[policy["tables"]["agreement+prm"]["cells"][0][0]]]
     assert policy["tables"]["agreement+prm"]["cells"][0][0]["label"] == "self_consistency:4"
-    close = tune.fit(synthetic(), GRID, budgets=[1000], bins=2, tolerance=0.35, probe_samples=4)
+    close = tune.fit(synthetic(), GRID, budgets=[1000], bins=2, tolerance=0.35, probe_samples=4, allocation="per-bin")
     assert close["tables"]["agreement+prm"]["cells"][1][0]["label"] == "self_consistency:16"  # 50% is within 0.35
+
+
+def test_the_pooled_fit_lets_hard_problems_spend_what_easy_ones_leave_within_the_mean_budget():
+    # budget 500: per bin, nothing but the probe's vote fits the hard bin (best_of_n:16 spends 800 there); pooled,
+    # the easy bin's 100 and the hard bin's 800 average 450, so the hard bin gets best_of_n:16
+    per_bin = tune.fit(synthetic(), GRID, budgets=[500], bins=2, tolerance=0.0, probe_samples=4, allocation="per-bin")
+    pooled = tune.fit(synthetic(), GRID, budgets=[300, 500], bins=2, tolerance=0.0, probe_samples=4)
+    assert [row[0]["label"] for row in per_bin["tables"]["agreement+prm"]["cells"]] == ["self_consistency:4"] * 2
+    cells = pooled["tables"]["agreement+prm"]["cells"]
+    assert [[c["label"] for c in row] for row in cells] == [
+        ["self_consistency:4", "self_consistency:4"],
+        ["self_consistency:4", "best_of_n:16"],  # at 300 the pooled mean of 450 does not fit: (100 + 200) / 2 does
+    ]
+    assert cells[1][1]["tokens"] == 800.0 and cells[1][1]["accuracy"] == 0.8
+    assert pooled["default_budget"] == 500  # 90% in-sample, against 60% at 300
 
 
 def test_records_without_scores_give_only_the_agreement_table():

@@ -1,10 +1,11 @@
-"""Cross-validation of auto's fit on the dev records of ``ponder tune auto`` (results/auto/tune-arith): per-bin
-(Snell's rule, what the tuner does) against a pooled allocation across bins (a Lagrangian: per bin the configuration
-maximising accuracy - lambda * tokens, the lambda whose dev-mean tokens fit the budget), for 3 to 10 bins. 4 folds,
-5 shuffles; each cell: held-out accuracy / mean tokens at that budget. Dev data only (the train split).
+"""Cross-validation of auto's fit on the dev records of ``ponder tune auto`` (results/auto/tune-arith): the tuner's
+two allocations (``benchmarks.tune_auto.fit_table``): per-bin (Snell's rule: each bin's mean tokens fit the budget)
+against pooled (the mean over all the problems fits it), for 3 to 10 bins. 4 folds, 5 shuffles; each cell:
+held-out accuracy / mean tokens at that budget. Dev data only (the train split).
 
     .venv/bin/python results/auto/dev-cv.py > results/auto/dev-cv.txt
     .venv/bin/python results/auto/dev-cv.py tune-arith-100 > results/auto/dev-cv-100.txt
+    .venv/bin/python results/auto/dev-cv.py tune-adaptive > results/auto/dev-cv-adaptive.txt
 
 The argument names the records' folder under results/auto (default: tune-arith). The last lines: each fixed
 configuration's accuracy and mean tokens on all the dev problems, for reference.
@@ -33,40 +34,16 @@ def diff(got, signal):
     return 1 - float(np.mean([t.signal_of(r, signal) for r in got.values()]))
 
 
-def pooled_fit(train, signal, bins, budget):
-    d = {u: diff(train[u], signal) for u in train}
-    edges = t.quantile_edges(list(d.values()), bins)
-    members = {}
-    for u, x in d.items():
-        members.setdefault(t.bin_of(edges, x), []).append(u)
-    stats = {b: {lab: t._stats(train, m, lab) for lab in labels} for b, m in members.items()}
-    n = len(train)
-    best = None
-    for lam in np.concatenate([[0], np.geomspace(1e-6, 1e-1, 200)]):
-        choice = {b: max(labels, key=lambda lab: (s[lab][0] - lam * s[lab][1], -s[lab][1])) for b, s in stats.items()}
-        tok = sum(len(members[b]) * stats[b][choice[b]][1] for b in stats) / n
-        acc = sum(len(members[b]) * stats[b][choice[b]][0] for b in stats) / n
-        if tok <= budget and (best is None or acc > best[0]):
-            best = (acc, tok, choice)
-    cheapest = {b: min(labels, key=lambda lab: s[lab][1]) for b, s in stats.items()}
-    return edges, cheapest if best is None else best[2]
-
-
-def perbin_fit(train, signal, bins, budget, tol=0.0):
-    d = {u: diff(train[u], signal) for u in train}
-    edges = t.quantile_edges(list(d.values()), bins)
-    members = {}
-    for u, x in d.items():
-        members.setdefault(t.bin_of(edges, x), []).append(u)
-    choice = {b: t.pick({lab: t._stats(train, m, lab) for lab in labels}, budget, tol) for b, m in members.items()}
-    return edges, choice
+def fitted(train, signal, bins, budget, allocation):
+    """The tuner's own fit (benchmarks.tune_auto.fit_table) on the training folds, at one budget."""
+    table = t.fit_table(train, signal, labels, [budget], bins, 0.0, allocation)
+    return table["edges"], {b: row[0]["label"] for b, row in enumerate(table["cells"])}
 
 
 def evaluate(test, signal, edges, choice):
     acc, tok = [], []
     for u in test:
-        b = t.bin_of(edges, diff(test[u], signal))
-        lab = choice.get(b) or choice[max(choice)]
+        lab = choice[t.bin_of(edges, diff(test[u], signal))]
         acc.append(test[u][lab]["correct"])
         tok.append(test[u][lab]["completion_tokens"])
     return np.mean(acc), np.mean(tok)
@@ -83,8 +60,7 @@ def cv(mode, bins, signal=WITH_PRM, folds=4, reps=5):
             for i in range(folds):
                 train = {u: units[u] for j, p in enumerate(parts) if j != i for u in p}
                 test = {u: units[u] for u in parts[i]}
-                fit = pooled_fit if mode == "pooled" else perbin_fit
-                edges, choice = fit(train, signal, bins, b)
+                edges, choice = fitted(train, signal, bins, b, mode)
                 a, tk = evaluate(test, signal, edges, choice)
                 tot_acc += a * len(test)
                 tot_tok += tk * len(test)
@@ -92,7 +68,7 @@ def cv(mode, bins, signal=WITH_PRM, folds=4, reps=5):
     return {b: tuple(np.mean(v, axis=0)) for b, v in res.items()}
 
 
-for mode in ("perbin", "pooled"):
+for mode in (t.PER_BIN, t.POOLED):
     for bins in (3, 5, 8, 10):
         r = cv(mode, bins)
         print(mode, bins, " ".join(f"{b}:{a:.3f}/{tk:.0f}" for b, (a, tk) in r.items()))

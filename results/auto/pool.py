@@ -5,7 +5,8 @@
 
 Pools the levels: each (strategy, N) over all its problems (a problem's accuracy is its mean over seeds), with a 95%
 percentile-bootstrap interval over problems, and the mean generated tokens per problem. The best fixed configuration
-is the most accurate one that is not ``auto`` (ties: the fewer tokens). Target 1: the most accurate ``auto`` budget
+is the most accurate one of a fixed budget, neither ``auto`` nor one that stops early (``ADAPTIVE``; ties: the fewer
+tokens). Target 1: the most accurate ``auto`` budget
 whose mean tokens are at most the best fixed one's is at least as accurate. Target 2: an ``auto`` budget whose mean
 tokens are at most half the best fixed one's reaches its accuracy. Differences are paired over the problems both
 answered (:func:`benchmarks.paired.compare`). Writes ``pooled.json`` and ``pooled.md`` beside this script
@@ -48,8 +49,11 @@ def pooled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+ADAPTIVE = {"auto", "adaptive_best_of_n"}  # their tokens vary per question: not fixed-budget configurations
+
+
 def targets(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
-    fixed = [r for r in rows if r["strategy"] != "auto"]
+    fixed = [r for r in rows if r["strategy"] not in ADAPTIVE]
     auto = [r for r in rows if r["strategy"] == "auto"]
     best = max(fixed, key=lambda r: (r["accuracy"], -r["tokens"]))
     out: dict[str, Any] = {"best_fixed": best}
