@@ -14,16 +14,19 @@ that bin; this beat best-of-N with about 4x less compute. Here:
    ``difficulty = 1 - signal``.
 2. The policy file (fitted by ``ponder tune auto`` on a development split, :mod:`benchmarks.tune_auto`) holds, for
    each signal, the difficulty bins' edges (quantiles of the dev questions' difficulty; Snell's 5 bins) and, per
-   bin and token-budget bucket, the configuration with the best dev accuracy whose mean tokens per question (the
-   probe's included) fit the bucket. The request's budget is ``token_budget``, else the policy's
-   ``default_budget``, either at most ``max_total_tokens``; it falls in the largest bucket at most that size (the
-   smallest bucket when it is below all).
+   bin and token-budget bucket, a configuration: by default (the tuner's pooled allocation) the choices whose mean
+   tokens per question (the probe's included) over all the dev questions fit the bucket with the best dev accuracy
+   over them, so hard bins may spend more than the bucket and easy ones less; with the tuner's per-bin allocation,
+   Snell's rule, the best whose mean tokens in its own bin fit. The request's budget is ``token_budget``, else the
+   policy's ``default_budget``, either at most ``max_total_tokens``; it falls in the largest bucket at most that
+   size (the smallest bucket when it is below all).
 3. The chosen strategy (:func:`strategies.get`) runs on the same task, engine and reward model. The probe's call is
    replayed to it: a first engine call identical to the probe's but for ``n`` gets the probe's samples and draws
    only the ``n - probe_samples`` others, with ``seed + probe_samples`` (vLLM's parallel sampling gives the k-th of
    n samples ``seed + k``, so the result is what the plain strategy draws); the reward-model items the probe scored
    are not scored again. So ``self_consistency``, ``best_of_n`` and ``weighted_best_of_n`` at N = probe_samples
-   cost nothing beyond the probe, and at a larger N only their extra samples.
+   cost nothing beyond the probe, and at a larger N only their extra samples; ``best_of_n`` with ``stop_score``
+   (``adaptive_best_of_n``) gets the probe as its first round when ``round_size`` is ``probe_samples``.
 
 The policy file: ``policy_file``, else the file the ``PONDER_AUTO_POLICY`` environment variable names, else the
 one shipped for the default models (``models/default-policy/auto-policy.json``, fitted for the default policy and
