@@ -439,6 +439,12 @@ def _from_policy(policy: Policy, table: Table, probe: Probe, config: AutoConfig,
     budget, source = request_budget(config, policy)
     bucket = policy.bucket(budget)
     bin_ = table.bin_of(difficulty)
+    capped = _within_cap(table.cells[bin_], bucket, config.max_total_tokens)
+    if capped != bucket:
+        why["capped"] = (
+            f"the bucket's choice spent more than max_total_tokens in this bin; bucket {policy.budgets[capped]}'s"
+        )
+    bucket = capped
     choice = table.cells[bin_][bucket]
     why |= {
         "signal": table.signal,
@@ -452,6 +458,19 @@ def _from_policy(policy: Policy, table: Table, probe: Probe, config: AutoConfig,
         "policy": policy.source,
     }
     return choice
+
+
+def _within_cap(row: Sequence[Choice], bucket: int, cap: int | None) -> int:
+    """The largest bucket at most ``bucket`` whose choice's development tokens in this bin fit the request's hard
+    cap (a pooled policy may give a hard bin more than the bucket); the smallest when none does.
+
+    >>> row = [Choice("a", "none", {}, {"tokens": 100}), Choice("b", "none", {}, {"tokens": 2000})]
+    >>> _within_cap(row, 1, None), _within_cap(row, 1, 1500), _within_cap(row, 1, 50)
+    (1, 0, 0)
+    """
+    if cap is None:
+        return bucket
+    return next((b for b in range(bucket, -1, -1) if row[b].stats.get("tokens", 0) <= cap), 0)
 
 
 def _shown(choice: Choice) -> dict[str, Any]:

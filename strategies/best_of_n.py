@@ -66,7 +66,8 @@ samples anyway: once the best score so far reaches ``stop_score``, no more are d
 1. Rounds of ``round_size`` samples, each one engine call and one reward-model call. Round r draws samples
    ``r * round_size`` onwards with ``seed + r * round_size``: vLLM seeds the k-th of n samples ``seed + k``, so the
    samples are exactly plain best-of-N's, in order, and stopping after k of them returns what best-of-N with N = k
-   would (and what ``auto`` replays of its probe is the first round).
+   would where ``max_total_tokens`` does not bind (each sample's budget is N's share of it, not k's). Under ``auto``,
+   with ``round_size`` equal to its ``probe_samples``, the probe is the first round, replayed.
 2. After each round, the best score so far against ``stop_score``: at or above it, stop; else the next round, until
    ``num_samples`` (the ceiling, N) are drawn. The best-scored sample is returned.
 

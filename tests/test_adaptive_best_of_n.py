@@ -65,6 +65,12 @@ async def test_when_no_sample_is_good_enough_it_draws_all_n_and_returns_plain_be
     assert adaptive.extra["adaptive_stop"]["stopped_early"] is False and ledger.completion_tokens == 30
 
 
+async def test_each_round_is_seeded_the_requests_seed_plus_the_samples_before_it():
+    _, fake, _, _ = await run({"a9": 0.9}, task_=task(seed=3), num_samples=12, stop_score=0.5)
+    # with seed 3 the k-th sample of best-of-N's one call is script sample 3 + k: a9 is the 7th, in the second round
+    assert [(spec.n, spec.seed) for _, spec in fake.calls] == [(4, 3), (4, 7)]
+
+
 async def test_a_good_first_sample_ends_it_at_once_and_unseeded_requests_stay_unseeded():
     result, fake, _, ledger = await run({"a0": 0.7}, task_=task(seed=None), stop_score=0.6, round_size=1)
     assert [(spec.n, spec.seed) for _, spec in fake.calls] == [(1, None)]

@@ -255,3 +255,16 @@ def test_the_shipped_policy_of_the_default_models_is_valid_and_fitted_on_train()
     assert len(policy.tables["agreement+prm"].cells) == 5  # Snell et al.'s 5 bins
     provenance = json.loads(strategies.auto.SHIPPED_POLICY.read_text())["provenance"]
     assert provenance["split"] == "train" and provenance["prm"] == "models/default-prm"
+
+
+async def test_a_choice_that_spent_more_than_max_total_tokens_in_its_bin_gives_way_to_a_smaller_buckets(tmp_path):
+    # a pooled policy: the hard bin's choice at bucket 1000 spent 2000 tokens there on the dev problems
+    policy = json.loads(json.dumps(POLICY))
+    policy["tables"]["agreement+prm"]["cells"][1][1] = cell("best_of_n:8", accuracy=0.7, tokens=2000)
+    path = tmp_path / "pooled.json"
+    path.write_text(json.dumps(policy))
+    _, _, why = await run(engine_of(SPLIT), FakeScorer(), policy_file=str(path), max_total_tokens=1500)
+    assert (why["budget"], why["budget_from"], why["bin"]) == (1000, "policy", 1)
+    assert why["chose"]["label"] == "self_consistency:4" and why["bucket"] == 100 and "capped" in why
+    _, _, why = await run(engine_of(SPLIT), FakeScorer(), policy_file=str(path), max_total_tokens=2500)
+    assert why["chose"]["label"] == "best_of_n:8" and "capped" not in why

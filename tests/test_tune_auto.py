@@ -106,6 +106,38 @@ def test_the_pooled_fit_lets_hard_problems_spend_what_easy_ones_leave_within_the
     assert pooled["default_budget"] == 500  # 90% in-sample, against 60% at 300
 
 
+def test_an_empty_bin_keeps_the_per_bin_choice_under_pooled_and_an_unknown_allocation_is_refused():
+    units, labels = tune.units_of(synthetic(), [c.label for c in GRID]), [c.label for c in GRID]
+    # 5 quantile bins of two distinct difficulties: edges 0.05 and 0.775, so bin 2 (above 0.775) holds no problem
+    pooled = tune.fit_table(units, "agreement+prm", labels, [500], 5, 0.0, "pooled")
+    assert pooled["edges"] == [0.05, 0.775]
+    assert [row[0]["label"] for row in pooled["cells"]] == [
+        "self_consistency:4",
+        "best_of_n:16",  # the hard bin, on the easy one's savings: (100 + 800) / 2 fits 500
+        "self_consistency:16",  # the empty bin: the best of all problems within 500 itself, not pooled's 600
+    ]
+    with pytest.raises(ValueError, match="allocation"):
+        tune.fit_table(units, "agreement+prm", labels, [500], 2, 0.0, "greedy")
+
+
+def test_pooled_is_never_below_the_per_bin_allocation_it_is_given():
+    # b lies under the line from a to c: a Lagrangian sweep never picks it, though it is the best within 500
+    stats = [{"a": (0.6, 150), "b": (0.75, 500), "c": (0.9, 600)}]
+    assert tune.pooled(stats, [1], 500, 0.0) == ["a"]
+    assert tune.pooled(stats, [1], 500, 0.0, also=["b"]) == ["b"]
+    assert tune.pooled(stats, [1], 600, 0.0, also=["b"]) == ["c"]
+
+
+def test_records_made_with_other_params_are_refused_not_resumed(tmp_path):
+    path = tmp_path / "records.jsonl"
+    mine = [r | {"params": {"num_samples": 16}} for r in synthetic() if r["config"] == "best_of_n:16"]
+    tune.refuse_other_params(mine, GRID, path)  # the same params: resumed
+    tune.refuse_other_params([{k: v for k, v in r.items() if k != "params"} for r in mine], GRID, path)  # older
+    other = [mine[0] | {"params": {"num_samples": 16, "stop_score": 0.5}}]
+    with pytest.raises(accuracy.UsageError, match="use another --output"):
+        tune.refuse_other_params(other, GRID, path)
+
+
 def test_records_without_scores_give_only_the_agreement_table():
     plain = [r | {"prm_mean": None} for r in synthetic()]
     policy = tune.fit(plain, GRID, budgets=[1000], bins=2, tolerance=0.0, probe_samples=4)
