@@ -104,7 +104,7 @@ from strategies.base import (
     per_sample_budget,
     sampling_temperature,
 )
-from strategies.sampling import DEFAULT_TEMPERATURE, ScoredConfig, draw, score, split_steps
+from strategies.sampling import DEFAULT_TEMPERATURE, ScoredConfig, candidates_of, draw, score, split_steps
 
 PRESETS = {"adaptive_best_of_n": {"stop_score": 0.5}}  # the preset's stop_score: see the module's docstring
 
@@ -166,7 +166,7 @@ async def _until_good(
         n = min(config.round_size, config.num_samples - drawn)
         seed = None if task.seed is None else task.seed + drawn  # samples drawn..drawn+n-1 of best-of-N's one call
         samples = await _draw(task, config, engine, [task.prompt], n, budget, seed)
-        fresh = [Candidate(s.text, s.num_tokens, s.finish_reason, logprobs=s.logprobs) for s in samples]
+        fresh = candidates_of(samples)
         await score(task, config, fresh, scorer)
         candidates += fresh
         best = max(c.score or 0.0 for c in candidates)
@@ -212,7 +212,7 @@ async def _with_rejection(
 ) -> StrategyResult:
     """Speculative rejection with one decision point: N prefixes, the best share of them finished."""
     prefixes = await _draw(task, config, engine, [task.prompt], config.num_samples, checkpoint, task.seed)
-    candidates = [Candidate(s.text, s.num_tokens, s.finish_reason, logprobs=s.logprobs) for s in prefixes]
+    candidates = candidates_of(prefixes)
     # reached: stopped at the checkpoint's max_tokens (not shorter, where the model's context ended it first)
     reached = [i for i, c in enumerate(candidates) if c.finish_reason == "length" and c.num_tokens >= checkpoint]
     decision = _Checkpoint(checkpoint, reached=reached)

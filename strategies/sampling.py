@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,6 +10,7 @@ from strategies.aggregation import AGGREGATIONS, Aggregation, aggregate_scores, 
 from strategies.base import (
     Candidate,
     Engine,
+    Sample,
     SamplingSpec,
     Scorer,
     StrategyConfig,
@@ -70,6 +72,11 @@ async def draw(task: Task, config: SamplingConfig, engine: Engine) -> list[Candi
         logprobs=task.logprobs,
     )
     (samples,) = await engine.generate([task.prompt], spec, task.request_id)
+    return candidates_of(samples)
+
+
+def candidates_of(samples: Sequence[Sample]) -> list[Candidate]:
+    """The engine's samples as candidates, their log-probabilities kept."""
     return [Candidate(s.text, s.num_tokens, s.finish_reason, logprobs=s.logprobs) for s in samples]
 
 

@@ -30,10 +30,6 @@ keys = sorted(units)
 budgets = [300, 400, 500, 600, 750, 900, 1000, 1250, 1500, 2000, 3000]
 
 
-def diff(got, signal):
-    return 1 - float(np.mean([t.signal_of(r, signal) for r in got.values()]))
-
-
 def fitted(train, signal, bins, budget, allocation):
     """The tuner's own fit (benchmarks.tune_auto.fit_table) on the training folds, at one budget."""
     table = t.fit_table(train, signal, labels, [budget], bins, 0.0, allocation)
@@ -43,7 +39,7 @@ def fitted(train, signal, bins, budget, allocation):
 def evaluate(test, signal, edges, choice):
     acc, tok = [], []
     for u in test:
-        lab = choice[t.bin_of(edges, diff(test[u], signal))]
+        lab = choice[t.bin_of(edges, t.difficulty_of(test[u], signal))]
         acc.append(test[u][lab]["correct"])
         tok.append(test[u][lab]["completion_tokens"])
     return np.mean(acc), np.mean(tok)
