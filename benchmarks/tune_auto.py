@@ -62,6 +62,7 @@ from reward_models import PRM_FORMATS
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest
 from strategies.auto import AGREEMENT, FORMAT, WITH_PRM, parse_policy
+from strategies.auto import difficulty_of as auto_difficulty
 from training.tasks import UnknownTaskError, get_task
 
 DEFAULT_CONFIGS = (
@@ -98,9 +99,9 @@ def signal_of(record: Mapping[str, Any], signal: str) -> float:
 
 
 def difficulty_of(got: Mapping[str, Mapping[str, Any]], signal: str) -> float:
-    """A problem's difficulty, 1 - its probe signal, rounded as ``auto`` rounds it when it serves (and as the bins'
-    edges are), so a problem at an edge falls in the same bin here and there."""
-    return round(1 - float(np.mean([signal_of(r, signal) for r in got.values()])), 6)
+    """A problem's difficulty from its probe signal (the mean over its records), as ``auto`` computes it when it
+    serves (:func:`strategies.auto.difficulty_of`)."""
+    return auto_difficulty(float(np.mean([signal_of(r, signal) for r in got.values()])))
 
 
 def quantile_edges(values: Sequence[float], bins: int) -> list[float]:

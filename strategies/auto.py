@@ -435,7 +435,7 @@ def _configured(choice: Choice, config: AutoConfig, probe: Probe, why: dict[str,
 
 def _from_policy(policy: Policy, table: Table, probe: Probe, config: AutoConfig, why: dict[str, Any]) -> Choice:
     """The policy's choice for this probe and budget, with what led to it written into ``why``."""
-    difficulty = round(1.0 - probe.signal(table.signal), 6)
+    difficulty = difficulty_of(probe.signal(table.signal))
     budget, source = request_budget(config, policy)
     bucket = policy.bucket(budget)
     bin_ = table.bin_of(difficulty)
@@ -458,6 +458,12 @@ def _from_policy(policy: Policy, table: Table, probe: Probe, config: AutoConfig,
         "policy": policy.source,
     }
     return choice
+
+
+def difficulty_of(signal: float) -> float:
+    """A question's difficulty from its probe signal, rounded to the 6 places the policy's bin edges keep (the tuner
+    bins its dev questions with this too, so a question at an edge falls in the same bin there and here)."""
+    return round(1.0 - signal, 6)
 
 
 def _within_cap(row: Sequence[Choice], bucket: int, cap: int | None) -> int:
